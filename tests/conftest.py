@@ -1,0 +1,37 @@
+"""Keeps every tool offline and quiet, with its state in temporary folders."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_STATE = Path(tempfile.mkdtemp(prefix="tlpipe-tests-"))
+for key, value in {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PREFECT_HOME": str(_STATE / "prefect"),
+    "HF_HOME": str(_STATE / "hf"),
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_STATE / 'mlflow.db'}",
+    "MPLBACKEND": "Agg",
+}.items():
+    os.environ[key] = value
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("TLPIPE_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The parity fixtures; CI must have them, elsewhere their absence skips the parity tests."""
+    if not FIXTURES.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"parity fixtures not found at {FIXTURES} (set TLPIPE_FIXTURES)")
+        pytest.skip(f"parity fixtures not found at {FIXTURES}")
+    return FIXTURES
