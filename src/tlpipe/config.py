@@ -1,0 +1,304 @@
+"""Validated stage parameters.
+
+Each stage reads one flat-at-the-top YAML file (`params/<stage>.yaml`). The schema below is the one
+place that says which keys exist, their types and their ranges; every error names the file, the key
+and what is allowed, and is raised before any compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate")
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is invalid; the message names the file, the key and the rule."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One parameter: a type check plus an optional range or choice rule."""
+
+    kind: str  # int | float | bool | str | optional_str | choice | int_list | float_list | str_or_null
+    allowed: str = ""
+    choices: tuple = ()
+    check: Callable[[Any], bool] | None = None
+
+    def validate(self, where: str, value: Any) -> Any:
+        ok, value = _coerce(self.kind, value, self.choices)
+        if not ok:
+            raise ParamsError(f"{where}={value!r}: expected {self.describe()}")
+        if self.check is not None and not self.check(value):
+            raise ParamsError(f"{where}={value!r} is out of range; allowed {self.allowed}")
+        return value
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        text = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a non-empty string",
+            "optional_str": "a string or null",
+            "int_list": "a non-empty list of integers",
+            "float_list": "a non-empty list of numbers",
+        }[self.kind]
+        return f"{text} in {self.allowed}" if self.allowed else text
+
+
+def _coerce(kind: str, value: Any, choices: tuple) -> tuple[bool, Any]:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return math.isfinite(value), float(value)
+    if kind == "bool":
+        return isinstance(value, bool), value
+    if kind == "str":
+        return isinstance(value, str) and value != "", value
+    if kind == "optional_str":
+        return value is None or (isinstance(value, str) and value != ""), value
+    if kind == "choice":
+        return value in choices, value
+    if kind in ("int_list", "float_list"):
+        item = "int" if kind == "int_list" else "float"
+        if not isinstance(value, list) or not value:
+            return False, value
+        coerced = [_coerce(item, v, ()) for v in value]
+        return all(ok for ok, _ in coerced), [v for _, v in coerced]
+    raise AssertionError(kind)
+
+
+def Int(lo: int | None = None, hi: int | None = None) -> Field:
+    return Field("int", _range_text(lo, hi, "]"), check=_in_range(lo, hi, closed_hi=True))
+
+
+def Float(lo: float | None = None, hi: float | None = None, *, closed_hi: bool = True) -> Field:
+    bracket = "]" if closed_hi else ")"
+    return Field("float", _range_text(lo, hi, bracket), check=_in_range(lo, hi, closed_hi=closed_hi))
+
+
+def Positive() -> Field:
+    return Field("float", "(0, inf)", check=lambda v: v > 0)
+
+
+def Choice(*options: Any) -> Field:
+    return Field("choice", choices=options)
+
+
+def IntList(lo: int = 1) -> Field:
+    return Field("int_list", f"[{lo}, inf) each", check=lambda v: all(x >= lo for x in v))
+
+
+def _range_text(lo, hi, bracket: str) -> str:
+    lo_text = "-inf" if lo is None else lo
+    hi_text = "inf" if hi is None else hi
+    return f"[{lo_text}, {hi_text}{bracket if hi is not None else ')'}"
+
+
+def _in_range(lo, hi, *, closed_hi: bool) -> Callable[[Any], bool]:
+    def check(v) -> bool:
+        if lo is not None and v < lo:
+            return False
+        if hi is not None and (v > hi if closed_hi else v >= hi):
+            return False
+        return True
+
+    return check
+
+
+STR = Field("str")
+OPTIONAL_STR = Field("optional_str")
+BOOL = Field("bool")
+SEED = Int(0, 2**31 - 1)
+RATIO = Float(0.0, 1.0, closed_hi=False)
+FRACTION_OPEN = Field("float", "(0, 1)", check=lambda v: 0 < v < 1)
+
+MODEL = {
+    "arch": Choice("resnet"),
+    "embedding_size": Int(1, 4096),
+    "hidden_sizes": IntList(1),
+    "depths": IntList(1),
+    "pretrained": OPTIONAL_STR,
+}
+OPTIM = {
+    "epochs": Int(1, 10_000),
+    "batch_size": Int(1, 65_536),
+    "lr": Positive(),
+    "weight_decay": Float(0.0, 1.0),
+}
+
+SCHEMA: dict[str, dict[str, Any]] = {
+    "prepare": {
+        "seed": SEED,
+        "image_size": Int(8, 512),
+        "channels": Choice(1, 3),
+        "source": {
+            "name": STR,
+            "charset": Choice("ascii", "extended"),
+            "images_per_class": Int(2, 100_000),
+            "degrade_fraction": Float(0.0, 1.0),
+            "val_fraction": FRACTION_OPEN,
+            "split": STR,
+            "image_column": STR,
+            "label_column": STR,
+        },
+        "target": {
+            "name": STR,
+            "shots_per_class": Int(1, 100_000),
+            "test_fraction": FRACTION_OPEN,
+            "split": STR,
+            "test_split": OPTIONAL_STR,
+            "image_column": STR,
+            "label_column": STR,
+        },
+    },
+    "surrogate": {"seed": SEED, "model": MODEL, **OPTIM},
+    "prune": {"method": Choice("lm", "random"), "ratio": RATIO, "seed": SEED},
+    "pretrain": {"seed": SEED, "model": MODEL, **OPTIM, "label_smoothing": Float(0.0, 0.5)},
+    "distill": {
+        "method": Choice("seed"),
+        "seed": SEED,
+        "model": MODEL,
+        **OPTIM,
+        "queue_size": Int(1, 1_000_000),
+        "tau_s": Positive(),
+        "tau_t": Positive(),
+        "use_source": BOOL,
+        "augment": BOOL,
+    },
+    "finetune": {
+        "backbone": Choice("student", "teacher"),
+        "mode": Choice("linear", "full"),
+        "seed": SEED,
+        **OPTIM,
+    },
+    "evaluate": {
+        "seed": SEED,
+        "probe_shots": IntList(1),
+        "probe_draws": Int(1, 10_000),
+        "batch_size": Int(1, 65_536),
+    },
+}
+
+
+def params_path(project: Path, stage: str) -> Path:
+    return Path(project) / "params" / f"{stage}.yaml"
+
+
+def validate(stage: str, values: Any, *, source: str) -> dict:
+    """Checks `values` against the stage schema and returns a validated deep copy.
+
+    Args:
+        stage: one of STAGES.
+        values: the parsed YAML mapping.
+        source: the file name to put in error messages.
+
+    Raises:
+        ParamsError: unknown or missing key, wrong type, value out of range.
+    """
+    if stage not in SCHEMA:
+        raise ParamsError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    out = _validate_mapping(SCHEMA[stage], values, prefix="", source=source)
+    _check_cross_fields(stage, out, source)
+    return out
+
+
+def _validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str) -> dict:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(values, Mapping):
+        raise ParamsError(f"{source}: {where} must be a mapping of keys, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown key {prefix}{unknown[0]!s}; allowed keys: {', '.join(prefix + k for k in schema)}"
+        )
+    missing = [k for k in schema if k not in values]
+    if missing:
+        raise ParamsError(f"{source}: missing key {prefix}{missing[0]}")
+    out = {}
+    for key, rule in schema.items():
+        if isinstance(rule, Mapping):
+            out[key] = _validate_mapping(rule, values[key], prefix=f"{prefix}{key}.", source=source)
+        else:
+            out[key] = rule.validate(f"{source}: {prefix}{key}", copy.deepcopy(values[key]))
+    return out
+
+
+def _check_cross_fields(stage: str, values: dict, source: str) -> None:
+    model = values.get("model")
+    if model is not None and len(model["hidden_sizes"]) != len(model["depths"]):
+        raise ParamsError(
+            f"{source}: model.hidden_sizes has {len(model['hidden_sizes'])} entries but model.depths has "
+            f"{len(model['depths'])}; they must have the same length (one per stage of the backbone)"
+        )
+
+
+def load_stage_params(project: Path, stage: str) -> dict:
+    """Reads and validates `params/<stage>.yaml` of a project."""
+    path = params_path(project, stage)
+    return validate(stage, read_yaml(path), source=_display(project, path))
+
+
+def load_all_params(project: Path, stages=STAGES) -> dict[str, dict]:
+    return {stage: load_stage_params(project, stage) for stage in stages}
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
+
+
+def _display(project: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(project))
+    except ValueError:
+        return str(path)
+
+
+def parse_override(text: str) -> tuple[str, list[str], Any]:
+    """Parses `stage.key[.sub]=value` (value in YAML syntax) into (stage, key path, value)."""
+    if "=" not in text:
+        raise ParamsError(f"override {text!r}: expected STAGE.KEY=VALUE, e.g. prune.ratio=0.5")
+    lhs, raw = text.split("=", 1)
+    parts = lhs.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ParamsError(f"override {text!r}: expected STAGE.KEY=VALUE, e.g. prune.ratio=0.5")
+    if parts[0] not in SCHEMA:
+        raise ParamsError(f"override {text!r}: unknown stage {parts[0]!r}; stages are {', '.join(STAGES)}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return parts[0], parts[1:], value
+
+
+def apply_overrides(params: dict[str, dict], overrides: list[str]) -> tuple[dict[str, dict], set[str]]:
+    """Returns validated copies of the stage params with the overrides set, and the stages touched."""
+    updated = copy.deepcopy(params)
+    touched: set[str] = set()
+    for text in overrides:
+        stage, keys, value = parse_override(text)
+        node = updated[stage]
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise ParamsError(f"override {text!r}: params/{stage}.yaml has no section {key!r}")
+            node = node[key]
+        node[keys[-1]] = value
+        touched.add(stage)
+    for stage in touched:
+        updated[stage] = validate(stage, updated[stage], source=f"params/{stage}.yaml (with -s overrides)")
+    return updated, touched

@@ -1,0 +1,109 @@
+"""File I/O for stage outputs: atomic replacement, deterministic JSON, tables and figures.
+
+Every output is written to a temporary sibling first and renamed into place only when the whole
+stage has succeeded, so a crash never leaves a half-written artifact under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+_TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def staged_outputs(*finals: Path) -> Iterator[tuple[Path, ...]]:
+    """Yields one temporary path per final path; on success moves each into place, else deletes them.
+
+    The temporary paths are siblings of the finals (same file system, so the rename is atomic).
+    Missing parent folders are created. An existing final is replaced only after the block succeeded.
+    """
+    tag = f"{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temps = []
+    for final in finals:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temps.append(final.with_name(final.name + tag))
+    try:
+        yield tuple(temps)
+        missing = [str(f) for f, t in zip(finals, temps) if not t.exists()]
+        if missing:
+            raise FileNotFoundError(f"stage did not write its outputs: {', '.join(missing)}")
+        for final, temp in zip(finals, temps):
+            replace_path(temp, Path(final))
+    finally:
+        for temp in temps:
+            remove_path(temp)
+
+
+def replace_path(src: Path, dst: Path) -> None:
+    """Moves `src` to `dst`, replacing a file or a whole folder; `dst` is never half-written."""
+    if dst.is_dir() and not dst.is_symlink():
+        graveyard = dst.with_name(dst.name + f"{_TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+        os.replace(dst, graveyard)
+        os.replace(src, dst)
+        shutil.rmtree(graveyard, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Leftovers of interrupted writes below `folder` (safe to delete when no stage is running)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob(f"*{_TMP_MARK}*"))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes JSON with sorted keys and a trailing newline, so equal data gives equal bytes."""
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=True, ensure_ascii=False)
+    Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_table(path: Path, frame) -> None:
+    """Writes a pandas DataFrame as CSV (no index; floats in full precision)."""
+    frame.to_csv(path, index=False, lineterminator="\n")
+
+
+def write_figure(path: Path, figure) -> None:
+    """Saves a matplotlib Figure as PNG without timestamps in the metadata (stable bytes)."""
+    figure.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
+
+
+def write_text(path: Path, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")

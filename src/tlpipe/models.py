@@ -1,0 +1,144 @@
+"""Backbones from `transformers`, the heads put on them, and their safetensors checkpoints.
+
+DEFAULTS = PLACEHOLDER
+"""
+
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+
+ARCHS = ("resnet", "convnext")
+
+
+def _backbone_config(arch: str, in_channels: int, embedding_size: int, hidden_sizes: list[int],
+                     depths: list[int], patch_size: int) -> transformers.PretrainedConfig:
+    if arch == "resnet":
+        # The stem (7x7 stride-2 conv + stride-2 max-pool) is fixed: 32x32 -> 8x8 before stage 1.
+        return transformers.ResNetConfig(
+            num_channels=in_channels, embedding_size=embedding_size, hidden_sizes=list(hidden_sizes),
+            depths=list(depths), layer_type="basic", downsample_in_first_stage=False,
+        )
+    # ConvNeXt: patchify stem of stride `patch_size`, then a 2x2 stride-2 conv between stages.
+    # Its stem width is hidden_sizes[0]; embedding_size has no counterpart here.
+    return transformers.ConvNextConfig(
+        num_channels=in_channels, patch_size=patch_size, num_stages=len(hidden_sizes),
+        hidden_sizes=list(hidden_sizes), depths=list(depths), image_size=32,
+    )
+
+
+def build_backbone(
+    *,
+    arch: str = "resnet",
+    in_channels: int = 1,
+    embedding_size: int,
+    hidden_sizes: list[int],
+    depths: list[int],
+    patch_size: int = 2,
+    pretrained: str | None = None,
+) -> transformers.PreTrainedModel:
+    """Builds a backbone from a config with fresh weights, or loads a saved/pretrained one.
+
+    Args:
+        arch: one of `ARCHS`.
+        in_channels: image channels (1 for the built-in glyphs and digits).
+        embedding_size: ResNet stem width (ignored by ConvNeXt).
+        hidden_sizes: channels of each stage; the last is the feature dimension.
+        depths: blocks in each stage, same length as `hidden_sizes`.
+        patch_size: ConvNeXt stem stride (ignored by ResNet).
+        pretrained: a local directory written by `save_backbone` or a hub id; when given,
+            the architecture arguments are ignored and the saved config is used.
+
+    Returns:
+        A `transformers` model whose forward takes `pixel_values` [B, C, H, W].
+
+    Raises:
+        ValueError: unknown `arch`, mismatched `hidden_sizes`/`depths`, or a pretrained
+            model whose channel count differs from `in_channels`.
+    """
+    if pretrained is not None:
+        backbone = load_backbone(pretrained)
+        if backbone.config.num_channels != in_channels:
+            raise ValueError(f"pretrained={pretrained!r} takes {backbone.config.num_channels} channels, "
+                             f"in_channels={in_channels}")
+        return backbone
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r} is not one of {', '.join(ARCHS)}")
+    if len(hidden_sizes) != len(depths) or not hidden_sizes:
+        raise ValueError(f"hidden_sizes={hidden_sizes} and depths={depths} must be non-empty, same length")
+    config = _backbone_config(arch, in_channels, embedding_size, hidden_sizes, depths, patch_size)
+    return transformers.AutoModel.from_config(config)
+
+
+def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled features: float pixels [B, C, H, W] -> [B, D]."""
+    pooled = backbone(pixel_values=x).pooler_output  # ResNet [B, D, 1, 1]; ConvNeXt [B, D]
+    return pooled.flatten(1)
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """D, the width of `embed`'s output."""
+    return int(backbone.config.hidden_sizes[-1])
+
+
+def count_parameters(module: nn.Module) -> int:
+    """All parameters, trainable or not."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class Classifier(nn.Module):
+    """A backbone and a linear head: pixels [B, C, H, W] -> logits [B, num_classes]."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim(backbone), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(embed(self.backbone, x))
+
+
+class ProjectionHead(nn.Module):
+    """MLP Linear-BN-ReLU-Linear mapping student features [B, in_dim] to [B, out_dim].
+
+    SEED (Fang et al., ICLR 2021) puts such a head on the student so its embedding lives in the
+    teacher's dimension; it is dropped after distillation.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = hidden_dim or max(in_dim, out_dim)
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim, bias=False),  # BN follows, a bias would be redundant
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def save_backbone(backbone: transformers.PreTrainedModel, path: str | Path) -> None:
+    """Writes config.json + model.safetensors to the directory `path` (byte-identical for equal weights)."""
+    backbone.save_pretrained(str(path))
+
+
+def load_backbone(path: str | Path) -> transformers.PreTrainedModel:
+    """Loads a backbone saved by `save_backbone` (or a hub id); safetensors only, never pickle."""
+    return transformers.AutoModel.from_pretrained(str(path), use_safetensors=True)
+
+
+def save_module(module: nn.Module, path: str | Path) -> None:
+    """Writes a module's state dict (parameters and buffers) to one safetensors file."""
+    state = {name: t.detach().cpu().contiguous() for name, t in module.state_dict().items()}
+    safetensors.torch.save_file(state, str(path))
+
+
+def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
+    """Loads a safetensors file written by `save_module` into `module` (strict) and returns it."""
+    module.load_state_dict(safetensors.torch.load_file(str(path)), strict=True)
+    return module

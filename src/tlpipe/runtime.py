@@ -1,0 +1,143 @@
+"""Device, precision, seeding and batching: the few things every training loop shares.
+
+Nothing here keeps state between calls. On CUDA the loops use bf16 autocast, channels_last
+memory for conv nets, pinned host memory and non-blocking copies; elsewhere plain fp32.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import transformers
+
+DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turns a device name into a `torch.device` that exists on this machine.
+
+    Args:
+        name: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:<index>" or "mps".
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: the name is not one of the options, or names a device this machine lacks.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device={name!r} is not one of {', '.join(DEVICE_NAMES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} is unavailable: torch sees no CUDA device")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device={name!r} is unavailable: only {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not _mps_available():
+        raise ValueError(f"device={name!r} is unavailable: torch sees no MPS device")
+    return torch.device(name)
+
+
+def device_settings(device_type: str) -> dict:
+    """The performance settings the loops use on a device type ("cpu", "cuda" or "mps").
+
+    Returns:
+        dict with `autocast_dtype` (torch dtype or None), `precision` ("bf16"/"fp32"),
+        `channels_last`, `pin_memory` and `non_blocking` (bools).
+    """
+    cuda = device_type == "cuda"
+    return {
+        "autocast_dtype": torch.bfloat16 if cuda else None,
+        "precision": "bf16" if cuda else "fp32",
+        # NHWC lets cuDNN pick tensor-core kernels for convs; on CPU it only adds copies.
+        "channels_last": cuda,
+        "pin_memory": cuda,
+        "non_blocking": cuda,
+    }
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no grad scaler needed for bf16); a no-op context elsewhere."""
+    dtype = device_settings(device.type)["autocast_dtype"]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds torch's global generators (weight init, dropout) on every device.
+
+    Returns:
+        A fresh CPU generator seeded with `seed`, for the data order.
+    """
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [..] in 0..255 -> float32 in [-1, 1] (black -> -1, white -> 1)."""
+    return pixels.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def describe_environment(device: torch.device) -> dict:
+    """What changes numerical results besides code and data; it enters stage cache keys."""
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device.type,
+        "precision": device_settings(device.type)["precision"],
+    }
+
+
+def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Moves a module to `device`, in channels_last memory format where that pays (CUDA)."""
+    module = module.to(device)
+    if device_settings(device.type)["channels_last"]:
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def iter_batches(
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | None = None,
+    *,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
+
+    Args:
+        images: uint8 [N, C, H, W].
+        labels: int64 [N], or None.
+        batch_size: images per batch.
+        device: where batches go; uint8 is copied (4x fewer bytes) and scaled there.
+        generator: CPU generator; given, the order is shuffled with it, else kept.
+        drop_last: drop the incomplete last batch (keeps BatchNorm off 1-image batches);
+            a set smaller than one batch still yields one batch.
+    """
+    pixels = torch.as_tensor(images)
+    targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+    n = pixels.shape[0]
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = max(n // batch_size, 1) * batch_size if drop_last else n
+    settings = device_settings(device.type)
+    for start in range(0, min(stop, n), batch_size):
+        index = order[start : start + batch_size]
+        x = pixels[index]
+        if settings["pin_memory"]:
+            x = x.pin_memory()  # page-locked, so the copy below can overlap compute
+        x = to_float(x.to(device, non_blocking=settings["non_blocking"]))
+        if settings["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = None if targets is None else targets[index].to(device, non_blocking=settings["non_blocking"])
+        yield x, y

@@ -1,0 +1,245 @@
+"""Supervised training, inference and fine-tuning of backbones with a linear head.
+
+Images are uint8 numpy arrays [N, C, H, W], labels int64 [N]. Functions never modify the
+models they are given unless they say so; progress leaves through `on_metrics(step, dict)`.
+"""
+
+import copy
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlpipe.models import Classifier, embed, feature_dim
+from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
+
+MetricsCallback = Callable[[int, dict], None]
+FINETUNE_MODES = ("linear", "full")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no decay on biases and norm weights (1-d tensors); backbone lr scaled."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((name.startswith("backbone."), p.ndim > 1), []).append(p)
+    return [
+        {"params": ps, "lr": lr * (backbone_lr_scale if in_backbone else 1.0),
+         "weight_decay": weight_decay if decays else 0.0}
+        for (in_backbone, decays), ps in sorted(groups.items())
+    ]
+
+
+def make_optimizer(groups: list[dict], steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with a 5 % (at least one step) warmup then cosine decay over `steps`."""
+    optimizer = torch.optim.AdamW(groups)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, max(1, steps // 20)))
+    return optimizer, schedule
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch with the incomplete last batch dropped (a small set is one batch)."""
+    return max(n // batch_size, 1)
+
+
+def train_classifier(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+    val_images: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    label_smoothing: float = 0.1,
+    backbone_lr_scale: float = 1.0,
+    on_metrics: MetricsCallback | None = None,
+) -> dict:
+    """Trains `model` in place with AdamW, warmup-cosine lr and cross-entropy.
+
+    Deterministic on CPU: the same model, data and seed give bit-identical weights.
+
+    Args:
+        model: maps float pixels [B, C, H, W] to logits [B, K]; trained in place, moved to `device`.
+        images: uint8 [N, C, H, W].
+        labels: int64 [N] in 0..K-1.
+        epochs: passes over the data.
+        batch_size: images per step.
+        lr: peak learning rate.
+        weight_decay: AdamW decay on weight matrices/kernels (not on biases and norms).
+        seed: data order (and dropout, if any).
+        device: where to train.
+        val_images, val_labels: optional held-out set, scored after every epoch.
+        label_smoothing: cross-entropy label smoothing.
+        backbone_lr_scale: lr multiplier for parameters under `model.backbone`.
+        on_metrics: called as on_metrics(epoch, {...}) after each epoch (epochs count from 1).
+
+    Returns:
+        dict with wall_time_s, images_seen, images_per_s, train_loss and train_accuracy (last
+        epoch), and val_accuracy when a validation set is given.
+    """
+    generator = seed_everything(seed)
+    model = prepare_module(model, device)
+    steps = epochs * steps_per_epoch(len(images), batch_size)
+    optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay, backbone_lr_scale), steps)
+    metrics: dict = {}
+    images_seen, start = 0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        epoch_seen = 0
+        batches = iter_batches(images, labels, batch_size=batch_size, device=device,
+                               generator=generator, drop_last=True)
+        for x, y in batches:
+            with autocast(device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            epoch_seen += len(y)
+        images_seen += epoch_seen
+        metrics = {"train_loss": loss_sum.item() / epoch_seen, "train_accuracy": correct.item() / epoch_seen,
+                   "lr": schedule.get_last_lr()[0]}
+        if val_images is not None and val_labels is not None:
+            predicted = predict_logits(model, val_images, batch_size=batch_size, device=device).argmax(1)
+            metrics["val_accuracy"] = float((predicted == np.asarray(val_labels)).mean())
+        if on_metrics is not None:
+            on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - start})
+    wall = time.perf_counter() - start
+    metrics.pop("lr", None)
+    return {"wall_time_s": wall, "images_seen": images_seen, "images_per_s": images_seen / wall, **metrics}
+
+
+@torch.inference_mode()
+def _apply_batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    outputs = []
+    for x, _ in iter_batches(images, batch_size=batch_size, device=device):
+        with autocast(device):
+            outputs.append(fn(x).float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """Logits float32 [N, K] of `model` in eval mode (the model is left in eval mode)."""
+    model = prepare_module(model, device).eval()
+    return _apply_batched(model, images, batch_size, device)
+
+
+def extract_features(backbone: nn.Module, images: np.ndarray, *, batch_size: int,
+                     device: torch.device) -> np.ndarray:
+    """Pooled backbone features float32 [N, D] in eval mode (the backbone is left in eval mode)."""
+    backbone = prepare_module(backbone, device).eval()
+    return _apply_batched(lambda x: embed(backbone, x), images, batch_size, device)
+
+
+def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int,
+                    batch_size: int, lr: float, weight_decay: float, generator: torch.Generator) -> nn.Linear:
+    """Trains a linear layer on fixed features [N, D] and returns it acting on the raw features.
+
+    Features are standardised for training (well-conditioned for AdamW); the mean and std are
+    folded into the layer afterwards: W' = W / std, b' = b - W' @ mean.
+    """
+    mean, std = features.mean(0), features.std(0, unbiased=False) + 1e-6
+    z = (features - mean) / std
+    head = nn.Linear(features.shape[1], num_classes)
+    steps = epochs * steps_per_epoch(len(z), batch_size)
+    optimizer, schedule = make_optimizer(param_groups(head, lr, weight_decay), steps)
+    for _ in range(epochs):
+        order = torch.randperm(len(z), generator=generator)
+        for start in range(0, steps_per_epoch(len(z), batch_size) * batch_size, batch_size):
+            index = order[start : start + batch_size]
+            loss = F.cross_entropy(head(z[index]), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    with torch.no_grad():
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)
+    return head
+
+
+def finetune(
+    backbone: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    mode: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+    backbone_lr_scale: float = 0.1,
+    on_metrics: MetricsCallback | None = None,
+) -> tuple[Classifier, dict]:
+    """Fits a classifier on labelled target images, starting from a copy of `backbone`.
+
+    Args:
+        backbone: pretrained backbone; it is copied, never modified.
+        images: uint8 [N, C, H, W].
+        labels: int64 [N] in 0..num_classes-1.
+        num_classes: width of the head.
+        mode: "linear" (frozen backbone; its features are computed once and a linear head is
+            trained on them) or "full" (backbone and head trained together).
+        epochs, batch_size, lr, weight_decay, seed: as in `train_classifier`.
+        device: where to train.
+        backbone_lr_scale: "full" only: backbone lr = lr * backbone_lr_scale.
+        on_metrics: "full" only: per-epoch metrics, see `train_classifier`.
+
+    Returns:
+        (classifier, metrics): metrics has wall_time_s, images_seen, images_per_s, train_accuracy.
+
+    Raises:
+        ValueError: unknown `mode`.
+    """
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
+    classifier = Classifier(copy.deepcopy(backbone), num_classes)
+    if mode == "full":
+        metrics = train_classifier(classifier, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   weight_decay=weight_decay, seed=seed, device=device,
+                                   backbone_lr_scale=backbone_lr_scale, on_metrics=on_metrics)
+        return classifier.eval(), metrics
+    generator = seed_everything(seed)
+    start = time.perf_counter()
+    classifier.backbone.requires_grad_(False)
+    features = torch.from_numpy(extract_features(classifier.backbone, images, batch_size=batch_size, device=device))
+    targets = torch.as_tensor(labels, dtype=torch.int64)
+    head = fit_linear_head(features, targets, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
+                           lr=lr, weight_decay=weight_decay, generator=generator)
+    classifier.head.load_state_dict(head.state_dict())
+    wall = time.perf_counter() - start
+    with torch.no_grad():
+        accuracy = (head(features).argmax(1) == targets).float().mean().item()
+    seen = epochs * steps_per_epoch(len(images), batch_size) * min(batch_size, len(images))
+    metrics = {"wall_time_s": wall, "images_seen": seen, "images_per_s": seen / wall, "train_accuracy": accuracy}
+    return prepare_module(classifier, device).eval(), metrics

@@ -1,0 +1,139 @@
+"""Cache keys of stages: what a stage's result depends on, hashed.
+
+sha256 over the stage name and cmd, the content hash of every data and code dependency (upstream
+outputs enter by their hash, so keys chain), the values of the params the stage declares, the code
+the stage runs (its task module and every project module it imports, found by reading the imports),
+and the environment that changes results. Absolute paths never enter the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from tasks.versioning import StageSpec
+
+PROJECT_PACKAGES = {"tlpipe": ("src", "tlpipe"), "tasks": ("tasks",)}
+RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
+
+
+def module_file(project: Path, module: str) -> Path | None:
+    """The source file of a project module (`tlpipe.data` -> src/tlpipe/data.py), or None."""
+    top, *rest = module.split(".")
+    if top not in PROJECT_PACKAGES:
+        return None
+    base = Path(project).joinpath(*PROJECT_PACKAGES[top], *rest)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_main_guard(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":` (the command-line entry, which does not shape results)."""
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+    )
+
+
+def _walk(node: ast.AST):
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not _is_main_guard(child):
+            yield from _walk(child)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an import statement in `path` names, including `from pkg import submodule`.
+
+    Imports under the `__main__` guard are left out: they start the stage, they do not compute it.
+    """
+    found: set[str] = set()
+    for node in _walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def code_closure(project: Path, module: str) -> list[Path]:
+    """The project source files `module` runs: itself, the modules it imports, their packages, recursively."""
+    project = Path(project)
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a submodule import also runs its packages' __init__
+            prefix = ".".join(parts[:i])
+            if prefix in seen:
+                continue
+            path = module_file(project, prefix)
+            if path is None:
+                continue
+            seen[prefix] = path
+            todo.extend(_imported_modules(path))
+    return sorted(seen.values())
+
+
+def stage_module(spec: StageSpec) -> str:
+    """The module a stage's cmd runs (`python -m tasks.prune` -> tasks.prune)."""
+    words = spec.cmd.split()
+    if "-m" in words and words.index("-m") + 1 < len(words):
+        return words[words.index("-m") + 1]
+    raise ValueError(f"stage {spec.name}: cmd {spec.cmd!r} must run `python -m tasks.<stage>`")
+
+
+def environment(device_type: str, precision: str) -> dict[str, str]:
+    """The parts of the environment that change numeric results."""
+    versions = {}
+    for name in RESULT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return {
+        **versions,
+        "python": ".".join(platform.python_version_tuple()[:2]),
+        "device": device_type,
+        "precision": precision,
+    }
+
+
+def stage_cache_key(
+    spec: StageSpec,
+    project: Path,
+    *,
+    params: dict[str, dict],
+    dep_hashes: dict[str, str],
+    env: dict[str, str],
+) -> str:
+    """sha256 hex of everything the stage's outputs depend on (see the module docstring)."""
+    project = Path(project)
+    code = {
+        path.relative_to(project).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in code_closure(project, stage_module(spec))
+    }
+    declared = {
+        file: {key: params[file][key] for key in keys} for file, keys in sorted(spec.params.items())
+    }
+    record = {
+        "stage": spec.name,
+        "cmd": spec.cmd,
+        "deps": dict(sorted(dep_hashes.items())),
+        "params": declared,
+        "code": code,
+        "env": dict(sorted(env.items())),
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()

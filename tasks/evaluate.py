@@ -1,0 +1,108 @@
+"""evaluate: test-split metrics of the target model, transfer scores of each backbone, costs of every stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tlpipe import data, io, metrics, models, plots, training
+from tasks.context import StageContext, metrics_file
+
+COST_STAGES = ("surrogate", "prune", "pretrain", "distill", "finetune")
+
+
+def probe_pool(target) -> tuple[np.ndarray, np.ndarray]:
+    """The labeled pool few-shot draws come from: train + unlabeled images that carry a label."""
+    parts = [data.to_arrays(target[split]) for split in ("train", "unlabeled")]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return images[labels >= 0], labels[labels >= 0]
+
+
+def backbones(ctx: StageContext, in_channels: int) -> dict:
+    """Teacher, student, and an untrained copy of the student's architecture as the floor."""
+    student = models.load_backbone(ctx.upstream("distill") / "backbone")
+    torch.manual_seed(ctx.params["seed"])
+    scratch = type(student)(student.config)
+    return {
+        "teacher": models.load_classifier(ctx.upstream("pretrain") / "model").backbone,
+        "student": student,
+        "scratch": scratch,
+    }
+
+
+def transfer_scores(ctx: StageContext, pool, test) -> pd.DataFrame:
+    """Linear-probe accuracy of every backbone on the same few-shot draws (paired), one row per draw."""
+    p, device = ctx.params, torch.device(ctx.device)
+    draws = {k: metrics.draw_few_shot_indices(pool[1], shots=k, draws=p["probe_draws"], seed=p["seed"])
+             for k in p["probe_shots"]}
+    rows = []
+    for name, backbone in backbones(ctx, pool[0].shape[1]).items():
+        pool_f = training.extract_features(backbone, pool[0], batch_size=p["batch_size"], device=device)
+        test_f = training.extract_features(backbone, test[0], batch_size=p["batch_size"], device=device)
+        for shots, shot_draws in draws.items():
+            accs = metrics.few_shot_probe(pool_f, pool[1], test_f, test[1], shot_draws)
+            rows += [{"backbone": name, "shots": shots, "draw": i, "accuracy": a} for i, a in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+def stage_costs(ctx: StageContext) -> dict:
+    """Wall time and images seen of each upstream stage, and the end-to-end sum (surrogate included)."""
+    costs = {}
+    for stage in COST_STAGES:
+        record = io.read_json(metrics_file(ctx.project, stage))
+        costs[stage] = {"wall_time_s": record["wall_time_s"], "images_seen": record.get("images_seen", 0)}
+    costs["end_to_end"] = {key: sum(c[key] for c in costs.values()) for key in ("wall_time_s", "images_seen")}
+    return costs
+
+
+def run(ctx: StageContext) -> dict:
+    p = ctx.params
+    target = data.load_prepared(ctx.upstream("prepare") / "target")
+    names = list(target["test"].features["label"].names)
+    test = data.to_arrays(target["test"])
+    model = models.load_classifier(ctx.upstream("finetune") / "model")
+    predicted = training.predict_logits(model, test[0], batch_size=p["batch_size"], device=torch.device(ctx.device)).argmax(1)
+    report = metrics.classification_report(test[1], predicted, num_classes=len(names))
+    io.write_figure(ctx.out / "confusion.png", plots.plot_confusion_matrix(report["confusion_matrix"], names))
+    scores = transfer_scores(ctx, probe_pool(target), test)
+    io.write_table(ctx.out / "probe.csv", scores)
+    transfer = {
+        name: {f"{shots}shot": metrics.summarise(group["accuracy"]) for shots, group in by_backbone.groupby("shots")}
+        for name, by_backbone in scores.groupby("backbone", sort=False)
+    }
+    pretrain = io.read_json(metrics_file(ctx.project, "pretrain"))
+    result = {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "per_class_accuracy": dict(zip(names, report["per_class_accuracy"])),
+        "transfer": transfer,
+        "cost": stage_costs(ctx),
+        "pretrain_source_fraction": pretrain["source_fraction"],
+        "test_images": len(test[1]),
+    }
+    io.write_text(ctx.out / "report.md", render_report(result))
+    return result
+
+
+def render_report(result: dict) -> str:
+    """A one-page markdown summary of the run."""
+    lines = ["# tlpipe evaluation", "", f"- test accuracy: {result['accuracy']:.4f}",
+             f"- macro-F1: {result['macro_f1']:.4f}",
+             f"- pretraining used {result['pretrain_source_fraction']:.1%} of the source images", "",
+             "## Transfer score (few-shot linear probe, mean ± std over paired draws)", "",
+             "| backbone | " + " | ".join(next(iter(result["transfer"].values()))) + " |",
+             "|---|" + "---|" * len(next(iter(result["transfer"].values())))]
+    for name, by_shots in result["transfer"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{s['mean']:.3f} ± {s['std']:.3f}" for s in by_shots.values()) + " |")
+    lines += ["", "## Cost", "", "| stage | wall time (s) | images seen |", "|---|---|---|"]
+    for stage, cost in result["cost"].items():
+        lines.append(f"| {stage} | {cost['wall_time_s']:.1f} | {cost['images_seen']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from tasks.runner import main
+
+    main("evaluate")

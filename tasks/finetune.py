@@ -1,0 +1,43 @@
+"""finetune: the target classifier, from the student (or teacher) on the labeled target train split."""
+
+from __future__ import annotations
+
+import torch
+
+from tlpipe import data, models, training
+from tasks.context import StageContext
+from tasks.supervised import write_history
+
+
+def load_backbone(ctx: StageContext, which: str):
+    if which == "student":
+        return models.load_backbone(ctx.upstream("distill") / "backbone")
+    return models.load_classifier(ctx.upstream("pretrain") / "model").backbone
+
+
+def run(ctx: StageContext) -> dict:
+    p = ctx.params
+    train = data.load_prepared(ctx.upstream("prepare") / "target")["train"]
+    images, labels = data.to_arrays(train)
+    backbone = load_backbone(ctx, p["backbone"])
+    history: list[dict] = []
+    with ctx.progress(p["epochs"], f"{p['mode']} on {p['backbone']}") as report:
+        def on_metrics(epoch: int, metrics: dict) -> None:
+            history.append({"epoch": epoch, **metrics})
+            report(epoch, metrics)
+
+        model, metrics = training.finetune(
+            backbone, images, labels, num_classes=train.features["label"].num_classes, mode=p["mode"],
+            epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
+            seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
+        )
+    models.save_classifier(model.cpu(), ctx.out / "model")
+    write_history(ctx.out / "history.csv", history)
+    ctx.log_model(model, input_example=images[:2])
+    return {**metrics, "parameters": models.count_parameters(model), "train_images": len(images)}
+
+
+if __name__ == "__main__":
+    from tasks.runner import main
+
+    main("finetune")

@@ -1,0 +1,83 @@
+"""prepare: the source and target data sets, split once and stored as Hugging Face datasets on disk."""
+
+from __future__ import annotations
+
+from tlpipe import data
+from tasks.context import StageContext
+
+BUILTIN_SOURCE = "glyphs"
+BUILTIN_TARGET = "digits"
+
+
+def load_source(params: dict):
+    """The full source data set in the prepared format (before splitting)."""
+    spec = params["source"]
+    if spec["name"] == BUILTIN_SOURCE:
+        return data.render_glyphs(
+            charset=spec["charset"],
+            images_per_class=spec["images_per_class"],
+            seed=params["seed"],
+            image_size=params["image_size"],
+            degrade_fraction=spec["degrade_fraction"],
+        )
+    return _load_external(spec, params, spec["split"])
+
+
+def load_target(params: dict):
+    """(train pool, own test split or None) of the target in the prepared format."""
+    spec = params["target"]
+    if spec["name"] == BUILTIN_TARGET:
+        return data.load_digits_dataset(image_size=params["image_size"]), None
+    test = _load_external(spec, params, spec["test_split"]) if spec["test_split"] else None
+    return _load_external(spec, params, spec["split"]), test
+
+
+def _load_external(spec: dict, params: dict, split: str):
+    return data.load_image_dataset(
+        spec["name"],
+        split=split,
+        image_column=spec["image_column"],
+        label_column=spec["label_column"],
+        image_size=params["image_size"],
+        channels=params["channels"],
+    )
+
+
+def split_target(params: dict, pool, test):
+    spec = params["target"]
+    return data.split_target(
+        pool, shots_per_class=spec["shots_per_class"], test_fraction=spec["test_fraction"],
+        seed=params["seed"], test=test,
+    )
+
+
+def preflight(params: dict) -> None:
+    """Loads the target (cheap) and checks the split can be made, so bad input fails before compute."""
+    pool, test = load_target(params)
+    split_target(params, pool, test)
+    if params["source"]["name"] != BUILTIN_SOURCE:
+        load_source(params)
+    elif params["channels"] != 1:
+        raise ValueError("prepare.channels: the built-in glyphs source is grayscale; use channels: 1")
+
+
+def run(ctx: StageContext) -> dict:
+    params = ctx.params
+    source = data.split_source(load_source(params), val_fraction=params["source"]["val_fraction"],
+                               seed=params["seed"])
+    pool, test = load_target(params)
+    target = split_target(params, pool, test)
+    data.save_prepared(source, ctx.out / "source")
+    data.save_prepared(target, ctx.out / "target")
+    counts = {f"source_{k}": len(v) for k, v in source.items()} | {f"target_{k}": len(v) for k, v in target.items()}
+    return {
+        **counts,
+        "source_classes": source["train"].features["label"].num_classes,
+        "target_classes": target["train"].features["label"].num_classes,
+    }
+
+
+if __name__ == "__main__":
+    from tasks.runner import main
+
+    main("prepare")

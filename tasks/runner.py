@@ -1,0 +1,120 @@
+"""Runs one stage: validated params in, MLflow run around it, outputs written atomically, manifest out.
+
+The same `execute_stage` runs under `dvc repro` (through the stage cmd, `python -m tasks.<stage>`)
+and under Prefect (in-process, called by flows/pipeline.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from tlpipe import config
+from tlpipe.io import staged_outputs, write_json
+from tasks import cachekey, tracking, versioning
+from tasks.context import STAGE_DIRS, StageContext, metrics_file, stage_dir, stage_outputs
+
+EXIT_BAD_INPUT = 2
+
+
+def device_name() -> str:
+    """The device stages run on: TLPIPE_DEVICE (auto | cpu | cuda | cuda:N | mps), default auto."""
+    from tlpipe.runtime import resolve_device
+
+    return str(resolve_device(os.environ.get("TLPIPE_DEVICE", "auto")))
+
+
+def run_environment(device: str) -> dict[str, str]:
+    device_type = device.split(":")[0]
+    return cachekey.environment(device_type, "bf16" if device_type == "cuda" else "fp32")
+
+
+def check_declaration(spec: versioning.StageSpec) -> None:
+    """dvc.yaml and the stage code must agree on the stage's outputs and params file."""
+    if spec.name not in STAGE_DIRS:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name!r} has no task module; known: {', '.join(STAGE_DIRS)}")
+    expected = set(stage_outputs(spec.name))
+    if set(spec.outs) != expected:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare outputs {sorted(expected)}, not {sorted(spec.outs)}")
+    file = f"params/{spec.name}.yaml"
+    declared = set(spec.params.get(file, ()))
+    schema = set(config.SCHEMA[spec.name])
+    if set(spec.params) != {file} or declared != schema:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
+
+
+def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str]) -> dict[str, str]:
+    """Content hash of every dependency; upstream outputs reuse the hash already recorded for them."""
+    hashes = {}
+    for dep in spec.deps:
+        if dep in known:
+            hashes[dep] = known[dep]
+        elif (Path(project) / dep).exists():
+            hashes[dep] = versioning.md5_path(Path(project) / dep)
+        else:
+            raise FileNotFoundError(f"stage {spec.name}: dependency {dep} does not exist (run its stage first)")
+    return hashes
+
+
+def execute_stage(
+    project: Path,
+    spec: versioning.StageSpec,
+    *,
+    params: dict,
+    deps: dict[str, str],
+    cache_key: str,
+    device: str,
+    parent_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Runs the stage and returns its manifest: output hashes, metrics, MLflow run id, cache key."""
+    project = Path(project)
+    module = importlib.import_module(cachekey.stage_module(spec))
+    run_tags = {tracking.TAG_CACHE_KEY: cache_key, tracking.TAG_GIT: tracking.git_commit(project), **(tags or {})}
+    started = time.perf_counter()
+    with tracking.stage_run(spec.name, parent_id=parent_id, tags=run_tags) as tracker:
+        tracker.log_params(params)
+        for dep, digest in deps.items():
+            if dep.startswith("data/"):
+                tracker.log_dataset(dep, project / dep, digest, context="input")
+        out, metrics_path = stage_dir(project, spec.name), metrics_file(project, spec.name)
+        with staged_outputs(out, metrics_path) as (tmp_out, tmp_metrics):
+            tmp_out.mkdir()
+            ctx = StageContext(spec.name, project, params, tmp_out, tracker, device, show_progress)
+            metrics = module.run(ctx)
+            metrics["wall_time_s"] = time.perf_counter() - started
+            write_json(tmp_metrics, metrics)
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(metrics_path)
+        outs = {rel: versioning.md5_path(project / rel) for rel in spec.outs}
+        tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outs.items()})
+        return {
+            "stage": spec.name,
+            "cache_key": cache_key,
+            "outs": outs,
+            "metrics": metrics,
+            "mlflow_run_id": tracker.run_id,
+        }
+
+
+def main(stage: str) -> None:
+    """Entry of `python -m tasks.<stage>` (the dvc.yaml cmd): runs one stage in the current project."""
+    project = Path.cwd()
+    try:
+        spec = next(s for s in versioning.load_pipeline(project) if s.name == stage)
+        check_declaration(spec)
+        params = config.load_stage_params(project, stage)
+        device = device_name()
+        deps = dep_hashes(project, spec, {})
+    except (config.ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    key = cachekey.stage_cache_key(spec, project, params={f"params/{stage}.yaml": params}, dep_hashes=deps,
+                                   env=run_environment(device))
+    tracking.configure(project)
+    execute_stage(project, spec, params=params, deps=deps, cache_key=key, device=device,
+                  tags={"tlpipe.runner": "dvc"}, show_progress=sys.stderr.isatty())

@@ -1,0 +1,190 @@
+"""The one module that imports mlflow: pipeline parent runs, stage child runs, cached-stage records."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT = "tlpipe"
+TAG_STAGE = "tlpipe.stage"
+TAG_CACHED = "tlpipe.cached"
+TAG_CACHE_KEY = "tlpipe.cache_key"
+TAG_PRODUCED_BY = "tlpipe.produced_by_run"
+TAG_FLOW_RUN = "prefect.flow_run_id"
+TAG_GIT = "mlflow.source.git.commit"
+MODEL_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy")
+
+
+def configure(project: Path) -> str:
+    """Points MLflow at MLFLOW_TRACKING_URI, or at `mlflow.db` in the project; returns the URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project).resolve() / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _experiment_id(client: MlflowClient) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit(project: Path) -> str:
+    """HEAD of the project's git repository, with `-dirty` when tracked files are modified."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=project, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'depths': [1]}} -> {'model.depths': [1]} (MLflow params are flat)."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    """The finite scalar entries of a (nested) metrics dict, flattened."""
+    return {
+        k: float(v)
+        for k, v in flatten(metrics).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def start_pipeline_run(project: Path, *, run_name: str, tags: dict[str, str], params: dict) -> str:
+    """Creates the parent run of one pipeline run and returns its id."""
+    client = MlflowClient()
+    run = client.create_run(_experiment_id(client), run_name=run_name, tags=tags)
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def end_run(run_id: str, *, failed: bool = False, metrics: dict | None = None) -> None:
+    client = MlflowClient()
+    for key, value in numeric(metrics or {}).items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(flat), 100):
+        client.log_batch(run_id, params=flat[i : i + 100])
+
+
+class StageTracker:
+    """What a stage logs to its MLflow run; the stage code never touches mlflow itself."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._client = MlflowClient()
+
+    def log_params(self, params: dict) -> None:
+        _log_params(self._client, self.run_id, params)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step or 0) for k, v in numeric(metrics).items()]
+        if batch:
+            self._client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, name: str, path: Path, digest: str, *, context: str, rows: int | None = None) -> None:
+        """Records an input data set with its DVC content hash as the MLflow dataset digest."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = MetaDataset(source=resolve_dataset_source(str(path)), name=name, digest=digest[:36])
+        tags = [InputTag("mlflow.data.context", context), InputTag("dvc_md5", digest)]
+        if rows is not None:
+            tags.append(InputTag("rows", str(rows)))
+        self._client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+
+    def log_model(self, model, *, input_example, name: str = "model") -> str:
+        """Logs a torch module (exported with torch.export) with explicit pip requirements; returns its URI."""
+        import mlflow.pytorch
+
+        requirements = [f"{pkg}=={metadata.version(pkg).split('+')[0]}" for pkg in MODEL_REQUIREMENTS]
+        with mlflow.start_run(run_id=self.run_id):  # log_model needs the run active in this thread
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                input_example=input_example,
+                pip_requirements=requirements,
+                serialization_format="pt2",
+            )
+        self._client.update_run(self.run_id, status="RUNNING")  # leaving the block ended the run
+        return info.model_uri
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, *, parent_id: str | None, tags: dict[str, str]) -> Iterator[StageTracker]:
+    """A child run of `parent_id` (a top-level run when None, e.g. under `dvc repro`)."""
+    client = MlflowClient()
+    all_tags = {TAG_STAGE: stage, TAG_CACHED: "false", **tags}
+    if parent_id:
+        all_tags["mlflow.parentRunId"] = parent_id
+    run = client.create_run(_experiment_id(client), run_name=stage, tags=all_tags)
+    tracker = StageTracker(run.info.run_id)
+    try:
+        yield tracker
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def record_cached_stage(stage: str, *, parent_id: str, params: dict, manifest: dict, tags: dict[str, str]) -> str:
+    """A child run for a stage whose outputs came from the cache, pointing at the run that produced them."""
+    produced_by = manifest.get("mlflow_run_id", "")
+    with stage_run(stage, parent_id=parent_id, tags={**tags, TAG_CACHED: "true", TAG_PRODUCED_BY: produced_by}) as t:
+        t.log_params(params)
+        t.log_metrics(manifest.get("metrics", {}))
+        return t.run_id
+
+
+def find_runs(filter_string: str) -> list:
+    """Runs of the tlpipe experiment matching an MLflow filter string, newest first."""
+    client = MlflowClient()
+    return client.search_runs([_experiment_id(client)], filter_string=filter_string, order_by=["start_time DESC"])
