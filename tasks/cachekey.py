@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import platform
 from importlib import metadata
@@ -17,20 +18,21 @@ from pathlib import Path
 
 from tasks.versioning import StageSpec
 
-PROJECT_PACKAGES = {"tlpipe": ("src", "tlpipe"), "tasks": ("tasks",)}
+PROJECT_PACKAGES = ("tlpipe", "tasks")
 RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
 
 
-def module_file(project: Path, module: str) -> Path | None:
-    """The source file of a project module (`tlpipe.data` -> src/tlpipe/data.py), or None."""
-    top, *rest = module.split(".")
-    if top not in PROJECT_PACKAGES:
+def module_file(module: str) -> Path | None:
+    """The source file Python would run for a project module (`tlpipe.data`), or None for others."""
+    if module.split(".")[0] not in PROJECT_PACKAGES:
         return None
-    base = Path(project).joinpath(*PROJECT_PACKAGES[top], *rest)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # `from pkg import name` where name is not a module
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
 
 
 def _is_main_guard(node: ast.AST) -> bool:
@@ -67,24 +69,25 @@ def _imported_modules(path: Path) -> set[str]:
     return found
 
 
-def code_closure(project: Path, module: str) -> list[Path]:
-    """The project source files `module` runs: itself, the modules it imports, their packages, recursively."""
-    project = Path(project)
+def code_closure(module: str) -> dict[str, Path]:
+    """The project modules `module` runs: itself, what it imports, their packages, recursively.
+
+    Files are found the way the import system finds them, so the hash covers the code that runs.
+    """
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
-        name = todo.pop()
-        parts = name.split(".")
+        parts = todo.pop().split(".")
         for i in range(1, len(parts) + 1):  # a submodule import also runs its packages' __init__
             prefix = ".".join(parts[:i])
             if prefix in seen:
                 continue
-            path = module_file(project, prefix)
+            path = module_file(prefix)
             if path is None:
                 continue
             seen[prefix] = path
             todo.extend(_imported_modules(path))
-    return sorted(seen.values())
+    return dict(sorted(seen.items()))
 
 
 def stage_module(spec: StageSpec) -> str:
@@ -120,11 +123,7 @@ def stage_cache_key(
     env: dict[str, str],
 ) -> str:
     """sha256 hex of everything the stage's outputs depend on (see the module docstring)."""
-    project = Path(project)
-    code = {
-        path.relative_to(project).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in code_closure(project, stage_module(spec))
-    }
+    code = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in code_closure(stage_module(spec)).items()}
     declared = {
         file: {key: params[file][key] for key in keys} for file, keys in sorted(spec.params.items())
     }

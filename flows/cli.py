@@ -1,0 +1,180 @@
+"""The `tlpipe` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tlpipe import config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
+err = Console(stderr=True)
+out = Console()
+EXIT_BAD_INPUT = 2
+
+QUIET_DEFAULTS = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def find_project(start: Path) -> Path:
+    """The nearest folder at or above `start` holding dvc.yaml."""
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise config.ParamsError(f"no dvc.yaml in {start} or any parent folder; run inside a tlpipe project or pass --project")
+
+
+def bad_input(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def write_overrides(project: Path, params: dict[str, dict], stages: set[str]) -> None:
+    """Writes overridden values into params/<stage>.yaml, keeping comments and order (like `dvc exp run -S`)."""
+    from ruamel.yaml import YAML
+
+    from tlpipe.io import staged_outputs
+
+    yaml = YAML()
+    for stage in sorted(stages):
+        path = config.params_path(project, stage)
+        document = yaml.load(path.read_text(encoding="utf-8"))
+        _merge(document, params[stage])
+        with staged_outputs(path) as (temp,):
+            with open(temp, "w", encoding="utf-8") as fh:
+                yaml.dump(document, fh)
+
+
+def _merge(document, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _merge(document[key], value)
+        elif document[key] != value:
+            document[key] = value
+
+
+def warm_up_prefect() -> threading.Thread:
+    """Starts Prefect's API (the temporary local server when none is configured) in the background,
+    so its start-up overlaps with loading the pipeline instead of adding to it."""
+    def hello() -> None:
+        from prefect.client.orchestration import get_client
+
+        try:
+            get_client(sync_client=True).hello()
+        except Exception:  # the flow run itself reports an unreachable API properly
+            pass
+
+    thread = threading.Thread(target=hello, name="prefect-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+@app.command()
+def run(
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a parameter: STAGE.KEY=VALUE (YAML value); written to params/STAGE.yaml."),
+    refresh: list[str] = typer.Option([], "--refresh", help="Run this stage even if cached ('all' for every stage). Repeatable."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (and run only what it needs)."),
+    project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
+) -> None:
+    """Run the pipeline (cached stages are reused); prints a results table and where to look."""
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        root = find_project((project or Path.cwd()).resolve())
+        params, touched = config.apply_overrides(config.load_all_params(root), set_)
+        for name in [*refresh, *([until] if until else [])]:
+            if name != "all" and name not in config.STAGES:
+                raise config.ParamsError(f"unknown stage {name!r}; stages are {', '.join(config.STAGES)} (or 'all' for --refresh)")
+    except config.ParamsError as exc:
+        raise bad_input(str(exc))
+    server = warm_up_prefect()
+    from flows.pipeline import pipeline, preflight
+    from tasks import versioning
+
+    try:
+        stages = versioning.select_stages(versioning.load_pipeline(root), until)
+        preflight(root, stages, params)
+    except (config.ParamsError, ValueError, FileNotFoundError) as exc:
+        raise bad_input(str(exc))
+    write_overrides(root, params, touched)
+    server.join()
+    result = run_flow(pipeline, project=str(root), refresh=refresh, until=until, show_progress=sys.stderr.isatty())
+    print_summary(root, result)
+
+
+def run_flow(flow_fn, **kwargs) -> dict:
+    """Calls a flow without the sync engine's one-second heartbeat join."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return flow_fn(**kwargs)
+
+
+def print_summary(root: Path, result: dict) -> None:
+    table = Table(title="tlpipe run", show_lines=False)
+    for column in ("stage", "status", "seconds", "result"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    by_stage = {r["stage"]: r for r in result["stages"]}
+    for r in result["stages"]:
+        status = {"ran": "[green]ran[/]", "cached": "[cyan]cached[/]", "restored": "[cyan]restored[/]"}[r["status"]]
+        table.add_row(r["stage"], status, f"{r['seconds']:.1f}", _headline(r["stage"], r["metrics"]))
+    out.print(table)
+    if "evaluate" in by_stage:
+        out.print(_transfer_table(by_stage["evaluate"]["metrics"]))
+    out.print(f"MLflow run: {result['mlflow_run_id']}   Prefect flow run: {result['flow_run_id']}")
+    uri = result["tracking_uri"]
+    out.print("Look at it:", highlight=False)
+    out.print(f"  mlflow ui --backend-store-uri {uri}", highlight=False)
+    out.print("  dvc metrics show   |   dvc plots show   |   dvc dag", highlight=False)
+    if "evaluate" in by_stage:
+        out.print(f"  report: {root / 'data' / 'evaluate' / 'report.md'}", highlight=False)
+
+
+def _headline(stage: str, m: dict) -> str:
+    if stage == "prepare":
+        return f"source {m['source_train']} train imgs / {m['source_classes']} classes; target {m['target_classes']} classes"
+    if stage == "prune":
+        return f"kept {m['kept_classes']}/{m['source_classes']} classes, {m['kept_fraction']:.0%} of source images"
+    if stage == "pretrain":
+        return (f"val acc {m['val_accuracy']:.3f}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s "
+                f"({m['source_fraction']:.0%} of full source, full est. {m['est_full_source_wall_time_s']:.0f}s)")
+    if stage == "surrogate":
+        return f"val acc {m['val_accuracy']:.3f}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s"
+    if stage == "distill":
+        return f"loss {m['loss']:.3f}; student {m['parameters']:,} params vs teacher {m['teacher_parameters']:,}"
+    if stage == "finetune":
+        return f"train acc {m['train_accuracy']:.3f}; {m['parameters']:,} params"
+    if stage == "evaluate":
+        return f"test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+    return ""
+
+
+def _transfer_table(m: dict) -> Table:
+    table = Table(title="transfer score: few-shot linear probe on target test (mean ± std over paired draws)")
+    shots = list(next(iter(m["transfer"].values())))
+    table.add_column("backbone")
+    for s in shots:
+        table.add_column(s, justify="right")
+    for name, by_shots in m["transfer"].items():
+        table.add_row(name, *(f"{by_shots[s]['mean']:.3f} ± {by_shots[s]['std']:.3f}" for s in shots))
+    return table
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The pipeline as a Prefect flow, built from dvc.yaml: one cached task per stage, DVC commit after each.
+
+A stage is skipped when a cache record exists for its key (see tasks/cachekey.py) and its outputs
+are present with the recorded hashes; outputs that are missing or different are restored from the
+DVC cache, and the stage runs again only when that is impossible.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.context import get_run_context
+
+from tlpipe import config
+from tasks import cachekey, runner, tracking, versioning
+
+RAN, CACHED, RESTORED = "ran", "cached", "restored"
+
+
+def cache_dir(project: Path) -> Path:
+    """Where stage records live: TLPIPE_CACHE_DIR (shared storage for a team), else .tlpipe/cache."""
+    return Path(os.environ.get("TLPIPE_CACHE_DIR") or Path(project) / ".tlpipe" / "cache").resolve()
+
+
+def _key_from_inputs(context, parameters: dict) -> str:
+    return parameters["cache_key"]
+
+
+@task(cache_key_fn=_key_from_inputs, persist_result=True, result_serializer="json")
+def stage_task(spec: versioning.StageSpec, project: str, cache_key: str, params: dict, deps: dict,
+               device: str, parent_id: str, tags: dict, show_progress: bool) -> dict:
+    """Runs one stage in-process (the task is skipped on a cache hit for `cache_key`)."""
+    return runner.execute_stage(Path(project), spec, params=params, deps=deps, cache_key=cache_key,
+                                device=device, parent_id=parent_id, tags=tags, show_progress=show_progress)
+
+
+def _run_stage(spec, project: Path, *, refresh: bool, **kwargs) -> tuple[dict, str]:
+    """(manifest, how): runs the task, then makes sure a cache hit's outputs are really there."""
+    configured = stage_task.with_options(
+        name=spec.name, task_run_name=spec.name, refresh_cache=refresh, result_storage=cache_dir(project)
+    )
+    state = configured(spec, str(project), return_state=True, **kwargs)
+    manifest = state.result()
+    if state.name != "Cached":
+        return manifest, RAN
+    stale = {rel: md5 for rel, md5 in manifest["outs"].items() if not versioning.outputs_match(project, {rel: md5})}
+    if not stale:
+        return manifest, CACHED
+    if all(versioning.restore_output(project, rel, md5) for rel, md5 in stale.items()):
+        return manifest, RESTORED
+    get_run_logger().warning("%s: cached outputs %s are gone from the DVC cache; running again", spec.name, sorted(stale))
+    state = configured.with_options(refresh_cache=True)(spec, str(project), return_state=True, **kwargs)
+    return state.result(), RAN
+
+
+def preflight(project: Path, stages: list[versioning.StageSpec], params: dict[str, dict]) -> None:
+    """Every check that can fail on bad input, before any stage computes anything."""
+    import importlib
+
+    for spec in stages:
+        runner.check_declaration(spec)
+        module = importlib.import_module(cachekey.stage_module(spec))
+        if hasattr(module, "preflight"):
+            module.preflight(params[spec.name])
+
+
+@flow(name="tlpipe")
+def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
+             show_progress: bool = True) -> dict:
+    """Runs (or reuses) every stage of dvc.yaml up to `until`; `refresh` names stages to force ("all" for every one)."""
+    project_path = Path(project).resolve()
+    stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
+    params = config.load_all_params(project_path, [s.name for s in stages])
+    preflight(project_path, stages, params)
+    refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
+    device = runner.device_name()
+    env = runner.run_environment(device)
+    tracking.configure(project_path)
+    flow_run_id = str(get_run_context().flow_run.id)
+    tags = {tracking.TAG_FLOW_RUN: flow_run_id, tracking.TAG_GIT: tracking.git_commit(project_path)}
+    run_name = "pipeline-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    parent_id = tracking.start_pipeline_run(project_path, run_name=run_name, tags=tags, params=params)
+    known: dict[str, str] = {}
+    results = []
+    try:
+        for spec in stages:
+            started = time.perf_counter()
+            stage_params = params[spec.name]
+            deps = runner.dep_hashes(project_path, spec, known)
+            key = cachekey.stage_cache_key(spec, project_path, params={f"params/{spec.name}.yaml": stage_params},
+                                           dep_hashes=deps, env=env)
+            manifest, how = _run_stage(
+                spec, project_path, refresh=spec.name in refresh_set, cache_key=key, params=stage_params,
+                deps=deps, device=device, parent_id=parent_id, tags=tags, show_progress=show_progress,
+            )
+            if how != RAN:
+                tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params,
+                                             manifest=manifest, tags={**tags, tracking.TAG_CACHE_KEY: key})
+            versioning.commit_stage(project_path, spec.name)
+            known.update(manifest["outs"])
+            results.append({"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
+                            "outs": manifest["outs"], "metrics": manifest["metrics"],
+                            "mlflow_run_id": manifest["mlflow_run_id"]})
+    except BaseException:
+        tracking.end_run(parent_id, failed=True)
+        raise
+    final = results[-1]["metrics"] if results and results[-1]["stage"] == "evaluate" else {}
+    tracking.end_run(parent_id, metrics={k: v for k, v in final.items() if k in ("accuracy", "macro_f1")})
+    return {"mlflow_run_id": parent_id, "flow_run_id": flow_run_id, "stages": results,
+            "tracking_uri": tracking.configure(project_path)}

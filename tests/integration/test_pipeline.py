@@ -1,0 +1,139 @@
+"""The real flow on a tiny configuration: Prefect test harness, a real DVC repo, a real MLflow store."""
+
+import json
+import subprocess
+
+import pytest
+from dvc.repo import Repo
+from mlflow.tracking import MlflowClient
+
+from flows.cli import run_flow, write_overrides
+from flows.pipeline import pipeline
+from tasks import tracking, versioning
+from tlpipe import config
+from tests.integration.conftest import make_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def run(project, **kwargs) -> dict:
+    return run_flow(pipeline, project=str(project), show_progress=False, **kwargs)
+
+
+def statuses(result) -> dict:
+    return {s["stage"]: s["status"] for s in result["stages"]}
+
+
+def children_of(run_id: str) -> dict:
+    runs = tracking.find_runs(f"tags.mlflow.parentRunId = '{run_id}'")
+    return {r.data.tags[tracking.TAG_STAGE]: r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def project_run(tmp_path_factory, prefect_harness):
+    """One first run shared by the tests below (they check different facets of it, then re-run)."""
+    import os
+
+    root = tmp_path_factory.mktemp("pipeline")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    project = make_project(root / "proj")
+    return project, run(project)
+
+
+def test_first_run_versions_every_output(project_run):
+    project, result = project_run
+    assert statuses(result) == {stage: "ran" for stage in config.STAGES}
+    lock = versioning.read_lock(project)["stages"]
+    for stage in result["stages"]:
+        recorded = {o["path"]: o["md5"] for o in lock[stage["stage"]]["outs"] + lock[stage["stage"]].get("metrics", [])}
+        assert recorded == stage["outs"], stage["stage"]  # dvc.lock describes exactly what ran
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}  # `dvc status` is clean
+
+
+def test_first_run_outputs(project_run):
+    project, result = project_run
+    evaluation = result["stages"][-1]["metrics"]
+    assert 0.0 <= evaluation["accuracy"] <= 1.0 and 0.0 <= evaluation["macro_f1"] <= 1.0
+    assert set(evaluation["transfer"]) == {"teacher", "student", "scratch"}
+    assert set(evaluation["transfer"]["student"]) == {"1shot", "3shot"}
+    assert evaluation["transfer"]["student"]["1shot"]["n"] == 2
+    assert evaluation["cost"]["end_to_end"]["images_seen"] > 0
+    for name in ("confusion.png", "probe.csv", "report.md"):
+        assert (project / "data" / "evaluate" / name).stat().st_size > 0
+    selection = json.loads((project / "data" / "prune" / "selection.json").read_text())
+    assert len(selection["kept"]) == len(selection["kept_names"]) == round(selection["num_classes"] * 0.5)
+    metrics = json.loads((project / "data" / "metrics" / "evaluate.json").read_text())
+    assert metrics["accuracy"] == evaluation["accuracy"]
+
+
+def test_first_run_is_tracked_in_mlflow(project_run):
+    project, result = project_run
+    client = MlflowClient()
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.TAG_FLOW_RUN] == result["flow_run_id"]
+    assert parent.data.params["prune.ratio"] == "0.5"
+    assert "accuracy" in parent.data.metrics
+    children = children_of(parent.info.run_id)
+    assert sorted(children) == sorted(config.STAGES)
+    for stage in result["stages"]:
+        tags = children[stage["stage"]].data.tags
+        assert tags[tracking.TAG_CACHED] == "false"
+        assert tags[tracking.TAG_CACHE_KEY] == stage["cache_key"]
+        assert len(tags[tracking.TAG_GIT]) >= 40
+    pretrain = client.get_run(children["pretrain"].info.run_id)
+    digests = {d.dataset.digest for d in pretrain.inputs.dataset_inputs}
+    assert result["stages"][0]["outs"]["data/prepared"] in digests  # inputs carry their DVC hashes
+    assert len(client.get_metric_history(pretrain.info.run_id, "train_loss")) == 2  # one point per epoch
+    finetune = children["finetune"].info.run_id
+    models = client.search_logged_models(experiment_ids=[parent.info.experiment_id])
+    assert any(m.source_run_id == finetune for m in models)
+
+
+def test_second_run_is_all_cache_hits_and_points_at_the_producers(project_run):
+    project, first = project_run
+    second = run(project)
+    assert statuses(second) == {stage: "cached" for stage in config.STAGES}
+    children = children_of(second["mlflow_run_id"])
+    producers = {s["stage"]: s["mlflow_run_id"] for s in first["stages"]}
+    for stage, child in children.items():
+        assert child.data.tags[tracking.TAG_CACHED] == "true"
+        assert child.data.tags[tracking.TAG_PRODUCED_BY] == producers[stage]
+
+
+def test_changed_finetune_params_rerun_only_finetune_and_evaluate(project_run):
+    project, _ = project_run
+    params, touched = config.apply_overrides(config.load_all_params(project), ["finetune.epochs=3"])
+    write_overrides(project, params, touched)
+    result = run(project)
+    assert [s for s, how in statuses(result).items() if how == "ran"] == ["finetune", "evaluate"]
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}
+
+
+def test_missing_or_altered_outputs_are_restored_not_trusted(project_run):
+    project, _ = project_run
+    import shutil
+
+    shutil.rmtree(project / "data" / "pretrain")
+    (project / "data" / "prune" / "selection.json").write_text("{}")
+    result = run(project)
+    how = statuses(result)
+    assert how["pretrain"] == "restored" and how["prune"] == "restored"
+    assert set(how.values()) <= {"cached", "restored"}
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}
+
+
+def test_refresh_forces_a_stage(project_run):
+    project, _ = project_run
+    result = run(project, refresh=["evaluate"])
+    assert statuses(result)["evaluate"] == "ran"
+    assert statuses(result)["finetune"] == "cached"
+
+
+def test_until_stops_early(project_run):
+    project, _ = project_run
+    result = run(project, until="prune")
+    assert list(statuses(result)) == ["prepare", "surrogate", "prune"]

@@ -1,0 +1,47 @@
+"""dvc.yaml, the stage modules and the params schema must describe the same pipeline."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks import cachekey, runner, versioning
+from tasks.context import STAGE_DIRS
+from tlpipe import config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stages():
+    return versioning.load_pipeline(REPO)
+
+
+def test_stage_order_follows_the_data(stages):
+    assert [s.name for s in stages] == list(config.STAGES)
+
+
+@pytest.mark.parametrize("name", config.STAGES)
+def test_outputs_and_params_match_the_code(stages, name):
+    spec = next(s for s in stages if s.name == name)
+    runner.check_declaration(spec)  # raises on any disagreement
+
+
+@pytest.mark.parametrize("name", config.STAGES)
+def test_code_deps_are_exactly_what_the_stage_imports(stages, name):
+    spec = next(s for s in stages if s.name == name)
+    closure = {p.relative_to(REPO).as_posix() for p in cachekey.code_closure(cachekey.stage_module(spec)).values()}
+    declared = {d for d in spec.deps if d.endswith(".py")}
+    assert declared == closure, f"dvc.yaml {name}.deps should list exactly: {sorted(closure)}"
+
+
+def test_select_stages_takes_only_what_until_needs(stages):
+    assert [s.name for s in versioning.select_stages(stages, "prune")] == ["prepare", "surrogate", "prune"]
+    assert len(versioning.select_stages(stages, None)) == len(STAGE_DIRS)
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        versioning.select_stages(stages, "nope")
+
+
+def test_main_guard_imports_stay_out_of_the_code_hash():
+    closure = {p.name for p in cachekey.code_closure("tasks.prune").values()}
+    assert "runner.py" not in closure and "tracking.py" not in closure
+    assert {"prune.py", "pruning.py", "context.py"} <= closure
