@@ -100,17 +100,21 @@ def run(
     except config.ParamsError as exc:
         raise bad_input(str(exc))
     server = warm_up_prefect()
-    from flows.pipeline import pipeline, preflight
-    from tasks import versioning
+    from flows.pipeline import pipeline
+    from tasks import runner, versioning
 
     try:
         stages = versioning.select_stages(versioning.load_pipeline(root), until)
-        preflight(root, stages, params)
+        runner.preflight(stages, params)
     except (config.ParamsError, ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc))
     write_overrides(root, params, touched)
     server.join()
-    result = run_flow(pipeline, project=str(root), refresh=refresh, until=until, show_progress=sys.stderr.isatty())
+    try:
+        result = run_flow(pipeline, project=str(root), refresh=refresh, until=until, show_progress=sys.stderr.isatty())
+    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
+        err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1)
     print_summary(root, result)
 
 

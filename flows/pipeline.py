@@ -57,17 +57,6 @@ def _run_stage(spec, project: Path, *, refresh: bool, **kwargs) -> tuple[dict, s
     return state.result(), RAN
 
 
-def preflight(project: Path, stages: list[versioning.StageSpec], params: dict[str, dict]) -> None:
-    """Every check that can fail on bad input, before any stage computes anything."""
-    import importlib
-
-    for spec in stages:
-        runner.check_declaration(spec)
-        module = importlib.import_module(cachekey.stage_module(spec))
-        if hasattr(module, "preflight"):
-            module.preflight(params[spec.name])
-
-
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
              show_progress: bool = True) -> dict:
@@ -75,7 +64,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     project_path = Path(project).resolve()
     stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
     params = config.load_all_params(project_path, [s.name for s in stages])
-    preflight(project_path, stages, params)
+    runner.preflight(stages, params)
     refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
     device = runner.device_name()
     env = runner.run_environment(device)
@@ -91,7 +80,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
             started = time.perf_counter()
             stage_params = params[spec.name]
             deps = runner.dep_hashes(project_path, spec, known)
-            key = cachekey.stage_cache_key(spec, project_path, params={f"params/{spec.name}.yaml": stage_params},
+            key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params},
                                            dep_hashes=deps, env=env)
             manifest, how = _run_stage(
                 spec, project_path, refresh=spec.name in refresh_set, cache_key=key, params=stage_params,

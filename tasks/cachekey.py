@@ -116,7 +116,6 @@ def environment(device_type: str, precision: str) -> dict[str, str]:
 
 def stage_cache_key(
     spec: StageSpec,
-    project: Path,
     *,
     params: dict[str, dict],
     dep_hashes: dict[str, str],
@@ -136,3 +135,13 @@ def stage_cache_key(
         "env": dict(sorted(env.items())),
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+if __name__ == "__main__":
+    # Prints the code dependencies each dvc.yaml stage must list (what its module imports).
+    import sys
+
+    for name in sys.argv[1:] or ["prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate"]:
+        root = Path.cwd().resolve()
+        files = [p.resolve().relative_to(root).as_posix() for p in code_closure(f"tasks.{name}").values()]
+        print(f"{name}:\n" + "".join(f"  - {f}\n" for f in files))

@@ -46,6 +46,15 @@ def check_declaration(spec: versioning.StageSpec) -> None:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
 
 
+def preflight(stages: list[versioning.StageSpec], params: dict[str, dict]) -> None:
+    """Every check that can fail on bad input, run before any stage computes anything."""
+    for spec in stages:
+        check_declaration(spec)
+        module = importlib.import_module(cachekey.stage_module(spec))
+        if hasattr(module, "preflight"):
+            module.preflight(params[spec.name])
+
+
 def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str]) -> dict[str, str]:
     """Content hash of every dependency; upstream outputs reuse the hash already recorded for them."""
     hashes = {}
@@ -106,14 +115,14 @@ def main(stage: str) -> None:
     project = Path.cwd()
     try:
         spec = next(s for s in versioning.load_pipeline(project) if s.name == stage)
-        check_declaration(spec)
         params = config.load_stage_params(project, stage)
+        preflight([spec], {stage: params})
         device = device_name()
         deps = dep_hashes(project, spec, {})
     except (config.ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
-    key = cachekey.stage_cache_key(spec, project, params={f"params/{stage}.yaml": params}, dep_hashes=deps,
+    key = cachekey.stage_cache_key(spec, params={f"params/{stage}.yaml": params}, dep_hashes=deps,
                                    env=run_environment(device))
     tracking.configure(project)
     execute_stage(project, spec, params=params, deps=deps, cache_key=key, device=device,
