@@ -60,7 +60,8 @@ def classification_report(y_true, y_pred, *, num_classes: int) -> dict:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     for name, values in (("y_true", y_true), ("y_pred", y_pred)):
         if values.min() < 0 or values.max() >= num_classes:
-            raise ValueError(f"{name} values must lie in [0, {num_classes}), got range [{values.min()}, {values.max()}]")
+            got = f"[{values.min()}, {values.max()}]"
+            raise ValueError(f"{name} values must lie in [0, {num_classes}), got range {got}")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
@@ -101,7 +102,11 @@ def draw_few_shot_indices(labels, *, shots: int, draws: int, seed: int) -> list[
         raise ValueError(f"class {classes[c]} has {counts[c]} labelled images, fewer than shots={shots}")
     members = [np.flatnonzero(labels == c) for c in classes]
     rng = np.random.default_rng(seed)
-    return [np.sort(np.concatenate([rng.choice(m, size=shots, replace=False) for m in members])) for _ in range(draws)]
+    result = []
+    for _ in range(draws):
+        picks = [rng.choice(m, size=shots, replace=False) for m in members]  # class order
+        result.append(np.sort(np.concatenate(picks)))
+    return result
 
 
 def _check_features(features, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +114,15 @@ def _check_features(features, labels, name: str) -> tuple[np.ndarray, np.ndarray
     features = np.asarray(features, dtype=np.float64)
     labels = _as_labels(labels, f"{name}_labels")
     if features.ndim != 2 or features.shape[0] != labels.size:
-        raise ValueError(f"{name}_features must be [N, D] with N = len({name}_labels) = {labels.size}, got {features.shape}")
+        raise ValueError(
+            f"{name}_features must be [N, D] with N = {labels.size} ({name}_labels), got {features.shape}"
+        )
     return features, labels
 
 
-def linear_probe_accuracy(train_features, train_labels, test_features, test_labels, *, c: float = PROBE_C) -> float:
+def linear_probe_accuracy(
+    train_features, train_labels, test_features, test_labels, *, c: float = PROBE_C
+) -> float:
     """Test accuracy of a multinomial logistic regression on standardised frozen features.
 
     The standardisation is fitted on the training features only (no test statistics leak in).
@@ -143,7 +152,9 @@ def linear_probe_accuracy(train_features, train_labels, test_features, test_labe
         return float(np.mean(probe.predict(scaler.transform(x_test)) == y_test))
 
 
-def few_shot_probe(pool_features, pool_labels, test_features, test_labels, draws: list[np.ndarray]) -> np.ndarray:
+def few_shot_probe(
+    pool_features, pool_labels, test_features, test_labels, draws: list[np.ndarray]
+) -> np.ndarray:
     """Linear-probe accuracy for each few-shot draw from the labelled pool.
 
     Args:
@@ -163,10 +174,10 @@ def few_shot_probe(pool_features, pool_labels, test_features, test_labels, draws
         idx = np.asarray(idx)
         if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= pool_labels.size:
             raise ValueError(f"draws[{i}] must be non-empty 1-D positions in [0, {pool_labels.size})")
-    return np.array(
-        [linear_probe_accuracy(pool_features[idx], pool_labels[idx], test_features, test_labels) for idx in draws],
-        dtype=np.float64,
-    )
+    accuracies = [
+        linear_probe_accuracy(pool_features[idx], pool_labels[idx], test_features, test_labels) for idx in draws
+    ]
+    return np.array(accuracies, dtype=np.float64)
 
 
 def summarise(values) -> dict:

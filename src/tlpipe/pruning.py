@@ -152,7 +152,9 @@ def select_classes_random(num_classes: int, *, ratio: float, seed: int) -> Class
     k = num_kept(num_classes, ratio)
     ranking = np.random.default_rng(seed).permutation(int(num_classes)).astype(np.int64)
     kept = np.sort(ranking[:k])
-    return ClassSelection(kept=kept, ranking=ranking, votes=None, psum=None, ratio=float(ratio), method="random")
+    return ClassSelection(
+        kept=kept, ranking=ranking, votes=None, psum=None, ratio=float(ratio), method="random"
+    )
 
 
 def select_classes(

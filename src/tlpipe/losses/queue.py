@@ -61,7 +61,8 @@ class EmbeddingQueue(nn.Module):
             emb: [N, d] embeddings, N >= 1.
         """
         if emb.ndim != 2 or emb.shape[1] != self.embeddings.shape[1] or emb.shape[0] == 0:
-            raise ValueError(f"emb must be [N, {self.embeddings.shape[1]}] with N >= 1, got shape {tuple(emb.shape)}")
+            dim = self.embeddings.shape[1]
+            raise ValueError(f"emb must be [N, {dim}] with N >= 1, got shape {tuple(emb.shape)}")
         n, k = emb.shape[0], self.size
         rows = F.normalize(emb.detach().to(self.embeddings), dim=1)
         slots = (self.ptr + torch.arange(n, device=self.embeddings.device)) % k

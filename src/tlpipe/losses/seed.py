@@ -11,14 +11,20 @@ import torch
 import torch.nn.functional as F
 
 
-def _check_inputs(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, tau_s: float, tau_t: float) -> None:
+def _check_inputs(
+    student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, tau_s: float, tau_t: float
+) -> None:
     """Raises ValueError on mismatched shapes or non-positive temperatures, before any compute."""
     if student.ndim != 2 or student.shape[0] == 0:
         raise ValueError(f"student must be [B, d] with B >= 1, got shape {tuple(student.shape)}")
     if teacher.shape != student.shape:
-        raise ValueError(f"teacher shape {tuple(teacher.shape)} must equal student shape {tuple(student.shape)}")
+        raise ValueError(
+            f"teacher shape {tuple(teacher.shape)} must equal student shape {tuple(student.shape)}"
+        )
     if queue.ndim != 2 or queue.shape[0] == 0 or queue.shape[1] != student.shape[1]:
-        raise ValueError(f"queue must be [K, d] with K >= 1 and d = {student.shape[1]}, got shape {tuple(queue.shape)}")
+        raise ValueError(
+            f"queue must be [K, d] with K >= 1 and d = {student.shape[1]}, got shape {tuple(queue.shape)}"
+        )
     for name, tau in (("tau_s", tau_s), ("tau_t", tau_t)):
         try:
             ok = 0.0 < float(tau) < float("inf")

@@ -1,0 +1,123 @@
+"""Figures for reports: confusion matrix, LM vote histogram, training curves.
+
+Built on `matplotlib.figure.Figure` directly (not pyplot), so no global figure registry and no
+GUI backend are involved; callers save with `fig.savefig(path)`. Class names may be arbitrary
+unicode glyphs, so every text object is created with `parse_math=False`: a name such as '$'
+or '$x$' is drawn literally instead of being parsed as mathtext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+MAX_TICK_LABELS = 50  # beyond this many classes, confusion-matrix tick labels are unreadable
+MAX_ANNOTATED = 20  # write counts into cells only for small matrices
+KEPT_COLOR, DROPPED_COLOR = "tab:blue", "lightgray"
+
+
+def _names(class_names: Sequence, num_classes: int, arg: str = "class_names") -> list[str]:
+    """Class names as strings, checked against the number of classes."""
+    names = [str(name) for name in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"{arg} must have {num_classes} entries, got {len(names)}")
+    return names
+
+
+def plot_confusion_matrix(cm, class_names: Sequence) -> Figure:
+    """Heat map of a confusion matrix, rows = true class, columns = predicted class.
+
+    Args:
+        cm: [C, C] counts.
+        class_names: C names; tick labels are shown for up to 50 classes, counts for up to 20.
+
+    Returns:
+        A Figure with two axes: the matrix and its colour bar.
+    """
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
+        raise ValueError(f"cm must be a non-empty square [C, C] array, got shape {cm.shape}")
+    num_classes = cm.shape[0]
+    names = _names(class_names, num_classes)
+    size = min(4 + 0.3 * num_classes, 16)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if num_classes <= MAX_TICK_LABELS:
+        ticks = np.arange(num_classes)
+        ax.set_xticks(ticks, names, rotation=90, parse_math=False)
+        ax.set_yticks(ticks, names, parse_math=False)
+    if num_classes <= MAX_ANNOTATED:
+        threshold = cm.max() / 2 if cm.max() > 0 else 1
+        for (i, j), count in np.ndenumerate(cm):
+            color = "white" if count > threshold else "black"
+            ax.text(j, i, f"{count:g}", ha="center", va="center", color=color, fontsize=8)
+    return fig
+
+
+def plot_class_votes(votes, class_names: Sequence, kept, *, max_bars: int = 40) -> Figure:
+    """Bar chart of the most-voted source classes (DP4TL LM), kept classes highlighted.
+
+    Args:
+        votes: [C] top-1 votes per source class.
+        class_names: C names.
+        kept: ids of the classes kept after pruning.
+        max_bars: how many top classes to draw; a note says when classes are left out.
+
+    Returns:
+        A Figure with one axes holding min(C, max_bars) bars, most votes first.
+    """
+    votes = np.asarray(votes)
+    if votes.ndim != 1 or votes.size == 0:
+        raise ValueError(f"votes must be a non-empty 1-D array, got shape {votes.shape}")
+    if max_bars < 1:
+        raise ValueError(f"max_bars must be >= 1, got {max_bars}")
+    names = _names(class_names, votes.size)
+    kept_mask = np.isin(np.arange(votes.size), np.asarray(kept))
+    order = np.lexsort((np.arange(votes.size), -votes))[:max_bars]  # votes desc, then id asc
+    fig = Figure(figsize=(max(6, 0.25 * order.size + 2), 4), layout="constrained")
+    ax = fig.add_subplot()
+    colors = [KEPT_COLOR if kept_mask[c] else DROPPED_COLOR for c in order]
+    ax.bar(np.arange(order.size), votes[order], color=colors)
+    ax.set_xticks(np.arange(order.size), [names[c] for c in order], rotation=90, parse_math=False)
+    ax.set_ylabel("target images voting (top-1)")
+    title = f"label-mapping votes: {int(kept_mask.sum())} of {votes.size} classes kept"
+    if order.size < votes.size:
+        title += f" (top {order.size} shown)"
+    ax.set_title(title, parse_math=False)
+    handles = [Patch(color=KEPT_COLOR, label="kept"), Patch(color=DROPPED_COLOR, label="pruned")]
+    ax.legend(handles=handles, loc="upper right")
+    return fig
+
+
+def plot_curves(history: dict[str, list[float]], *, title: str) -> Figure:
+    """Per-epoch metric curves, one stacked axes per metric (they have different scales).
+
+    Args:
+        history: metric name -> one value per epoch (epochs counted from 1).
+        title: figure title, drawn literally.
+
+    Returns:
+        A Figure with len(history) axes sharing the epoch axis.
+    """
+    if not history:
+        raise ValueError("history must contain at least one metric")
+    for name, values in history.items():
+        if len(values) == 0:
+            raise ValueError(f"history[{name!r}] is empty; every metric needs at least one epoch")
+    fig = Figure(figsize=(6, 2.2 * len(history) + 0.6), layout="constrained")
+    axes = fig.subplots(len(history), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, values) in zip(axes, history.items()):
+        epochs = np.arange(1, len(values) + 1)
+        ax.plot(epochs, np.asarray(values, dtype=np.float64), marker="o" if len(values) < 30 else None)
+        ax.set_ylabel(name, parse_math=False)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    fig.suptitle(title, parse_math=False)
+    return fig
