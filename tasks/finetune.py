@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tlpipe import data, models, training
@@ -33,7 +34,7 @@ def run(ctx: StageContext) -> dict:
         )
     models.save_classifier(model.cpu(), ctx.out / "model")
     write_history(ctx.out / "history.csv", history)
-    ctx.log_model(model, input_example=images[:2])
+    ctx.log_model(models.PixelClassifier(model).eval(), input_example=np.ascontiguousarray(images[:2]))
     return {**metrics, "parameters": models.count_parameters(model), "train_images": len(images)}
 
 

@@ -18,6 +18,13 @@ from tasks import cachekey, tracking, versioning
 from tasks.context import STAGE_DIRS, StageContext, metrics_file, stage_dir, stage_outputs
 
 EXIT_BAD_INPUT = 2
+QUIET = {  # per-file progress bars of datasets/transformers would drown the stage's own progress
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+for _key, _value in QUIET.items():
+    os.environ.setdefault(_key, _value)
 
 
 def device_name() -> str:

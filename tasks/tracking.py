@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -135,7 +136,10 @@ class StageTracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        dataset = MetaDataset(source=resolve_dataset_source(str(path)), name=name, digest=digest[:36])
+        with warnings.catch_warnings():  # the local-file source type is registered twice in MLflow
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(path).resolve()))
+        dataset = MetaDataset(source=source, name=name, digest=digest[:36])
         tags = [InputTag("mlflow.data.context", context), InputTag("dvc_md5", digest)]
         if rows is not None:
             tags.append(InputTag("rows", str(rows)))

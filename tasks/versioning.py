@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ def load_pipeline(project: Path) -> list[StageSpec]:
 
 
 def _stage_name(stage) -> str:
-    return getattr(stage, "addressing", str(stage))
+    return getattr(stage, "name", str(stage))
 
 
 def _spec(stage, project: Path) -> StageSpec:
@@ -53,11 +55,11 @@ def _spec(stage, project: Path) -> StageSpec:
     deps = []
     for dep in stage.deps:
         if dep.__class__.__name__ == "ParamsDependency":
-            params[rel(dep.def_path)] = tuple(dep.params)
+            params[rel(dep.fs_path)] = tuple(dep.params)
         else:
             deps.append(rel(dep.fs_path))
     return StageSpec(
-        name=stage.addressing,
+        name=stage.name,
         cmd=stage.cmd,
         deps=tuple(deps),
         params=params,
@@ -117,6 +119,21 @@ def outputs_match(project: Path, recorded: dict[str, str]) -> bool:
     return True
 
 
+_CWD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def inside(project: Path):
+    """Runs a block with the project as working directory: parts of DVC resolve paths against it."""
+    with _CWD_LOCK:
+        before = os.getcwd()
+        os.chdir(project)
+        try:
+            yield
+        finally:
+            os.chdir(before)
+
+
 def commit_stage(project: Path, stage: str) -> None:
     """Records the stage's current deps/outs in dvc.lock and stores the outs in the DVC cache.
 
@@ -124,7 +141,7 @@ def commit_stage(project: Path, stage: str) -> None:
     """
     from dvc.repo import Repo
 
-    with Repo(str(project), _wait_for_lock=True) as repo:
+    with inside(project), Repo(".", _wait_for_lock=True) as repo:
         repo.commit(stage, force=True)
 
 

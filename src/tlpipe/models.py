@@ -11,6 +11,8 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
+from tlpipe.runtime import to_float
+
 ARCHS = ("resnet", "convnext")
 
 
@@ -142,3 +144,31 @@ def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
     """Loads a safetensors file written by `save_module` into `module` (strict) and returns it."""
     module.load_state_dict(safetensors.torch.load_file(str(path)), strict=True)
     return module
+
+
+def save_classifier(model: Classifier, path: str | Path) -> None:
+    """Writes a Classifier as a folder: backbone/ (config + safetensors) and head.safetensors."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_backbone(model.backbone, path / "backbone")
+    save_module(model.head, path / "head.safetensors")
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    """Loads a Classifier written by `save_classifier`; the head's size comes from its weights."""
+    path = Path(path)
+    head = safetensors.torch.load_file(str(path / "head.safetensors"))
+    model = Classifier(load_backbone(path / "backbone"), num_classes=head["weight"].shape[0])
+    model.head.load_state_dict(head, strict=True)
+    return model.eval()
+
+
+class PixelClassifier(nn.Module):
+    """The deployable form of a Classifier: uint8 pixels [B, C, H, W] -> logits, scaling built in."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier(to_float(pixels))
