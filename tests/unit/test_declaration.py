@@ -31,7 +31,7 @@ def test_code_deps_are_exactly_what_the_stage_imports(stages, name):
     spec = next(s for s in stages if s.name == name)
     closure = {p.relative_to(REPO).as_posix() for p in cachekey.code_closure(cachekey.stage_module(spec)).values()}
     declared = {d for d in spec.deps if d.endswith(".py")}
-    assert declared == closure, f"dvc.yaml {name}.deps should list exactly: {sorted(closure)}"
+    assert declared == closure, f"dvc.yaml {name}.deps should list exactly {sorted(closure)} (python -m tasks.cachekey)"
 
 
 def test_select_stages_takes_only_what_until_needs(stages):
