@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlpipe import data, distill, io, models
+from tlpipe import data, distill, io, models, runtime
 from tasks.context import StageContext
 from tasks.supervised import write_history
 
@@ -27,6 +27,7 @@ def run(ctx: StageContext) -> dict:
     p = ctx.params
     images, counts = unlabeled_images(ctx)
     teacher = models.load_classifier(ctx.upstream("pretrain") / "model").backbone
+    runtime.seed_everything(p["seed"])  # initial weights depend on the seed alone
     student = models.build_backbone(in_channels=images.shape[1], **p["model"])
     history: list[dict] = []
     with ctx.progress(p["epochs"], "epochs") as report:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tlpipe import data, io, metrics, models, plots, training
+from tlpipe import data, io, metrics, models, plots, runtime, training
 from tasks.context import StageContext, metrics_file
 
 COST_STAGES = ("surrogate", "prune", "pretrain", "distill", "finetune")
@@ -23,7 +23,7 @@ def probe_pool(target) -> tuple[np.ndarray, np.ndarray]:
 def backbones(ctx: StageContext, in_channels: int) -> dict:
     """Teacher, student, and an untrained copy of the student's architecture as the floor."""
     student = models.load_backbone(ctx.upstream("distill") / "backbone")
-    torch.manual_seed(ctx.params["seed"])
+    runtime.seed_everything(ctx.params["seed"])
     scratch = type(student)(student.config)
     return {
         "teacher": models.load_classifier(ctx.upstream("pretrain") / "model").backbone,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tlpipe import io, models, training
+from tlpipe import io, models, runtime, training
 from tasks.context import StageContext
 
 
@@ -18,6 +18,7 @@ def train_source_classifier(ctx: StageContext, train: tuple, val: tuple, num_cla
 
     p = ctx.params
     images, labels = train
+    runtime.seed_everything(p["seed"])  # initial weights depend on the seed alone, not on what ran before
     backbone = models.build_backbone(in_channels=images.shape[1], **p["model"])
     model = models.Classifier(backbone, num_classes)
     history: list[dict] = []

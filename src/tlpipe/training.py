@@ -223,6 +223,7 @@ def finetune(
     """
     if mode not in FINETUNE_MODES:
         raise ValueError(f"mode={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
+    seed_everything(seed)  # the head's initial weights come from the seed, not from what ran before
     classifier = Classifier(copy.deepcopy(backbone), num_classes)
     if mode == "full":
         metrics = train_classifier(classifier, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
