@@ -104,7 +104,7 @@ def execute_stage(
             metrics = module.run(ctx)
             metrics["wall_time_s"] = time.perf_counter() - started
             write_json(tmp_metrics, metrics)
-        tracker.log_metrics(metrics)
+        tracker.log_summary(metrics)
         tracker.log_artifact(metrics_path)
         outs = {rel: versioning.md5_path(project / rel) for rel in spec.outs}
         tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outs.items()})

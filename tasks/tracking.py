@@ -37,9 +37,17 @@ def _experiment_id(client: MlflowClient) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=_local_artifact_location())
     except mlflow.exceptions.MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
+
+
+def _local_artifact_location() -> str | None:
+    """Artifacts of a local sqlite store go beside the database, not into the current directory."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides (and proxies) where artifacts live
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def git_commit(project: Path) -> str:
@@ -106,6 +114,11 @@ class StageTracker:
     def __init__(self, run_id: str):
         self.run_id = run_id
         self._client = MlflowClient()
+        self._stepped: set[str] = set()  # metrics with a per-step history
+
+    def log_summary(self, metrics: dict) -> None:
+        """The stage's final figures, leaving out those whose per-epoch history is already logged."""
+        self.log_metrics({k: v for k, v in numeric(metrics).items() if k not in self._stepped})
 
     def log_params(self, params: dict) -> None:
         _log_params(self._client, self.run_id, params)
@@ -116,6 +129,8 @@ class StageTracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step or 0) for k, v in numeric(metrics).items()]
+        if step is not None:
+            self._stepped.update(m.key for m in batch)
         if batch:
             self._client.log_batch(self.run_id, metrics=batch)
 
