@@ -28,6 +28,11 @@ QUIET_DEFAULTS = {
 }
 
 
+@app.callback()
+def _commands() -> None:
+    """Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate."""
+
+
 def find_project(start: Path) -> Path:
     """The nearest folder at or above `start` holding dvc.yaml."""
     for folder in (start, *start.parents):

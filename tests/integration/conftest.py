@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CLONED = ("dvc.yaml", "params", "tasks", "src", ".dvc/config", ".dvcignore", ".gitignore", "data/.gitignore")
+CLONED = ("dvc.yaml", "params", "tasks", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data/.gitignore")
 
 # Small enough for seconds per stage on a 2-core CPU, big enough that every code path runs.
 TINY = {

@@ -1,0 +1,104 @@
+import hashlib
+
+import pytest
+import torch
+
+from tlpipe.models import (
+    ARCHS,
+    Classifier,
+    ProjectionHead,
+    build_backbone,
+    count_parameters,
+    embed,
+    feature_dim,
+    load_backbone,
+    load_classifier,
+    load_module_state,
+    save_backbone,
+    save_classifier,
+    save_module,
+)
+
+TINY = dict(embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1])
+
+
+def tiny(arch: str = "resnet", in_channels: int = 1, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_backbone(arch=arch, in_channels=in_channels, **TINY)
+
+
+def md5s(folder):
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_embed_gives_pooled_features(arch, in_channels):
+    backbone = tiny(arch, in_channels).eval()
+    features = embed(backbone, torch.randn(5, in_channels, 16, 16))
+    assert features.shape == (5, feature_dim(backbone)) == (5, 8)
+
+
+def test_build_backbone_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="resnet, convnext"):
+        build_backbone(arch="vgg", **TINY)
+    with pytest.raises(ValueError, match="same length"):
+        build_backbone(embedding_size=4, hidden_sizes=[4, 8], depths=[1])
+
+
+def test_count_parameters():
+    assert count_parameters(torch.nn.Linear(3, 2)) == 8
+    assert count_parameters(tiny()) > count_parameters(Classifier(tiny(), 3).head) > 0
+
+
+@pytest.mark.parametrize("num_classes", [2, 7])
+def test_classifier_forward(num_classes):
+    logits = Classifier(tiny(), num_classes)(torch.randn(4, 1, 16, 16))
+    assert logits.shape == (4, num_classes)
+
+
+def test_projection_head_maps_dims():
+    head = ProjectionHead(8, 32)
+    assert head(torch.randn(6, 8)).shape == (6, 32)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_backbone_round_trip_and_deterministic_bytes(tmp_path, arch):
+    backbone = tiny(arch).eval()
+    backbone(pixel_values=torch.randn(2, 1, 16, 16))
+    save_backbone(backbone, tmp_path / "a")
+    save_backbone(backbone, tmp_path / "b")
+    assert md5s(tmp_path / "a") == md5s(tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").exists()
+    x = torch.randn(3, 1, 16, 16)
+    loaded = load_backbone(tmp_path / "a").eval()
+    assert torch.equal(embed(backbone, x), embed(loaded, x))
+    again = build_backbone(arch="convnext", in_channels=1, pretrained=str(tmp_path / "a"), **TINY)
+    assert type(again) is type(backbone)  # `pretrained` wins over the architecture arguments
+
+
+def test_pretrained_channel_mismatch_is_an_error(tmp_path):
+    save_backbone(tiny(in_channels=1), tmp_path)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        build_backbone(in_channels=3, pretrained=str(tmp_path), **TINY)
+
+
+def test_module_round_trip_and_deterministic_bytes(tmp_path):
+    torch.manual_seed(0)
+    head = ProjectionHead(8, 16)
+    head(torch.randn(4, 8))  # moves the BatchNorm running statistics off their init
+    save_module(head, tmp_path / "a.safetensors")
+    save_module(head, tmp_path / "b.safetensors")
+    digests = md5s(tmp_path)
+    assert digests["a.safetensors"] == digests["b.safetensors"]
+    torch.manual_seed(1)
+    loaded = load_module_state(ProjectionHead(8, 16), tmp_path / "a.safetensors")
+    x = torch.randn(4, 8)
+    assert torch.equal(head.eval()(x), loaded.eval()(x))
+
+
+def test_classifier_round_trip(tmp_path):
+    model = Classifier(tiny(), 5).eval()
+    save_classifier(model, tmp_path)
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(model(x), load_classifier(tmp_path)(x))
