@@ -116,7 +116,7 @@ def run(
     write_overrides(root, params, touched)
     server.join()
     try:
-        result = run_flow(pipeline, project=str(root), refresh=refresh, until=until, show_progress=sys.stderr.isatty())
+        result = run_flow(pipeline, project=str(root), refresh=refresh, until=until, show_progress=True)
     except Exception as exc:  # the stage's own traceback is already in the Prefect log above
         err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
         raise typer.Exit(1)

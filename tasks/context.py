@@ -64,7 +64,8 @@ class StageContext:
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[MetricsCallback]:
-        """A per-epoch callback that advances a progress bar and logs the epoch's metrics to the run."""
+        """A per-epoch callback that logs the epoch's metrics to the run and shows progress:
+        a live bar on a terminal, one line per epoch otherwise (CI logs), nothing when disabled."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -76,12 +77,15 @@ class StageContext:
             TimeElapsedColumn(),
             TextColumn("{task.fields[summary]}"),
         )
-        with Progress(*columns, console=console, disable=not self.show_progress) as bar:
+        live = self.show_progress and console.is_terminal
+        with Progress(*columns, console=console, disable=not live) as bar:
             task = bar.add_task(label, total=total, summary="")
 
             def on_metrics(step: int, metrics: dict) -> None:
                 self.tracker.log_metrics(metrics, step=step)
                 summary = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
                 bar.update(task, completed=step, summary=summary)
+                if self.show_progress and not live:
+                    console.print(f"{self.stage} {label} {step}/{total}  {summary}", highlight=False)
 
             yield on_metrics

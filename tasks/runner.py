@@ -133,4 +133,4 @@ def main(stage: str) -> None:
                                    env=run_environment(device))
     tracking.configure(project)
     execute_stage(project, spec, params=params, deps=deps, cache_key=key, device=device,
-                  tags={"tlpipe.runner": "dvc"}, show_progress=sys.stderr.isatty())
+                  tags={"tlpipe.runner": "dvc"}, show_progress=True)

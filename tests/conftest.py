@@ -1,12 +1,15 @@
 """Keeps every tool offline and quiet, with its state in temporary folders."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _STATE = Path(tempfile.mkdtemp(prefix="tlpipe-tests-"))
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 for key, value in {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
