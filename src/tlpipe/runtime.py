@@ -1,7 +1,7 @@
 """Device, precision, seeding and batching: the few things every training loop shares.
 
 Nothing here keeps state between calls. On CUDA the loops use bf16 autocast, pinned host
-memory and non-blocking copies; on CUDA and CPU conv nets run in channels_last memory format.
+memory, non-blocking copies and channels_last conv nets; elsewhere plain fp32 NCHW.
 """
 
 import contextlib
@@ -100,7 +100,7 @@ def describe_environment(device: torch.device) -> dict:
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Moves a module to `device` (in place), in channels_last format where that pays (CUDA, CPU)."""
+    """Moves a module to `device` (in place), in channels_last format where that pays (CUDA)."""
     module = module.to(device)
     if device_settings(device.type)["channels_last"]:
         module = module.to(memory_format=torch.channels_last)
