@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.server import start_if_needed
 from tlpipe import config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
@@ -70,22 +70,6 @@ def _merge(document, values: dict) -> None:
             document[key] = value
 
 
-def warm_up_prefect() -> threading.Thread:
-    """Starts Prefect's API (the temporary local server when none is configured) in the background,
-    so its start-up overlaps with loading the pipeline instead of adding to it."""
-    def hello() -> None:
-        from prefect.client.orchestration import get_client
-
-        try:
-            get_client(sync_client=True).hello()
-        except Exception:  # the flow run itself reports an unreachable API properly
-            pass
-
-    thread = threading.Thread(target=hello, name="prefect-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
 @app.command()
 def run(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a parameter: STAGE.KEY=VALUE (YAML value); written to params/STAGE.yaml."),
@@ -104,9 +88,9 @@ def run(
                 raise config.ParamsError(f"unknown stage {name!r}; stages are {', '.join(config.STAGES)} (or 'all' for --refresh)")
     except config.ParamsError as exc:
         raise bad_input(str(exc))
-    server = warm_up_prefect()
+    server = start_if_needed()  # boots while the pipeline loads and is checked
     from flows.pipeline import pipeline
-    from tasks import runner, versioning
+    from tasks import runner, tracking, versioning
 
     try:
         stages = versioning.select_stages(versioning.load_pipeline(root), until)
@@ -114,20 +98,28 @@ def run(
     except (config.ParamsError, ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc))
     write_overrides(root, params, touched)
-    server.join()
     try:
-        result = run_flow(pipeline, project=str(root), refresh=refresh, until=until, show_progress=True)
+        # Work the flow needs anyway, done while the server boots: the device, the MLflow store.
+        device = runner.device_name()
+        tracking.configure(root)
+        tracking.client()
+        api = server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])) if server else None
+        result = run_flow(pipeline, api_url=api, project=str(root), refresh=refresh, until=until, checked=True,
+                          device=device)
     except Exception as exc:  # the stage's own traceback is already in the Prefect log above
         err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
         raise typer.Exit(1)
     print_summary(root, result)
 
 
-def run_flow(flow_fn, **kwargs) -> dict:
-    """Calls a flow without the sync engine's one-second heartbeat join."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+def run_flow(flow_fn, api_url: str | None = None, **kwargs) -> dict:
+    """Calls a flow (against `api_url` when given) without the sync engine's one-second heartbeat join."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    if api_url:
+        updates[PREFECT_API_URL] = api_url
+    with temporary_settings(updates=updates):
         return flow_fn(**kwargs)
 
 

@@ -59,14 +59,19 @@ def _run_stage(spec, project: Path, *, refresh: bool, **kwargs) -> tuple[dict, s
 
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
-             show_progress: bool = True) -> dict:
-    """Runs (or reuses) every stage of dvc.yaml up to `until`; `refresh` names stages to force ("all" for every one)."""
+             show_progress: bool = True, checked: bool = False, device: str | None = None) -> dict:
+    """Runs (or reuses) every stage of dvc.yaml up to `until`; `refresh` names stages to force ("all" for every one).
+
+    `checked` says the caller already ran the preflight checks on these params (the CLI does);
+    `device` overrides TLPIPE_DEVICE.
+    """
     project_path = Path(project).resolve()
     stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
     params = config.load_all_params(project_path, [s.name for s in stages])
-    runner.preflight(stages, params)
+    if not checked:
+        runner.preflight(stages, params)
     refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
-    device = runner.device_name()
+    device = device or runner.device_name()
     env = runner.run_environment(device)
     tracking.configure(project_path)
     flow_run_id = str(get_run_context().flow_run.id)
@@ -79,6 +84,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
         for spec in stages:
             started = time.perf_counter()
             stage_params = params[spec.name]
+            declared = {file: {k: stage_params[k] for k in keys} for file, keys in spec.params.items()}
             deps = runner.dep_hashes(project_path, spec, known)
             key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params},
                                            dep_hashes=deps, env=env)
@@ -89,7 +95,9 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
             if how != RAN:
                 tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params,
                                              manifest=manifest, tags={**tags, tracking.TAG_CACHE_KEY: key})
-            versioning.commit_stage(project_path, spec.name)
+            if how == RAN or not versioning.lock_records(project_path, spec, deps=deps, outs=manifest["outs"],
+                                                         params=declared):
+                versioning.commit_stage(project_path, spec.name)
             known.update(manifest["outs"])
             results.append({"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
                             "outs": manifest["outs"], "metrics": manifest["metrics"],

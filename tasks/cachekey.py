@@ -23,16 +23,23 @@ RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn",
 
 
 def module_file(module: str) -> Path | None:
-    """The source file Python would run for a project module (`tlpipe.data`), or None for others."""
-    if module.split(".")[0] not in PROJECT_PACKAGES:
+    """The source file of a project module (`tlpipe.data` -> .../tlpipe/data.py), or None for others.
+
+    Only the top-level package is located through the import system (its __init__ is light); the
+    rest follows the package folders, so finding a module never runs it.
+    """
+    top, *rest = module.split(".")
+    if top not in PROJECT_PACKAGES:
         return None
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):  # `from pkg import name` where name is not a module
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    for folder in spec.submodule_search_locations:
+        base = Path(folder).joinpath(*rest)
+        for candidate in (base / "__init__.py", base.with_suffix(".py")) if rest else (base / "__init__.py",):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _is_main_guard(node: ast.AST) -> bool:

@@ -51,16 +51,6 @@ def split_target(params: dict, pool, test):
     )
 
 
-def preflight(params: dict) -> None:
-    """Loads the target (cheap) and checks the split can be made, so bad input fails before compute."""
-    pool, test = load_target(params)
-    split_target(params, pool, test)
-    if params["source"]["name"] != BUILTIN_SOURCE:
-        load_source(params)
-    elif params["channels"] != 1:
-        raise ValueError("prepare.channels: the built-in glyphs source is grayscale; use channels: 1")
-
-
 def run(ctx: StageContext) -> dict:
     params = ctx.params
     source = data.split_source(load_source(params), val_fraction=params["source"]["val_fraction"],

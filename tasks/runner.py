@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tlpipe import config
 from tlpipe.io import staged_outputs, write_json
-from tasks import cachekey, tracking, versioning
+from tasks import cachekey, checks, tracking, versioning
 from tasks.context import STAGE_DIRS, StageContext, metrics_file, stage_dir, stage_outputs
 
 EXIT_BAD_INPUT = 2
@@ -57,9 +57,8 @@ def preflight(stages: list[versioning.StageSpec], params: dict[str, dict]) -> No
     """Every check that can fail on bad input, run before any stage computes anything."""
     for spec in stages:
         check_declaration(spec)
-        module = importlib.import_module(cachekey.stage_module(spec))
-        if hasattr(module, "preflight"):
-            module.preflight(params[spec.name])
+        if spec.name in checks.CHECKS:
+            checks.CHECKS[spec.name](params[spec.name])
 
 
 def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str]) -> dict[str, str]:

@@ -24,6 +24,17 @@ TAG_GIT = "mlflow.source.git.commit"
 MODEL_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy")
 
 
+_CLIENTS: dict[str, MlflowClient] = {}
+
+
+def client() -> MlflowClient:
+    """One client per tracking URI (building one opens the store, which is not free)."""
+    uri = mlflow.get_tracking_uri()
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = MlflowClient(uri)
+    return _CLIENTS[uri]
+
+
 def configure(project: Path) -> str:
     """Points MLflow at MLFLOW_TRACKING_URI, or at `mlflow.db` in the project; returns the URI."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project).resolve() / 'mlflow.db'}"
@@ -31,15 +42,15 @@ def configure(project: Path) -> str:
     return uri
 
 
-def _experiment_id(client: MlflowClient) -> str:
+def _experiment_id(mlf: MlflowClient) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    found = client.get_experiment_by_name(name)
+    found = mlf.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_local_artifact_location())
+        return mlf.create_experiment(name, artifact_location=_local_artifact_location())
     except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-        return client.get_experiment_by_name(name).experiment_id
+        return mlf.get_experiment_by_name(name).experiment_id
 
 
 def _local_artifact_location() -> str | None:
@@ -87,25 +98,25 @@ def numeric(metrics: dict) -> dict[str, float]:
 
 def start_pipeline_run(project: Path, *, run_name: str, tags: dict[str, str], params: dict) -> str:
     """Creates the parent run of one pipeline run and returns its id."""
-    client = MlflowClient()
-    run = client.create_run(_experiment_id(client), run_name=run_name, tags=tags)
-    _log_params(client, run.info.run_id, params)
+    mlf = client()
+    run = mlf.create_run(_experiment_id(mlf), run_name=run_name, tags=tags)
+    _log_params(mlf, run.info.run_id, params)
     return run.info.run_id
 
 
 def end_run(run_id: str, *, failed: bool = False, metrics: dict | None = None) -> None:
-    client = MlflowClient()
+    mlf = client()
     for key, value in numeric(metrics or {}).items():
-        client.log_metric(run_id, key, value)
-    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        mlf.log_metric(run_id, key, value)
+    mlf.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
-def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+def _log_params(mlf: MlflowClient, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
     flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(flat), 100):
-        client.log_batch(run_id, params=flat[i : i + 100])
+        mlf.log_batch(run_id, params=flat[i : i + 100])
 
 
 class StageTracker:
@@ -113,7 +124,7 @@ class StageTracker:
 
     def __init__(self, run_id: str):
         self.run_id = run_id
-        self._client = MlflowClient()
+        self._client = client()
         self._stepped: set[str] = set()  # metrics with a per-step history
 
     def log_summary(self, metrics: dict) -> None:
@@ -180,18 +191,18 @@ class StageTracker:
 @contextlib.contextmanager
 def stage_run(stage: str, *, parent_id: str | None, tags: dict[str, str]) -> Iterator[StageTracker]:
     """A child run of `parent_id` (a top-level run when None, e.g. under `dvc repro`)."""
-    client = MlflowClient()
+    mlf = client()
     all_tags = {TAG_STAGE: stage, TAG_CACHED: "false", **tags}
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
-    run = client.create_run(_experiment_id(client), run_name=stage, tags=all_tags)
+    run = mlf.create_run(_experiment_id(mlf), run_name=stage, tags=all_tags)
     tracker = StageTracker(run.info.run_id)
     try:
         yield tracker
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        mlf.set_terminated(run.info.run_id, "FAILED")
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    mlf.set_terminated(run.info.run_id, "FINISHED")
 
 
 def record_cached_stage(stage: str, *, parent_id: str, params: dict, manifest: dict, tags: dict[str, str]) -> str:
@@ -205,5 +216,5 @@ def record_cached_stage(stage: str, *, parent_id: str, params: dict, manifest: d
 
 def find_runs(filter_string: str) -> list:
     """Runs of the tlpipe experiment matching an MLflow filter string, newest first."""
-    client = MlflowClient()
-    return client.search_runs([_experiment_id(client)], filter_string=filter_string, order_by=["start_time DESC"])
+    mlf = client()
+    return mlf.search_runs([_experiment_id(mlf)], filter_string=filter_string, order_by=["start_time DESC"])

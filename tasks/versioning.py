@@ -185,6 +185,18 @@ def restore_output(project: Path, rel: str, md5: str) -> bool:
             shutil.rmtree(temp) if temp.is_dir() else temp.unlink()
 
 
+def lock_records(project: Path, spec: StageSpec, *, deps: dict[str, str], outs: dict[str, str],
+                 params: dict[str, dict]) -> bool:
+    """True when dvc.lock already records the stage with exactly these deps, params and outs
+    (then committing it again would change nothing)."""
+    entry = read_lock(project).get("stages", {}).get(spec.name)
+    if not entry or entry.get("cmd") != spec.cmd:
+        return False
+    recorded_deps = {d["path"]: d.get("md5") for d in entry.get("deps", [])}
+    recorded_outs = {o["path"]: o.get("md5") for o in entry.get("outs", [])}
+    return recorded_deps == deps and recorded_outs == outs and entry.get("params", {}) == params
+
+
 def read_lock(project: Path) -> dict:
     """dvc.lock as plain data ({} when the pipeline never ran)."""
     path = Path(project) / "dvc.lock"

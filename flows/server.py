@@ -1,0 +1,72 @@
+"""A temporary Prefect API for one command, started first so that its boot overlaps with loading the pipeline.
+
+When PREFECT_API_URL names a server, that server is used and nothing is started. Otherwise the
+command starts `prefect server start` on 127.0.0.1 (what Prefect's own temporary server does, but
+launched before the heavy imports instead of after them) and stops it when the command ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TemporaryServer:
+    """`prefect server start` on a free loopback port, without UI and background services."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        prefect = Path(sys.executable).with_name("prefect")
+        command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--no-services", "--no-ui"]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, start_new_session=True)
+        atexit.register(self.stop)
+
+    def wait(self, timeout: float) -> str:
+        """Blocks until the API answers; returns its URL."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                detail = self.process.stderr.read().decode(errors="replace")[-2000:] if self.process.stderr else ""
+                raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}: {detail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return self.url
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_if_needed() -> TemporaryServer | None:
+    """A temporary server, unless PREFECT_API_URL points at one already."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    return TemporaryServer()
