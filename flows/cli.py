@@ -94,7 +94,7 @@ def run(
 
     try:
         stages = versioning.select_stages(versioning.load_pipeline(root), until)
-        runner.preflight(stages, params)
+        runner.preflight(root, stages, params)
     except (config.ParamsError, ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc))
     write_overrides(root, params, touched)

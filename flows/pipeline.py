@@ -69,7 +69,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
     params = config.load_all_params(project_path, [s.name for s in stages])
     if not checked:
-        runner.preflight(stages, params)
+        runner.preflight(project_path, stages, params)
     refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
     device = device or runner.device_name()
     env = runner.run_environment(device)
@@ -85,7 +85,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
             started = time.perf_counter()
             stage_params = params[spec.name]
             declared = {file: {k: stage_params[k] for k in keys} for file, keys in spec.params.items()}
-            deps = runner.dep_hashes(project_path, spec, known)
+            deps = runner.dep_hashes(project_path, spec, known, stage_params)
             key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params},
                                            dep_hashes=deps, env=env)
             manifest, how = _run_stage(

@@ -145,10 +145,22 @@ def stage_cache_key(
 
 
 if __name__ == "__main__":
-    # Prints the code dependencies each dvc.yaml stage must list (what its module imports).
+    # `python -m tasks.cachekey` prints the code each stage runs; `--write` puts it into dvc.yaml's deps.
     import sys
 
-    for name in sys.argv[1:] or ["prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate"]:
-        root = Path.cwd().resolve()
-        files = [p.resolve().relative_to(root).as_posix() for p in code_closure(f"tasks.{name}").values()]
-        print(f"{name}:\n" + "".join(f"  - {f}\n" for f in files))
+    from ruamel.yaml import YAML
+
+    root = Path.cwd().resolve()
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    document = yaml.load((root / "dvc.yaml").read_text())
+    for name, stage in document["stages"].items():
+        module = stage_module(StageSpec(name, stage["cmd"], (), {}, ()))
+        code = [p.resolve().relative_to(root).as_posix() for p in code_closure(module).values()]
+        print(f"{name}:\n" + "".join(f"  - {f}\n" for f in code))
+        data = [d for d in stage["deps"] if not str(d).endswith(".py")]
+        stage["deps"].clear()
+        stage["deps"].extend(data + code)
+    if "--write" in sys.argv:
+        with open(root / "dvc.yaml", "w") as fh:
+            yaml.dump(document, fh)

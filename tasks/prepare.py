@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tlpipe import data
 from tasks.context import StageContext
-
-BUILTIN_SOURCE = "glyphs"
-BUILTIN_TARGET = "digits"
+from tasks.inputs import BUILTIN, dataset_location
 
 
-def load_source(params: dict):
+def load_source(params: dict, project: Path):
     """The full source data set in the prepared format (before splitting)."""
     spec = params["source"]
-    if spec["name"] == BUILTIN_SOURCE:
+    if spec["name"] == BUILTIN["source"]:
         return data.render_glyphs(
             charset=spec["charset"],
             images_per_class=spec["images_per_class"],
@@ -20,21 +20,21 @@ def load_source(params: dict):
             image_size=params["image_size"],
             degrade_fraction=spec["degrade_fraction"],
         )
-    return _load_external(spec, params, spec["split"])
+    return _load_external(spec, params, spec["split"], project)
 
 
-def load_target(params: dict):
+def load_target(params: dict, project: Path):
     """(train pool, own test split or None) of the target in the prepared format."""
     spec = params["target"]
-    if spec["name"] == BUILTIN_TARGET:
+    if spec["name"] == BUILTIN["target"]:
         return data.load_digits_dataset(image_size=params["image_size"]), None
-    test = _load_external(spec, params, spec["test_split"]) if spec["test_split"] else None
-    return _load_external(spec, params, spec["split"]), test
+    test = _load_external(spec, params, spec["test_split"], project) if spec["test_split"] else None
+    return _load_external(spec, params, spec["split"], project), test
 
 
-def _load_external(spec: dict, params: dict, split: str):
+def _load_external(spec: dict, params: dict, split: str, project: Path):
     return data.load_image_dataset(
-        spec["name"],
+        dataset_location(spec["name"], project),
         split=split,
         image_column=spec["image_column"],
         label_column=spec["label_column"],
@@ -53,9 +53,9 @@ def split_target(params: dict, pool, test):
 
 def run(ctx: StageContext) -> dict:
     params = ctx.params
-    source = data.split_source(load_source(params), val_fraction=params["source"]["val_fraction"],
+    source = data.split_source(load_source(params, ctx.project), val_fraction=params["source"]["val_fraction"],
                                seed=params["seed"])
-    pool, test = load_target(params)
+    pool, test = load_target(params, ctx.project)
     target = split_target(params, pool, test)
     data.save_prepared(source, ctx.out / "source")
     data.save_prepared(target, ctx.out / "target")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tlpipe import config
 from tlpipe.io import staged_outputs, write_json
-from tasks import cachekey, checks, tracking, versioning
+from tasks import cachekey, inputs, tracking, versioning
 from tasks.context import STAGE_DIRS, StageContext, metrics_file, stage_dir, stage_outputs
 
 EXIT_BAD_INPUT = 2
@@ -53,17 +53,21 @@ def check_declaration(spec: versioning.StageSpec) -> None:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
 
 
-def preflight(stages: list[versioning.StageSpec], params: dict[str, dict]) -> None:
+def preflight(project: Path, stages: list[versioning.StageSpec], params: dict[str, dict]) -> None:
     """Every check that can fail on bad input, run before any stage computes anything."""
     for spec in stages:
         check_declaration(spec)
-        if spec.name in checks.CHECKS:
-            checks.CHECKS[spec.name](params[spec.name])
+        if spec.name in inputs.CHECKS:
+            inputs.CHECKS[spec.name](params[spec.name], Path(project))
 
 
-def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str]) -> dict[str, str]:
-    """Content hash of every dependency; upstream outputs reuse the hash already recorded for them."""
-    hashes = {}
+def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str], params: dict) -> dict[str, str]:
+    """Content hash of every dependency; upstream outputs reuse the hash already recorded for them.
+
+    External data sets the stage reads (a local folder named in its params) count as dependencies too.
+    """
+    hashes = {name: versioning.md5_path(path)
+              for name, path in inputs.EXTERNAL.get(spec.name, lambda *_: {})(params, Path(project)).items()}
     for dep in spec.deps:
         if dep in known:
             hashes[dep] = known[dep]
@@ -94,7 +98,7 @@ def execute_stage(
     with tracking.stage_run(spec.name, parent_id=parent_id, tags=run_tags) as tracker:
         tracker.log_params(params)
         for dep, digest in deps.items():
-            if dep.startswith("data/"):
+            if not dep.endswith(".py"):
                 tracker.log_dataset(dep, project / dep, digest, context="input")
         out, metrics_path = stage_dir(project, spec.name), metrics_file(project, spec.name)
         with staged_outputs(out, metrics_path) as (tmp_out, tmp_metrics):
@@ -122,9 +126,9 @@ def main(stage: str) -> None:
     try:
         spec = next(s for s in versioning.load_pipeline(project) if s.name == stage)
         params = config.load_stage_params(project, stage)
-        preflight([spec], {stage: params})
+        preflight(project, [spec], {stage: params})
         device = device_name()
-        deps = dep_hashes(project, spec, {})
+        deps = dep_hashes(project, spec, {}, params)
     except (config.ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None

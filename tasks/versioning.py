@@ -32,40 +32,46 @@ class StageSpec:
 
 
 def load_pipeline(project: Path) -> list[StageSpec]:
-    """The stages of the project's dvc.yaml in the order DVC would run them (dependencies first)."""
-    import networkx as nx
-    from dvc.repo import Repo
+    """The stages of the project's dvc.yaml in run order (a stage after every stage whose output it reads).
 
-    project = Path(project).resolve()
-    with Repo(str(project)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        order = list(nx.lexicographical_topological_sort(graph.reverse(copy=False), key=_stage_name))
-        return [_spec(stage, project) for stage in order if getattr(stage, "cmd", None)]
-
-
-def _stage_name(stage) -> str:
-    return getattr(stage, "name", str(stage))
+    dvc.yaml is read as plain YAML (this project's stages use no templating), which keeps a
+    cached run from paying for DVC's repository index; DVC reads the same file for `dvc repro`.
+    """
+    path = Path(project) / "dvc.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    stages = [_spec(name, body) for name, body in (document.get("stages") or {}).items()]
+    return _run_order(stages)
 
 
-def _spec(stage, project: Path) -> StageSpec:
-    def rel(path: str) -> str:
-        return Path(os.path.relpath(path, project)).as_posix()
-
+def _spec(name: str, body: dict) -> StageSpec:
     params: dict[str, tuple[str, ...]] = {}
-    deps = []
-    for dep in stage.deps:
-        if dep.__class__.__name__ == "ParamsDependency":
-            params[rel(dep.fs_path)] = tuple(dep.params)
-        else:
-            deps.append(rel(dep.fs_path))
-    return StageSpec(
-        name=stage.name,
-        cmd=stage.cmd,
-        deps=tuple(deps),
-        params=params,
-        outs=tuple(rel(out.fs_path) for out in stage.outs),
-        meta=dict(stage.meta or {}),
-    )
+    for entry in body.get("params", []):
+        if isinstance(entry, dict):  # {file: [keys]}
+            params.update({file: tuple(keys or ()) for file, keys in entry.items()})
+        else:  # a bare key lives in the default params.yaml
+            params["params.yaml"] = params.get("params.yaml", ()) + (entry,)
+
+    def paths(key: str) -> tuple[str, ...]:
+        return tuple(next(iter(e)) if isinstance(e, dict) else e for e in body.get(key, []))
+
+    return StageSpec(name=name, cmd=body["cmd"], deps=paths("deps"), params=params,
+                     outs=paths("outs") + paths("metrics") + paths("plots"), meta=dict(body.get("meta") or {}))
+
+
+def _run_order(stages: list[StageSpec]) -> list[StageSpec]:
+    """Topological order by data flow; ties keep dvc.yaml order."""
+    producer = {out: s.name for s in stages for out in s.outs}
+    needs = {s.name: {producer[d] for d in s.deps if d in producer and producer[d] != s.name} for s in stages}
+    ordered: list[StageSpec] = []
+    while len(ordered) < len(stages):
+        done = {s.name for s in ordered}
+        ready = [s for s in stages if s.name not in done and needs[s.name] <= done]
+        if not ready:
+            raise ValueError(f"dvc.yaml: stages {sorted(set(needs) - done)} depend on each other in a cycle")
+        ordered.append(ready[0])
+    return ordered
 
 
 def select_stages(stages: list[StageSpec], until: str | None) -> list[StageSpec]:
@@ -194,7 +200,8 @@ def lock_records(project: Path, spec: StageSpec, *, deps: dict[str, str], outs: 
         return False
     recorded_deps = {d["path"]: d.get("md5") for d in entry.get("deps", [])}
     recorded_outs = {o["path"]: o.get("md5") for o in entry.get("outs", [])}
-    return recorded_deps == deps and recorded_outs == outs and entry.get("params", {}) == params
+    declared = {path: md5 for path, md5 in deps.items() if path in spec.deps}  # not external data
+    return recorded_deps == declared and recorded_outs == outs and entry.get("params", {}) == params
 
 
 def read_lock(project: Path) -> dict:

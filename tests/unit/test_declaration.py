@@ -45,3 +45,21 @@ def test_main_guard_imports_stay_out_of_the_code_hash():
     closure = {p.name for p in cachekey.code_closure("tasks.prune").values()}
     assert "runner.py" not in closure and "tracking.py" not in closure
     assert {"prune.py", "pruning.py", "context.py"} <= closure
+
+
+def test_plain_yaml_reading_agrees_with_dvc(stages):
+    import os
+
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        theirs = {s.name: s for s in repo.index.stages}
+    assert set(theirs) == {s.name for s in stages}
+    for spec in stages:
+        stage = theirs[spec.name]
+        rel = lambda p: os.path.relpath(p, REPO)  # noqa: E731
+        assert stage.cmd == spec.cmd
+        assert {rel(d.fs_path) for d in stage.deps if not hasattr(d, "params")} == set(spec.deps)
+        assert {rel(o.fs_path) for o in stage.outs} == set(spec.outs)
+        params = {rel(d.fs_path): tuple(d.params) for d in stage.deps if hasattr(d, "params")}
+        assert params == spec.params
