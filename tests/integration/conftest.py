@@ -1,17 +1,15 @@
 """A throwaway clone of the project (git + DVC) with a tiny configuration, and Prefect's test harness."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from flows.workspace import copy_project
 
 REPO = Path(__file__).resolve().parents[2]
-CLONED = ("dvc.yaml", "params", "tasks", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data/.gitignore")
-
 # Small enough for seconds per stage on a 2-core CPU, big enough that every code path runs.
 TINY = {
     "prepare": {"source": {"images_per_class": 12}, "target": {"shots_per_class": 3}},
@@ -25,12 +23,6 @@ TINY = {
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        base[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return base
-
-
 def git(project: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
@@ -38,17 +30,8 @@ def git(project: Path, *args: str) -> str:
 
 
 def make_project(root: Path, overrides: dict = TINY) -> Path:
-    """Copies the pipeline declaration and code into `root`, applies tiny params, commits it to git."""
-    for rel in CLONED:
-        src, dst = REPO / rel, root / rel
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-    for stage, values in overrides.items():
-        path = root / "params" / f"{stage}.yaml"
-        path.write_text(yaml.safe_dump(_merge(yaml.safe_load(path.read_text()), values), sort_keys=False))
+    """A copy of this project (declaration, params, code) with tiny params, committed to a new git repo."""
+    copy_project(REPO, root, overrides)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "project")
