@@ -38,3 +38,19 @@ def fixtures_dir() -> Path:
             pytest.fail(f"parity fixtures not found at {FIXTURES} (set TLPIPE_FIXTURES)")
         pytest.skip(f"parity fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def parity_cases(fixtures_dir):
+    """parity_cases("label_mapping") -> {case id: {field: array}} from `<name>.npz` (keys `<case>__<field>`)."""
+    import numpy as np
+
+    def load(name: str) -> dict[str, dict]:
+        cases: dict[str, dict] = {}
+        with np.load(fixtures_dir / f"{name}.npz") as data:
+            for key in data.files:
+                case, field = key.split("__", 1)
+                cases.setdefault(case, {})[field] = data[key]
+        return cases
+
+    return load

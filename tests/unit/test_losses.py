@@ -9,13 +9,8 @@ SEED_CASES = ["S1", "S2", "S3"]
 
 
 @pytest.fixture(scope="module")
-def distill_fixture(fixtures_dir):
-    with np.load(fixtures_dir / "distill_losses.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-def _case(data, case):
-    return {key.split("__", 1)[1]: value for key, value in data.items() if key.startswith(case + "__")}
+def distill_fixture(parity_cases):
+    return parity_cases("distill_losses")
 
 
 def _loss_and_grad(c, dtype):
@@ -42,7 +37,7 @@ def _numpy_reference(student, teacher, queue, tau_s, tau_t):
 
 @pytest.mark.parametrize("case", SEED_CASES)
 def test_seed_parity_float64(distill_fixture, case):
-    c = _case(distill_fixture, case)
+    c = distill_fixture[case]
     loss, grad = _loss_and_grad(c, torch.float64)
     assert loss.dtype == torch.float64 and loss.ndim == 0
     np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-9, atol=1e-12)
@@ -51,7 +46,7 @@ def test_seed_parity_float64(distill_fixture, case):
 
 @pytest.mark.parametrize("case", SEED_CASES)
 def test_seed_parity_float32(distill_fixture, case):
-    c = _case(distill_fixture, case)
+    c = distill_fixture[case]
     loss, grad = _loss_and_grad(c, torch.float32)
     assert loss.dtype == torch.float32
     np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-4, atol=1e-6)

@@ -17,18 +17,13 @@ LM_CASES = ["L1", "L2", "L3"]
 
 
 @pytest.fixture(scope="module")
-def lm_fixture(fixtures_dir):
-    with np.load(fixtures_dir / "label_mapping.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-def _case(data, case):
-    return {key.split("__", 1)[1]: value for key, value in data.items() if key.startswith(case + "__")}
+def lm_fixture(parity_cases):
+    return parity_cases("label_mapping")
 
 
 @pytest.mark.parametrize("case", LM_CASES)
 def test_votes_psum_ranking_match_fixture(lm_fixture, case):
-    c = _case(lm_fixture, case)
+    c = lm_fixture[case]
     votes, psum = count_label_votes(c["logits"])
     assert votes.dtype == np.int64
     np.testing.assert_array_equal(votes, c["expected_votes"])
@@ -38,7 +33,7 @@ def test_votes_psum_ranking_match_fixture(lm_fixture, case):
 
 @pytest.mark.parametrize("case", LM_CASES)
 def test_kept_sets_and_samples_match_fixture(lm_fixture, case):
-    c = _case(lm_fixture, case)
+    c = lm_fixture[case]
     num_classes = c["logits"].shape[1]
     for ratio, k in zip(c["pruning_ratios"], c["K"]):
         assert num_kept(num_classes, float(ratio)) == k
@@ -51,7 +46,7 @@ def test_kept_sets_and_samples_match_fixture(lm_fixture, case):
 
 
 def test_torch_logits_give_same_votes(lm_fixture):
-    c = _case(lm_fixture, "L2")
+    c = lm_fixture["L2"]
     votes_np, psum_np = count_label_votes(c["logits"])
     votes_t, psum_t = count_label_votes(torch.from_numpy(c["logits"]))
     np.testing.assert_array_equal(votes_np, votes_t)
