@@ -18,6 +18,7 @@ from tasks import cachekey, inputs, tracking, versioning
 from tasks.context import STAGE_DIRS, StageContext, metrics_file, stage_dir, stage_outputs
 
 EXIT_BAD_INPUT = 2
+REPORT_SUFFIXES = {".csv", ".json", ".md", ".png", ".html"}
 QUIET = {  # per-file progress bars of datasets/transformers would drown the stage's own progress
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -119,6 +120,9 @@ def execute_stage(
             write_json(tmp_metrics, metrics)
         tracker.log_summary(metrics)
         tracker.log_artifact(metrics_path)
+        for report in sorted(out.iterdir()):  # tables, plots and reports; models and data stay in DVC
+            if report.is_file() and report.suffix in REPORT_SUFFIXES:
+                tracker.log_artifact(report, spec.name)
         outs = {rel: versioning.md5_path(project / rel) for rel in spec.outs}
         tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outs.items()})
         return {

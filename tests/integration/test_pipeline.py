@@ -86,6 +86,11 @@ def test_first_run_is_tracked_in_mlflow(project_run):
     digests = {d.dataset.digest for d in pretrain.inputs.dataset_inputs}
     assert result["stages"][0]["outs"]["data/prepared"] in digests  # inputs carry their DVC hashes
     assert len(client.get_metric_history(pretrain.info.run_id, "train_loss")) == 2  # one point per epoch
+    def artifacts(stage):
+        return {a.path for a in client.list_artifacts(children[stage].info.run_id, stage)}
+
+    assert {"prune/classes.csv", "prune/selection.json", "prune/votes.png"} <= artifacts("prune")
+    assert {"evaluate/confusion.png", "evaluate/report.md", "evaluate/probe.csv"} <= artifacts("evaluate")
     finetune = children["finetune"].info.run_id
     models = client.search_logged_models(experiment_ids=[parent.info.experiment_id])
     assert any(m.source_run_id == finetune for m in models)
