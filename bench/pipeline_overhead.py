@@ -52,10 +52,12 @@ def bare_loop(project: Path) -> None:
     for spec in versioning.load_pipeline(project):
         params = config.load_stage_params(project, spec.name)
         module = importlib.import_module(f"tasks.{spec.name}")
+        started = time.perf_counter()
         with staged_outputs(stage_dir(project, spec.name), metrics_file(project, spec.name)) as (out, metrics):
             out.mkdir()
             ctx = StageContext(spec.name, project, params, out, Untracked(), device, show_progress=False)
-            write_json(metrics, module.run(ctx))
+            figures = module.run(ctx)
+            write_json(metrics, {**figures, "wall_time_s": time.perf_counter() - started})
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:

@@ -57,6 +57,27 @@ def _run_stage(spec, project: Path, *, refresh: bool, **kwargs) -> tuple[dict, s
     return state.result(), RAN
 
 
+def _stage_step(spec, project: Path, stage_params: dict, known: dict, commits, *, refresh: bool, env: dict,
+                device: str, parent_id: str, tags: dict, show_progress: bool) -> dict:
+    """Keys, runs or reuses, records and queues the DVC commit of one stage; returns its summary."""
+    started = time.perf_counter()
+    deps = runner.dep_hashes(project, spec, known, stage_params)
+    key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params}, dep_hashes=deps, env=env)
+    manifest, how = _run_stage(spec, project, refresh=refresh, cache_key=key, params=stage_params, deps=deps,
+                               device=device, parent_id=parent_id, tags=tags, show_progress=show_progress)
+    if how == RAN:
+        commits.submit(spec.name)  # lands while the next stage computes
+    else:
+        tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params, manifest=manifest,
+                                     tags={**tags, tracking.TAG_CACHE_KEY: key})
+        commits.wait()  # dvc.lock is read next: earlier commits first
+        declared = {file: {k: stage_params[k] for k in keys} for file, keys in spec.params.items()}
+        if not versioning.lock_records(project, spec, deps=deps, outs=manifest["outs"], params=declared):
+            commits.submit(spec.name)
+    return {"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
+            "outs": manifest["outs"], "metrics": manifest["metrics"], "mlflow_run_id": manifest["mlflow_run_id"]}
+
+
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
              show_progress: bool = True, checked: bool = False, device: str | None = None) -> dict:
@@ -81,27 +102,12 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     known: dict[str, str] = {}
     results = []
     try:
-        for spec in stages:
-            started = time.perf_counter()
-            stage_params = params[spec.name]
-            declared = {file: {k: stage_params[k] for k in keys} for file, keys in spec.params.items()}
-            deps = runner.dep_hashes(project_path, spec, known, stage_params)
-            key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params},
-                                           dep_hashes=deps, env=env)
-            manifest, how = _run_stage(
-                spec, project_path, refresh=spec.name in refresh_set, cache_key=key, params=stage_params,
-                deps=deps, device=device, parent_id=parent_id, tags=tags, show_progress=show_progress,
-            )
-            if how != RAN:
-                tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params,
-                                             manifest=manifest, tags={**tags, tracking.TAG_CACHE_KEY: key})
-            if how == RAN or not versioning.lock_records(project_path, spec, deps=deps, outs=manifest["outs"],
-                                                         params=declared):
-                versioning.commit_stage(project_path, spec.name)
-            known.update(manifest["outs"])
-            results.append({"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
-                            "outs": manifest["outs"], "metrics": manifest["metrics"],
-                            "mlflow_run_id": manifest["mlflow_run_id"]})
+        with versioning.BackgroundCommits(project_path) as commits:
+            for spec in stages:
+                results.append(_stage_step(spec, project_path, params[spec.name], known, commits,
+                                           refresh=spec.name in refresh_set, env=env, device=device,
+                                           parent_id=parent_id, tags=tags, show_progress=show_progress))
+                known.update(results[-1]["outs"])
     except BaseException:
         tracking.end_run(parent_id, failed=True)
         raise

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,37 @@ def commit_stage(project: Path, stage: str) -> None:
 
     with inside(project), Repo(".", _wait_for_lock=True) as repo:
         repo.commit(stage, force=True)
+
+
+class BackgroundCommits:
+    """DVC commits of finished stages, one at a time on a background thread, so that the next stage
+    computes meanwhile. Leaving the block waits for every commit and raises the first failure."""
+
+    def __init__(self, project: Path):
+        self.project = Path(project)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc-commit")
+        self._pending: list = []
+
+    def submit(self, stage: str) -> None:
+        self._pending.append(self._pool.submit(commit_stage, self.project, stage))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> "BackgroundCommits":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:  # the stage failure is the error to report; earlier commits still land
+                for future in self._pending:
+                    future.exception()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _cache_object(project: Path, md5: str) -> Path:
