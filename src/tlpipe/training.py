@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlpipe.models import Classifier, embed, feature_dim
+from tlpipe.models import Classifier, embed
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 
 MetricsCallback = Callable[[int, dict], None]

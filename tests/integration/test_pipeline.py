@@ -1,7 +1,6 @@
 """The real flow on a tiny configuration: Prefect test harness, a real DVC repo, a real MLflow store."""
 
 import json
-import subprocess
 
 import pytest
 from dvc.repo import Repo
