@@ -36,8 +36,11 @@ def device_name() -> str:
 
 
 def run_environment(device: str) -> dict[str, str]:
+    """The environment part of cache keys for a device ("cpu", "cuda:0", ...)."""
+    from tlpipe.runtime import device_settings
+
     device_type = device.split(":")[0]
-    return cachekey.environment(device_type, "bf16" if device_type == "cuda" else "fp32")
+    return cachekey.environment(device_type, device_settings(device_type)["precision"])
 
 
 def check_declaration(spec: versioning.StageSpec) -> None:

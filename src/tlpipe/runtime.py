@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import transformers
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
@@ -87,16 +86,6 @@ def seed_everything(seed: int) -> torch.Generator:
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels [..] in 0..255 -> float32 in [-1, 1] (black -> -1, white -> 1)."""
     return pixels.float().mul_(2.0 / 255.0).sub_(1.0)
-
-
-def describe_environment(device: torch.device) -> dict:
-    """What changes numerical results besides code and data; it enters stage cache keys."""
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": device.type,
-        "precision": device_settings(device.type)["precision"],
-    }
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -4,7 +4,6 @@ import torch
 
 from tlpipe.runtime import (
     autocast,
-    describe_environment,
     device_settings,
     iter_batches,
     resolve_device,
@@ -60,12 +59,6 @@ def test_to_float_maps_uint8_to_unit_interval():
     x = to_float(torch.tensor([0, 255, 51], dtype=torch.uint8))
     assert x.dtype == torch.float32
     torch.testing.assert_close(x, torch.tensor([-1.0, 1.0, -0.6]))
-
-
-def test_describe_environment():
-    env = describe_environment(torch.device("cpu"))
-    assert env["device"] == "cpu" and env["precision"] == "fp32"
-    assert env["torch"] == torch.__version__ and "transformers" in env
 
 
 @pytest.mark.parametrize(("n", "drop_last", "sizes"), [(10, False, [4, 4, 2]), (10, True, [4, 4]), (3, True, [3])])
