@@ -71,8 +71,8 @@ def _stage_step(spec, project: Path, stage_params: dict, known: dict, commits, *
         tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params, manifest=manifest,
                                      tags={**tags, tracking.TAG_CACHE_KEY: key})
         commits.wait()  # dvc.lock is read next: earlier commits first
-        declared = {file: {k: stage_params[k] for k in keys} for file, keys in spec.params.items()}
-        if not versioning.lock_records(project, spec, deps=deps, outs=manifest["outs"], params=declared):
+        if not versioning.lock_records(project, spec, deps=deps, outs=manifest["outs"],
+                                       params=spec.declared(stage_params)):
             commits.submit(spec.name)
     return {"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
             "outs": manifest["outs"], "metrics": manifest["metrics"], "mlflow_run_id": manifest["mlflow_run_id"]}

@@ -71,8 +71,7 @@ def _already_ran_on(project: Path, spec: versioning.StageSpec, params: dict) -> 
     if inputs.EXTERNAL.get(spec.name, lambda *_: {})(params, Path(project)):
         return False
     entry = versioning.read_lock(project).get("stages", {}).get(spec.name, {})
-    declared = {file: {k: params[k] for k in keys} for file, keys in spec.params.items()}
-    return bool(entry) and entry.get("params") == declared
+    return bool(entry) and entry.get("params") == spec.declared(params)
 
 
 def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str], params: dict) -> dict[str, str]:

@@ -31,6 +31,10 @@ class StageSpec:
     outs: tuple[str, ...]  # outs, metrics and plots together
     meta: dict = field(default_factory=dict, hash=False, compare=False)
 
+    def declared(self, stage_params: dict) -> dict[str, dict]:
+        """The values of the params this stage declares, as dvc.lock records them ({file: {key: value}})."""
+        return {file: {key: stage_params[key] for key in keys} for file, keys in self.params.items()}
+
 
 def load_pipeline(project: Path) -> list[StageSpec]:
     """The stages of the project's dvc.yaml in run order (a stage after every stage whose output it reads).
