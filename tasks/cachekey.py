@@ -9,6 +9,7 @@ and the environment that changes results. Absolute paths never enter the key.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -66,14 +67,21 @@ def _imported_modules(path: Path) -> set[str]:
 
     Imports under the `__main__` guard are left out: they start the stage, they do not compute it.
     """
+    stat = path.stat()
+    return set(_imports_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=512)
+def _imports_of(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Parses a file once per version (every stage of a run walks the same library files)."""
     found: set[str] = set()
-    for node in _walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 def code_closure(module: str) -> dict[str, Path]:

@@ -158,15 +158,27 @@ def commit_stage(project: Path, stage: str) -> None:
 
 class BackgroundCommits:
     """DVC commits of finished stages, one at a time on a background thread, so that the next stage
-    computes meanwhile. Leaving the block waits for every commit and raises the first failure."""
+    computes meanwhile. Leaving the block waits for every commit and raises the first failure.
+
+    One DVC `Repo` serves every commit of the block: opening it costs about as much as a commit.
+    """
 
     def __init__(self, project: Path):
-        self.project = Path(project)
+        self.project = Path(project).resolve()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvc-commit")
         self._pending: list = []
+        self._repo = None
 
     def submit(self, stage: str) -> None:
-        self._pending.append(self._pool.submit(commit_stage, self.project, stage))
+        self._pending.append(self._pool.submit(self._commit, stage))
+
+    def _commit(self, stage: str) -> None:
+        from dvc.repo import Repo
+
+        with inside(self.project):
+            if self._repo is None:
+                self._repo = Repo(str(self.project), _wait_for_lock=True)
+            self._repo.commit(stage, force=True)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -185,6 +197,8 @@ class BackgroundCommits:
                     future.exception()
         finally:
             self._pool.shutdown(wait=True)
+            if self._repo is not None:
+                self._repo.close()
 
 
 def _cache_object(project: Path, md5: str) -> Path:
