@@ -114,6 +114,64 @@ def run(
     print_summary(root, result)
 
 
+@app.command()
+def sweep(
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Sweep file (default: params/sweep.yaml of the project)."),
+    project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
+) -> None:
+    """Run the pruning sweep (methods x ratios x seeds) on Dask; prints the summary and where the table is."""
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        root = find_project((project or Path.cwd()).resolve())
+        path = (file or config.params_path(root, "sweep")).resolve()
+        spec = config.load_sweep(path, methods=config.SCHEMA["prune"]["method"].choices, base=config.load_all_params(root))
+    except config.ParamsError as exc:
+        raise bad_input(str(exc))
+    server = start_if_needed()
+    from flows.sweep import sweep as sweep_flow, task_runner
+    from tasks import runner, tracking, versioning
+
+    try:
+        runner.preflight(root, versioning.load_pipeline(root), spec["params"])
+    except (config.ParamsError, ValueError, FileNotFoundError) as exc:
+        raise bad_input(str(exc))
+    try:
+        device = runner.device_name()
+        tracking.configure(root)
+        api = server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])) if server else None
+        if api:  # Dask workers inherit it; without it each worker would start a Prefect server of its own
+            os.environ["PREFECT_API_URL"] = api
+        configured = sweep_flow.with_options(task_runner=task_runner(spec["cluster"]))
+        result = run_flow(configured, api_url=api, project=str(root), sweep_file=str(path), device=device)
+    except Exception as exc:
+        err.print(f"[bold red]error:[/] sweep failed: {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1)
+    print_sweep_summary(Path(result["results"]))
+    out.print(f"MLflow run: {result['mlflow_run_id']}   Prefect flow run: {result['flow_run_id']}")
+    out.print(f"results: {result['results']}/results.parquet (and .csv, summary.csv, plots)", highlight=False)
+
+
+def print_sweep_summary(folder: Path) -> None:
+    import pandas as pd
+
+    from tlpipe import sweeps
+
+    table = pd.read_parquet(folder / "results.parquet")
+    metrics = [c for c in table.columns if c.startswith("probe_") and c.endswith("shot")] + ["pretrain_time_s"]
+    view = Table(title="pruning sweep: mean ± std over seeds")
+    for column in ("method", "ratio", *metrics):
+        view.add_column(column, justify="left" if column == "method" else "right")
+    summaries = {m: sweeps.summarise(table, m).set_index(["method", "ratio"]) for m in metrics}
+    for method, ratio in summaries[metrics[0]].index:
+        cells = []
+        for m in metrics:
+            row = summaries[m].loc[(method, ratio)]
+            cells.append(f"{row['mean']:.3f} ± {0.0 if pd.isna(row['std']) else row['std']:.3f}")
+        view.add_row(str(method), f"{ratio:.2f}", *cells)
+    out.print(view)
+
+
 def run_flow(flow_fn, api_url: str | None = None, **kwargs) -> dict:
     """Calls a flow (against `api_url` when given) without the sync engine's one-second heartbeat join."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

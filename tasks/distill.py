@@ -7,6 +7,7 @@ import torch
 
 from tlpipe import data, distill, io, models, runtime
 from tasks.context import StageContext
+from tasks.probe import teacher_backbone
 from tasks.supervised import write_history
 
 
@@ -26,7 +27,7 @@ def unlabeled_images(ctx: StageContext) -> tuple[np.ndarray, dict]:
 def run(ctx: StageContext) -> dict:
     p = ctx.params
     images, counts = unlabeled_images(ctx)
-    teacher = models.load_classifier(ctx.upstream("pretrain") / "model").backbone
+    teacher = teacher_backbone(ctx.upstream("pretrain"))
     runtime.seed_everything(p["seed"])  # initial weights depend on the seed alone
     student = models.build_backbone(in_channels=images.shape[1], **p["model"])
     history: list[dict] = []

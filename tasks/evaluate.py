@@ -2,48 +2,31 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 
 from tlpipe import data, io, metrics, models, plots, runtime, training
+from tasks import probe
 from tasks.context import StageContext, metrics_file
 
 COST_STAGES = ("surrogate", "prune", "pretrain", "distill", "finetune")
 
 
-def probe_pool(target) -> tuple[np.ndarray, np.ndarray]:
-    """The labeled pool few-shot draws come from: train + unlabeled images that carry a label."""
-    parts = [data.to_arrays(target[split]) for split in ("train", "unlabeled")]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    return images[labels >= 0], labels[labels >= 0]
-
-
-def backbones(ctx: StageContext, in_channels: int) -> dict:
+def backbones(ctx: StageContext) -> dict:
     """Teacher, student, and an untrained copy of the student's architecture as the floor."""
     student = models.load_backbone(ctx.upstream("distill") / "backbone")
     runtime.seed_everything(ctx.params["seed"])
     scratch = type(student)(student.config)
-    return {
-        "teacher": models.load_classifier(ctx.upstream("pretrain") / "model").backbone,
-        "student": student,
-        "scratch": scratch,
-    }
+    return {"teacher": probe.teacher_backbone(ctx.upstream("pretrain")), "student": student, "scratch": scratch}
 
 
 def transfer_scores(ctx: StageContext, pool, test) -> pd.DataFrame:
     """Linear-probe accuracy of every backbone on the same few-shot draws (paired), one row per draw."""
-    p, device = ctx.params, torch.device(ctx.device)
-    draws = {k: metrics.draw_few_shot_indices(pool[1], shots=k, draws=p["probe_draws"], seed=p["seed"])
-             for k in p["probe_shots"]}
+    draws = probe.few_shot_draws(pool[1], ctx.params)
     rows = []
-    for name, backbone in backbones(ctx, pool[0].shape[1]).items():
-        pool_f = training.extract_features(backbone, pool[0], batch_size=p["batch_size"], device=device)
-        test_f = training.extract_features(backbone, test[0], batch_size=p["batch_size"], device=device)
-        for shots, shot_draws in draws.items():
-            accs = metrics.few_shot_probe(pool_f, pool[1], test_f, test[1], shot_draws)
-            rows += [{"backbone": name, "shots": shots, "draw": i, "accuracy": a} for i, a in enumerate(accs)]
+    for name, backbone in backbones(ctx).items():
+        rows += probe.probe_rows(name, backbone, pool, test, draws, batch_size=ctx.params["batch_size"],
+                                 device=torch.device(ctx.device))
     return pd.DataFrame(rows)
 
 
@@ -66,7 +49,7 @@ def run(ctx: StageContext) -> dict:
     predicted = training.predict_logits(model, test[0], batch_size=p["batch_size"], device=torch.device(ctx.device)).argmax(1)
     report = metrics.classification_report(test[1], predicted, num_classes=len(names))
     io.write_figure(ctx.out / "confusion.png", plots.plot_confusion_matrix(report["confusion_matrix"], names))
-    scores = transfer_scores(ctx, probe_pool(target), test)
+    scores = transfer_scores(ctx, probe.probe_pool(target), test)
     io.write_table(ctx.out / "probe.csv", scores)
     transfer = {
         name: {f"{shots}shot": metrics.summarise(group["accuracy"]) for shots, group in by_backbone.groupby("shots")}

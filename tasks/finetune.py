@@ -7,13 +7,14 @@ import torch
 
 from tlpipe import data, models, training
 from tasks.context import StageContext
+from tasks.probe import teacher_backbone
 from tasks.supervised import write_history
 
 
 def load_backbone(ctx: StageContext, which: str):
     if which == "student":
         return models.load_backbone(ctx.upstream("distill") / "backbone")
-    return models.load_classifier(ctx.upstream("pretrain") / "model").backbone
+    return teacher_backbone(ctx.upstream("pretrain"))
 
 
 def run(ctx: StageContext) -> dict:

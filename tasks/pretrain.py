@@ -23,6 +23,7 @@ def run(ctx: StageContext) -> dict:
     train, val = kept_subset(source["train"], kept), kept_subset(source["val"], kept)
     model, metrics = train_source_classifier(ctx, train, val, len(kept), ctx.params["label_smoothing"])
     models.save_classifier(model, ctx.out / "model")
+    models.save_backbone(model.backbone, ctx.out / "backbone")  # what every downstream stage reads
     full_images = len(source["train"])
     return {
         **metrics,

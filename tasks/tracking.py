@@ -205,6 +205,11 @@ def stage_run(stage: str, *, parent_id: str | None, tags: dict[str, str]) -> Ite
     mlf.set_terminated(run.info.run_id, "FINISHED")
 
 
+def log_sweep(run_id: str, folder: Path) -> None:
+    """The sweep's results table, summary and plots as artifacts of its parent run."""
+    client().log_artifacts(run_id, str(folder), "sweep")
+
+
 def record_cached_stage(stage: str, *, parent_id: str, params: dict, manifest: dict, tags: dict[str, str]) -> str:
     """A child run for a stage whose outputs came from the cache, pointing at the run that produced them."""
     produced_by = manifest.get("mlflow_run_id", "")

@@ -26,7 +26,7 @@ class ParamsError(ValueError):
 class Field:
     """One parameter: a type check plus an optional range or choice rule."""
 
-    kind: str  # int | float | bool | str | optional_str | choice | int_list | float_list | str_or_null
+    kind: str  # int | float | bool | str | optional_str | choice | int_list | float_list | str_list | mapping
     allowed: str = ""
     choices: tuple = ()
     check: Callable[[Any], bool] | None = None
@@ -50,6 +50,8 @@ class Field:
             "optional_str": "a string or null",
             "int_list": "a non-empty list of integers",
             "float_list": "a non-empty list of numbers",
+            "str_list": "a non-empty list of strings",
+            "mapping": "a mapping (possibly empty, {})",
         }[self.kind]
         return f"{text} in {self.allowed}" if self.allowed else text
 
@@ -69,6 +71,11 @@ def _coerce(kind: str, value: Any, choices: tuple) -> tuple[bool, Any]:
         return value is None or (isinstance(value, str) and value != ""), value
     if kind == "choice":
         return value in choices, value
+    if kind == "mapping":
+        return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+    if kind == "str_list":
+        ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+        return ok, value
     if kind in ("int_list", "float_list"):
         item = "int" if kind == "int_list" else "float"
         if not isinstance(value, list) or not value:
@@ -189,6 +196,63 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "batch_size": Int(1, 65_536),
     },
 }
+
+
+SWEEP_SCHEMA: dict[str, Any] = {
+    "methods": Field("str_list"),
+    "ratios": Field("float_list", "[0, 1) each", check=lambda v: all(0.0 <= x < 1.0 for x in v)),
+    "seeds": Field("int_list", "[0, 2**31) each", check=lambda v: all(0 <= x < 2**31 for x in v)),
+    "full_source": BOOL,
+    "set": Field("mapping"),
+    "cluster": {
+        "address": OPTIONAL_STR,
+        "n_workers": Int(1, 1024),
+        "threads_per_worker": Int(1, 1024),
+    },
+}
+
+
+def load_sweep(path: Path, *, methods: tuple[str, ...], base: dict[str, dict]) -> dict:
+    """Reads and validates a sweep file: the grid, per-point overrides and the Dask cluster.
+
+    Args:
+        path: the sweep YAML file.
+        methods: the pruning methods that exist (prune.method choices).
+        base: the validated params of every stage, which `set` overrides for every point.
+
+    Raises:
+        ParamsError: unknown method, ratio outside [0, 1), duplicate or empty grid, bad overrides.
+    """
+    source = str(path)
+    sweep = _validate_mapping(SWEEP_SCHEMA, read_yaml(Path(path)), prefix="", source=source)
+    unknown = [m for m in sweep["methods"] if m not in methods]
+    if unknown:
+        raise ParamsError(f"{source}: methods: unknown method {unknown[0]!r}; allowed: {', '.join(methods)}")
+    for key in ("methods", "ratios", "seeds"):
+        if len(set(sweep[key])) != len(sweep[key]):
+            raise ParamsError(f"{source}: {key} lists a value twice: {sweep[key]}")
+    if 0.0 in sweep["ratios"]:
+        raise ParamsError(f"{source}: ratios: 0 is the full source; set full_source: true instead")
+    overrides = [f"{stage}.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                 for stage, values in sweep["set"].items() for key, value in _flat_items(values, stage, source)]
+    for stage in sweep["set"]:
+        if stage == "prune" or stage not in SCHEMA:
+            raise ParamsError(f"{source}: set: {stage!r} cannot be set here; allowed: "
+                              f"{', '.join(s for s in STAGES if s != 'prune')} (prune comes from the grid)")
+    sweep["params"], _ = apply_overrides(base, overrides)
+    return sweep
+
+
+def _flat_items(values: Any, stage: str, source: str) -> list[tuple[str, Any]]:
+    if not isinstance(values, Mapping):
+        raise ParamsError(f"{source}: set.{stage} must map keys to values, got {values!r}")
+    items = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            items += [(f"{key}.{sub}", v) for sub, v in _flat_items(value, stage, source)]
+        else:
+            items.append((str(key), value))
+    return items
 
 
 def params_path(project: Path, stage: str) -> Path:

@@ -121,3 +121,51 @@ def plot_curves(history: dict[str, list[float]], *, title: str) -> Figure:
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, parse_math=False)
     return fig
+
+
+def plot_metric_vs_ratio(summary, *, ylabel: str, full=None) -> Figure:
+    """One line per method: mean ± std of a metric against the pruning ratio.
+
+    Args:
+        summary: a DataFrame with columns method, ratio, mean, std (`tlpipe.sweeps.summarise`),
+            without the full-source rows.
+        ylabel: the metric's name on the y axis.
+        full: (mean, std) of the full-source reference, drawn as a horizontal band; or None.
+    """
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for method, rows in summary.groupby("method", sort=True):
+        rows = rows.sort_values("ratio")
+        std = np.nan_to_num(rows["std"].to_numpy(dtype=float))
+        ax.errorbar(rows["ratio"], rows["mean"], yerr=std, marker="o", capsize=3, label=str(method))
+    if full is not None:
+        mean, std = float(full[0]), float(np.nan_to_num(full[1]))
+        ax.axhline(mean, color="black", linestyle="--", label="full source")
+        ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+    ax.set_xlabel("pruning ratio (share of the source removed)")
+    ax.set_ylabel(ylabel, parse_math=False)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_cost_vs_ratio(costs) -> Figure:
+    """Measured pretraining cost relative to the full source, per method, against the ideal 1 - ratio.
+
+    Args:
+        costs: a DataFrame with columns method, ratio, relative (`tlpipe.sweeps.cost_ratios`).
+    """
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ratios = np.linspace(0.0, 1.0, 11)
+    ax.plot(ratios, 1.0 - ratios, color="black", linestyle="--", label="ideal (1 - ratio)")
+    for method, rows in costs.groupby("method", sort=True):
+        rows = rows.sort_values("ratio")
+        ax.plot(rows["ratio"], rows["relative"], marker="o", label=str(method))
+    ax.set_xlabel("pruning ratio")
+    ax.set_ylabel("pretraining time / full-source time")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig

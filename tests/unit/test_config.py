@@ -73,3 +73,49 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "params" / "prune.yaml").write_text("- a list\n")
     with pytest.raises(config.ParamsError, match="must be a mapping"):
         config.load_stage_params(tmp_path, "prune")
+
+
+SWEEP = {"methods": ["lm", "random"], "ratios": [0.5, 0.8], "seeds": [0, 1], "full_source": True,
+         "set": {"pretrain": {"epochs": 2, "model": {"embedding_size": 8}}},
+         "cluster": {"address": None, "n_workers": 2, "threads_per_worker": 1}}
+
+
+def write_sweep(tmp_path, **changes):
+    import yaml
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, **changes}))
+    return path
+
+
+def test_shipped_sweep_file_is_valid(params):
+    sweep = config.load_sweep(config.params_path(REPO, "sweep"), methods=config.SCHEMA["prune"]["method"].choices,
+                              base=params)
+    assert sweep["methods"] and sweep["params"]["pretrain"] == params["pretrain"]
+
+
+def test_sweep_overrides_apply_to_every_point_and_leave_the_rest(tmp_path, params):
+    sweep = config.load_sweep(write_sweep(tmp_path), methods=("lm", "random"), base=params)
+    assert sweep["params"]["pretrain"]["epochs"] == 2
+    assert sweep["params"]["pretrain"]["model"]["embedding_size"] == 8
+    assert sweep["params"]["pretrain"]["model"]["hidden_sizes"] == params["pretrain"]["model"]["hidden_sizes"]
+    assert sweep["params"]["distill"] == params["distill"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"methods": ["lm", "magic"]}, "unknown method 'magic'; allowed: lm, random"),
+    ({"methods": []}, "methods=[]: expected a non-empty list of strings"),
+    ({"ratios": [0.5, 1.0]}, "ratios=[0.5, 1.0] is out of range; allowed [0, 1) each"),
+    ({"ratios": [0.0, 0.5]}, "0 is the full source"),
+    ({"seeds": []}, "seeds=[]: expected a non-empty list of integers"),
+    ({"seeds": [1, 1]}, "seeds lists a value twice"),
+    ({"set": {"prune": {"ratio": 0.3}}}, "'prune' cannot be set here"),
+    ({"set": {"pretrain": {"epochs": 0}}}, "epochs=0 is out of range"),
+    ({"set": {"pretrain": {"colour": 1}}}, "unknown key colour"),
+    ({"cluster": {"address": None, "n_workers": 0, "threads_per_worker": 1}}, "cluster.n_workers=0"),
+    ({"grid": 1}, "unknown key grid"),
+])
+def test_bad_sweep_files_are_named(tmp_path, params, changes, message):
+    with pytest.raises(config.ParamsError, match=None) as info:
+        config.load_sweep(write_sweep(tmp_path, **changes), methods=("lm", "random"), base=params)
+    assert message in str(info.value)

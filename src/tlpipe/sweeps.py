@@ -1,0 +1,71 @@
+"""The pruning sweep as data: its grid, and the summaries of its tidy results table.
+
+A results table has one row per point: `method`, `ratio`, `seed` and measured columns (probe
+accuracies, pretraining time, images seen, ...). The full-source reference has method `full` and
+ratio 0. Comparisons between methods are paired by seed: the same seed means the same pretraining
+initialisation and data order, so the difference of two methods at one seed is one observation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FULL = "full"
+
+
+def grid(methods: list[str], ratios: list[float], seeds: list[int], *, full_source: bool) -> list[dict]:
+    """Every (method, ratio, seed) point, then the full source once per seed.
+
+    Raises:
+        ValueError: an empty list, or a ratio outside (0, 1).
+    """
+    if not methods or not ratios or not seeds:
+        raise ValueError(f"the grid is empty: methods={methods}, ratios={ratios}, seeds={seeds}")
+    bad = [r for r in ratios if not 0.0 < r < 1.0]
+    if bad:
+        raise ValueError(f"ratios must lie in (0, 1); got {bad}")
+    points = [{"method": m, "ratio": float(r), "seed": int(s)} for m in methods for r in ratios for s in seeds]
+    if full_source:
+        points += [{"method": FULL, "ratio": 0.0, "seed": int(s)} for s in seeds]
+    return points
+
+
+def summarise(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, std and count of `column` per method and ratio (std with ddof=1; NaN for one seed)."""
+    grouped = table.groupby(["method", "ratio"], sort=True)[column]
+    return grouped.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def paired_differences(table: pd.DataFrame, column: str, *, method: str, baseline: str) -> pd.DataFrame:
+    """`method` minus `baseline` in `column`, paired by seed, per ratio.
+
+    The baseline is taken at the same ratio, or, for `baseline="full"`, the full-source point of the
+    same seed. Returns one row per ratio: mean, std (ddof=1), min, max of the per-seed differences and
+    the number of pairs.
+    """
+    ours = table[table["method"] == method].set_index(["ratio", "seed"])[column]
+    if baseline == FULL:
+        full = table[table["method"] == FULL].set_index("seed")[column]
+        theirs = pd.Series(full.reindex(ours.index.get_level_values("seed")).to_numpy(), index=ours.index)
+    else:
+        theirs = table[table["method"] == baseline].set_index(["ratio", "seed"])[column].reindex(ours.index)
+    diff = (ours - theirs).dropna()
+    rows = []
+    for ratio, values in diff.groupby(level="ratio"):
+        v = values.to_numpy(dtype=np.float64)
+        rows.append({"ratio": float(ratio), "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else np.nan,
+                     "min": v.min(), "max": v.max(), "pairs": len(v)})
+    return pd.DataFrame(rows, columns=["ratio", "mean", "std", "min", "max", "pairs"])
+
+
+def cost_ratios(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`column` (e.g. pretraining seconds) at each point over the full-source value of its seed, with
+    the ideal 1 - ratio beside it; mean per method and ratio."""
+    full = table[table["method"] == FULL].set_index("seed")[column]
+    pruned = table[table["method"] != FULL].copy()
+    pruned["relative"] = pruned[column].to_numpy() / full.reindex(pruned["seed"]).to_numpy()
+    out = pruned.groupby(["method", "ratio"], sort=True)["relative"].mean().reset_index()
+    out["ideal"] = 1.0 - out["ratio"]
+    out["off_ideal"] = out["relative"] / out["ideal"] - 1.0
+    return out

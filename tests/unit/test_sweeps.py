@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tlpipe import plots, sweeps
+
+
+def table() -> pd.DataFrame:
+    rows = []
+    for seed, full_acc in [(0, 0.80), (1, 0.70), (2, 0.75)]:
+        rows.append({"method": "full", "ratio": 0.0, "seed": seed, "acc": full_acc, "time": 10.0})
+        for ratio in (0.5, 0.8):
+            rows.append({"method": "lm", "ratio": ratio, "seed": seed, "acc": full_acc - 0.01 * ratio * 10,
+                         "time": 10.0 * (1 - ratio) * 1.1})
+            rows.append({"method": "random", "ratio": ratio, "seed": seed, "acc": full_acc - 0.1 - seed * 0.01,
+                         "time": 10.0 * (1 - ratio)})
+    return pd.DataFrame(rows)
+
+
+def test_grid_crosses_every_value_and_adds_full_source_per_seed():
+    points = sweeps.grid(["lm", "random"], [0.5, 0.9], [0, 1, 2], full_source=True)
+    assert len(points) == 2 * 2 * 3 + 3
+    assert points[0] == {"method": "lm", "ratio": 0.5, "seed": 0}
+    assert [p for p in points if p["method"] == sweeps.FULL] == [
+        {"method": "full", "ratio": 0.0, "seed": s} for s in (0, 1, 2)]
+    assert len(sweeps.grid(["lm"], [0.5], [0], full_source=False)) == 1
+
+
+@pytest.mark.parametrize("methods, ratios, seeds", [([], [0.5], [0]), (["lm"], [], [0]), (["lm"], [0.5], []),
+                                                    (["lm"], [1.0], [0]), (["lm"], [0.0], [0])])
+def test_grid_rejects_empty_or_out_of_range(methods, ratios, seeds):
+    with pytest.raises(ValueError):
+        sweeps.grid(methods, ratios, seeds, full_source=True)
+
+
+def test_summarise_mean_std_count():
+    summary = sweeps.summarise(table(), "acc").set_index(["method", "ratio"])
+    assert summary.loc[("full", 0.0), "mean"] == pytest.approx(0.75)
+    assert summary.loc[("full", 0.0), "std"] == pytest.approx(np.std([0.8, 0.7, 0.75], ddof=1))
+    assert summary.loc[("lm", 0.5), "n"] == 3
+
+
+def test_paired_differences_against_a_method_and_against_full():
+    t = table()
+    vs_random = sweeps.paired_differences(t, "acc", method="lm", baseline="random").set_index("ratio")
+    # lm - random at seed s = (full_s - 0.1 r*... ) - (full_s - 0.1 - 0.01 s): pairing removes the seed effect
+    expected = [(-0.01 * 0.5 * 10) + 0.1 + 0.01 * s for s in range(3)]
+    assert vs_random.loc[0.5, "mean"] == pytest.approx(np.mean(expected))
+    assert vs_random.loc[0.5, "std"] == pytest.approx(np.std(expected, ddof=1))
+    assert vs_random.loc[0.5, "pairs"] == 3
+    vs_full = sweeps.paired_differences(t, "acc", method="lm", baseline="full").set_index("ratio")
+    assert vs_full.loc[0.8, "mean"] == pytest.approx(-0.08)
+    assert vs_full.loc[0.8, "std"] == pytest.approx(0.0, abs=1e-12)  # the same drop at every seed
+
+
+def test_cost_ratios_against_ideal():
+    costs = sweeps.cost_ratios(table(), "time").set_index(["method", "ratio"])
+    assert costs.loc[("random", 0.8), "relative"] == pytest.approx(0.2)
+    assert costs.loc[("random", 0.8), "off_ideal"] == pytest.approx(0.0, abs=1e-12)
+    assert costs.loc[("lm", 0.5), "off_ideal"] == pytest.approx(0.1)
+
+
+def test_sweep_plots_draw_one_line_per_method():
+    t = table()
+    summary = sweeps.summarise(t[t.method != "full"], "acc")
+    fig = plots.plot_metric_vs_ratio(summary, ylabel="1-shot accuracy", full=(0.75, 0.05))
+    assert {text.get_text() for text in fig.axes[0].get_legend().get_texts()} == {"lm", "random", "full source"}
+    fig = plots.plot_cost_vs_ratio(sweeps.cost_ratios(t, "time"))
+    assert len(fig.axes[0].lines) == 3  # ideal + two methods
