@@ -208,11 +208,12 @@ def _headline(stage: str, m: dict) -> str:
         return f"source {m['source_train']} train imgs / {m['source_classes']} classes; target {m['target_classes']} classes"
     if stage == "prune":
         return f"kept {m['kept_classes']}/{m['source_classes']} classes, {m['kept_fraction']:.0%} of source images"
+    fit = f"val acc {m['val_accuracy']:.3f}" if "val_accuracy" in m else f"ssl loss {m.get('loss', float('nan')):.3f}"
     if stage == "pretrain":
-        return (f"val acc {m['val_accuracy']:.3f}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s "
+        return (f"{fit}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s "
                 f"({m['source_fraction']:.0%} of full source, full est. {m['est_full_source_wall_time_s']:.0f}s)")
     if stage == "surrogate":
-        return f"val acc {m['val_accuracy']:.3f}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s"
+        return f"{fit}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s"
     if stage == "distill":
         return f"loss {m['loss']:.3f}; student {m['parameters']:,} params vs teacher {m['teacher_parameters']:,}"
     if stage == "finetune":

@@ -8,7 +8,7 @@ import torch
 from tlpipe import data, distill, io, models, runtime
 from tasks.context import StageContext
 from tasks.probe import teacher_backbone
-from tasks.supervised import write_history
+from tasks.source import write_history
 
 
 def unlabeled_images(ctx: StageContext) -> tuple[np.ndarray, dict]:
@@ -17,9 +17,8 @@ def unlabeled_images(ctx: StageContext) -> tuple[np.ndarray, dict]:
     target = data.load_prepared(prepared / "target")
     parts = {split: data.to_arrays(target[split])[0] for split in ("train", "unlabeled")}
     if ctx.params["use_source"]:
-        source_images, source_labels = data.to_arrays(data.load_prepared(prepared / "source")["train"])
-        kept = np.asarray(io.read_json(ctx.upstream("prune") / "selection.json")["kept"], dtype=np.int64)
-        parts["source"] = source_images[np.isin(source_labels, kept)]
+        kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
+        parts["source"] = data.to_arrays(data.load_prepared(prepared / "source")["train"])[0][kept]
     counts = {f"{name}_images": len(images) for name, images in parts.items()}
     return np.concatenate(list(parts.values())), counts
 

@@ -8,7 +8,7 @@ import torch
 from tlpipe import data, models, training
 from tasks.context import StageContext
 from tasks.probe import teacher_backbone
-from tasks.supervised import write_history
+from tasks.source import write_history
 
 
 def load_backbone(ctx: StageContext, which: str):

@@ -1,33 +1,21 @@
-"""pretrain: the teacher, trained with labels on the pruned source."""
+"""pretrain: the teacher, trained on the pruned source (with its labels, or self-supervised)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from tlpipe import data, io, models
+from tlpipe import data
 from tasks.context import StageContext
-from tasks.supervised import remap_labels, train_source_classifier
-
-
-def kept_subset(split, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Images and 0..K-1 labels of the source samples whose class was kept."""
-    images, labels = data.to_arrays(split)
-    mask = np.isin(labels, kept)
-    return images[mask], remap_labels(labels[mask], kept)
+from tasks.source import kept_source, train_source_model
 
 
 def run(ctx: StageContext) -> dict:
     source = data.load_prepared(ctx.upstream("prepare") / "source")
-    selection = io.read_json(ctx.upstream("prune") / "selection.json")
-    kept = np.asarray(selection["kept"], dtype=np.int64)
-    train, val = kept_subset(source["train"], kept), kept_subset(source["val"], kept)
-    model, metrics = train_source_classifier(ctx, train, val, len(kept), ctx.params["label_smoothing"])
-    models.save_classifier(model, ctx.out / "model")
-    models.save_backbone(model.backbone, ctx.out / "backbone")  # what every downstream stage reads
+    train, val, classes = kept_source(ctx, source)
+    metrics = train_source_model(ctx, train, val, len(classes), ctx.params["label_smoothing"])
     full_images = len(source["train"])
     return {
         **metrics,
         "source_images": len(train[0]),
+        "source_classes": len(classes),
         "full_source_images": full_images,
         "source_fraction": len(train[0]) / full_images,
         # Time per image seen is what a full-source run would also pay: an estimate, labelled as one.

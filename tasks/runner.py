@@ -59,6 +59,7 @@ def check_declaration(spec: versioning.StageSpec) -> None:
 
 def preflight(project: Path, stages: list[versioning.StageSpec], params: dict[str, dict]) -> None:
     """Every check that can fail on bad input, run before any stage computes anything."""
+    config.check_combination(params)
     for spec in stages:
         check_declaration(spec)
         if spec.name in inputs.CHECKS and not _already_ran_on(project, spec, params[spec.name]):

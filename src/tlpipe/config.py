@@ -144,6 +144,12 @@ OPTIM = {
     "weight_decay": Float(0.0, 1.0),
 }
 
+SSL = {"temperature": Positive(), "projection_dim": Int(1, 65_536)}  # SimCLR/BYOL heads (unused when supervised)
+# prune methods (tlpipe.pruning.CLASS_METHODS / SAMPLE_METHODS; listed here so checking params imports no torch)
+CLASS_METHODS = ("lm", "lm_bottom", "lm_soft", "lm_balanced", "random", "fm")
+SAMPLE_METHODS = ("random_samples", "fm_samples", "el2n", "grand", "moderate")
+NEEDS_CLASSIFIER = ("lm", "lm_bottom", "lm_soft", "lm_balanced")
+
 SCHEMA: dict[str, dict[str, Any]] = {
     "prepare": {
         "seed": SEED,
@@ -169,9 +175,25 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "label_column": STR,
         },
     },
-    "surrogate": {"seed": SEED, "model": MODEL, **OPTIM},
-    "prune": {"method": Choice("lm", "random"), "ratio": RATIO, "seed": SEED},
-    "pretrain": {"seed": SEED, "model": MODEL, **OPTIM, "label_smoothing": Float(0.0, 0.5)},
+    "surrogate": {"mode": Choice("supervised", "simclr"), "seed": SEED, "model": MODEL, **OPTIM, **SSL},
+    "prune": {
+        "method": Choice(*CLASS_METHODS, *SAMPLE_METHODS),
+        "ratio": RATIO,
+        "seed": SEED,
+        "groups": Choice("classes", "kmeans"),
+        "num_clusters": Int(1, 1_000_000),
+        "scores": {"runs": Int(1, 100), "epochs": Int(1, 10_000), "batch_size": Int(1, 65_536), "lr": Positive()},
+    },
+    "pretrain": {
+        "mode": Choice("supervised", "simclr", "byol"),
+        "seed": SEED,
+        "model": MODEL,
+        **OPTIM,
+        "label_smoothing": Float(0.0, 0.5),
+        **SSL,
+        "predictor_hidden": Int(1, 65_536),
+        "base_momentum": Float(0.0, 1.0),
+    },
     "distill": {
         "method": Choice("seed"),
         "seed": SEED,
@@ -240,6 +262,8 @@ def load_sweep(path: Path, *, methods: tuple[str, ...], base: dict[str, dict]) -
             raise ParamsError(f"{source}: set: {stage!r} cannot be set here; allowed: "
                               f"{', '.join(s for s in STAGES if s != 'prune')} (prune comes from the grid)")
     sweep["params"], _ = apply_overrides(base, overrides)
+    for method in sweep["methods"]:
+        check_combination({**sweep["params"], "prune": {**sweep["params"]["prune"], "method": method}})
     return sweep
 
 
@@ -304,6 +328,17 @@ def _check_cross_fields(stage: str, values: dict, source: str) -> None:
         raise ParamsError(
             f"{source}: model.hidden_sizes has {len(model['hidden_sizes'])} entries but model.depths has "
             f"{len(model['depths'])}; they must have the same length (one per stage of the backbone)"
+        )
+
+
+def check_combination(params: dict[str, dict]) -> None:
+    """Rules across stages: label-mapping methods read the surrogate's classifier, so it must be supervised."""
+    prune, surrogate = params.get("prune"), params.get("surrogate")
+    if prune and surrogate and prune["method"] in NEEDS_CLASSIFIER and surrogate["mode"] != "supervised":
+        raise ParamsError(
+            f"params/prune.yaml: method={prune['method']} votes with the surrogate's source classifier, but "
+            f"params/surrogate.yaml: mode={surrogate['mode']} trains no classifier; use surrogate mode supervised "
+            f"or a feature method (fm, fm_samples, moderate)"
         )
 
 

@@ -6,7 +6,6 @@ teacher's similarity distribution over a queue of past teacher embeddings.
 """
 
 import copy
-import time
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
 from tlpipe.models import ProjectionHead, embed, feature_dim
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
-from tlpipe.training import MetricsCallback, make_optimizer, param_groups, steps_per_epoch
+from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
 
 
 class _Student(nn.Module):
@@ -90,10 +89,9 @@ def distill(
     augment_generator = _augment_generator(seed, device)
     steps = epochs * steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(student, lr, weight_decay), steps)
-    history, images_seen, start = [], 0, time.perf_counter()
+    log = LossLog(device, on_metrics)
     for epoch in range(1, epochs + 1):
         student.train()
-        loss_sum, epoch_seen = torch.zeros((), device=device), 0
         for x, _ in iter_batches(images, batch_size=batch_size, device=device, generator=generator, drop_last=True):
             if augment:
                 x = augment_batch(x, generator=augment_generator)
@@ -107,14 +105,6 @@ def distill(
             optimizer.step()
             schedule.step()
             queue.enqueue(F.normalize(teacher_emb, dim=1))  # after the loss: the batch is not its own negative
-            loss_sum += loss.detach() * len(x)
-            epoch_seen += len(x)
-        images_seen += epoch_seen
-        history.append(loss_sum.item() / epoch_seen)
-        if on_metrics is not None:
-            on_metrics(epoch, {"loss": history[-1], "lr": schedule.get_last_lr()[0],
-                               "elapsed_s": time.perf_counter() - start})
-    wall = time.perf_counter() - start
-    metrics = {"wall_time_s": wall, "images_seen": images_seen, "images_per_s": images_seen / wall,
-               "loss": history[-1], "loss_history": history}
-    return student.backbone.eval(), metrics
+            log.add(loss, len(x))
+        log.end_epoch(epoch, schedule.get_last_lr()[0])
+    return student.backbone.eval(), log.metrics()

@@ -95,6 +95,16 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def write_array(path: Path, array) -> None:
+    """A numpy array as .npy (no pickles, so it loads safely)."""
+    with open(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def read_array(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
 def write_table(path: Path, frame) -> None:
     """Writes a pandas DataFrame as CSV (no index; floats in full precision)."""
     frame.to_csv(path, index=False, lineterminator="\n")

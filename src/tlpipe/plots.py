@@ -61,14 +61,17 @@ def plot_confusion_matrix(cm, class_names: Sequence) -> Figure:
     return fig
 
 
-def plot_class_votes(votes, class_names: Sequence, kept, *, max_bars: int = 40) -> Figure:
+def plot_class_votes(votes, class_names: Sequence, kept, *, max_bars: int = 40,
+                     ylabel: str = "target images voting (top-1)", what: str = "label-mapping votes") -> Figure:
     """Bar chart of the most-voted source classes (DP4TL LM), kept classes highlighted.
 
     Args:
-        votes: [C] top-1 votes per source class.
+        votes: [C] top-1 votes per source class (or any per-class score, e.g. kept images).
         class_names: C names.
         kept: ids of the classes kept after pruning.
         max_bars: how many top classes to draw; a note says when classes are left out.
+        ylabel: the y-axis label.
+        what: what the bars are, at the start of the title.
 
     Returns:
         A Figure with one axes holding min(C, max_bars) bars, most votes first.
@@ -86,8 +89,8 @@ def plot_class_votes(votes, class_names: Sequence, kept, *, max_bars: int = 40) 
     colors = [KEPT_COLOR if kept_mask[c] else DROPPED_COLOR for c in order]
     ax.bar(np.arange(order.size), votes[order], color=colors)
     ax.set_xticks(np.arange(order.size), [names[c] for c in order], rotation=90, parse_math=False)
-    ax.set_ylabel("target images voting (top-1)")
-    title = f"label-mapping votes: {int(kept_mask.sum())} of {votes.size} classes kept"
+    ax.set_ylabel(ylabel, parse_math=False)
+    title = f"{what}: {int(kept_mask.sum())} of {votes.size} classes kept"
     if order.size < votes.size:
         title += f" (top {order.size} shown)"
     ax.set_title(title, parse_math=False)

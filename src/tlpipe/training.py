@@ -58,6 +58,40 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(n // batch_size, 1)
 
 
+class LossLog:
+    """Loss accounting of an unsupervised epoch loop (distillation, SSL pretraining).
+
+    Sums the loss on the device (no sync per step), reports each epoch's mean through
+    `on_metrics(epoch, {"loss", "lr", "elapsed_s"})` and ends with the loop's metrics dict.
+    The clock starts at construction.
+    """
+
+    def __init__(self, device: torch.device, on_metrics: MetricsCallback | None = None):
+        self.device, self.on_metrics = device, on_metrics
+        self.history: list[float] = []
+        self.images_seen, self.start = 0, time.perf_counter()
+        self._sum, self._seen = torch.zeros((), device=device), 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        """Counts one step: `loss` is the mean over its `n` images."""
+        self._sum += loss.detach() * n
+        self._seen += n
+
+    def end_epoch(self, epoch: int, lr: float) -> None:
+        """Closes an epoch (numbered from 1): records its mean loss and calls `on_metrics`."""
+        self.images_seen += self._seen
+        self.history.append(self._sum.item() / self._seen)
+        self._sum, self._seen = torch.zeros((), device=self.device), 0
+        if self.on_metrics is not None:
+            self.on_metrics(epoch, {"loss": self.history[-1], "lr": lr, "elapsed_s": time.perf_counter() - self.start})
+
+    def metrics(self) -> dict:
+        """wall_time_s, images_seen, images_per_s, loss (last epoch's mean) and loss_history."""
+        wall = time.perf_counter() - self.start
+        return {"wall_time_s": wall, "images_seen": self.images_seen, "images_per_s": self.images_seen / wall,
+                "loss": self.history[-1], "loss_history": self.history}
+
+
 def train_classifier(
     model: nn.Module,
     images: np.ndarray,

@@ -22,8 +22,8 @@ def test_shipped_params_are_valid(params):
         ("prune.ratio=1.0", "ratio=1.0 is out of range; allowed [0.0, 1.0)"),
         ("prune.ratio=-0.1", "out of range"),
         ("prune.ratio=abc", "expected a number"),
-        ("prune.method=magic", "expected one of lm, random"),
-        ("prune.colour=red", "unknown key colour; allowed keys: method, ratio, seed"),
+        ("prune.method=magic", "expected one of lm, lm_bottom, lm_soft, lm_balanced, random, fm, random_samples"),
+        ("prune.colour=red", "unknown key colour; allowed keys: method, ratio, seed, groups, num_clusters, scores"),
         ("prepare.target.shots_per_class=0", "target.shots_per_class=0 is out of range"),
         ("prepare.target.shots_per_class=2.5", "expected an integer"),
         ("surrogate.model.depths=[1]", "model.hidden_sizes has 3 entries but model.depths has 1"),
@@ -119,3 +119,17 @@ def test_bad_sweep_files_are_named(tmp_path, params, changes, message):
     with pytest.raises(config.ParamsError, match=None) as info:
         config.load_sweep(write_sweep(tmp_path, **changes), methods=("lm", "random"), base=params)
     assert message in str(info.value)
+
+
+def test_prune_method_choices_are_the_library_methods():
+    from tlpipe import pruning
+
+    assert config.CLASS_METHODS == pruning.CLASS_METHODS and config.SAMPLE_METHODS == pruning.SAMPLE_METHODS
+
+
+def test_label_mapping_needs_a_supervised_surrogate(params):
+    bad, _ = config.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=lm_soft"])
+    with pytest.raises(config.ParamsError, match="mode=simclr trains no classifier"):
+        config.check_combination(bad)
+    ok, _ = config.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=fm"])
+    config.check_combination(ok)

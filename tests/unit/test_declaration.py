@@ -44,7 +44,7 @@ def test_select_stages_takes_only_what_until_needs(stages):
 def test_main_guard_imports_stay_out_of_the_code_hash():
     closure = {p.name for p in cachekey.code_closure("tasks.prune").values()}
     assert "runner.py" not in closure and "tracking.py" not in closure
-    assert {"prune.py", "pruning.py", "context.py"} <= closure
+    assert {"prune.py", "label_mapping.py", "feature_mapping.py", "context.py"} <= closure
 
 
 def test_plain_yaml_reading_agrees_with_dvc(stages):

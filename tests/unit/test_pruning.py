@@ -145,7 +145,7 @@ def test_select_classes_dispatch():
 
 
 def test_select_classes_errors():
-    with pytest.raises(ValueError, match=r"method must be one of \('lm', 'random'\)"):
+    with pytest.raises(ValueError, match="method must be one of lm, lm_bottom, lm_soft, lm_balanced, random, fm, got 'topk'"):
         select_classes("topk", ratio=0.5, seed=0, num_classes=10)
     with pytest.raises(ValueError, match="logits"):
         select_classes("lm", ratio=0.5, seed=0)
