@@ -1,0 +1,93 @@
+"""Every pruning method and every pretraining mode through the real stage code on tiny data.
+
+prepare and surrogate run once through the flow (Prefect test harness, DVC, MLflow sqlite); then each
+prune method and pretrain mode runs through `runner.execute_stage`, as `dvc repro` and the flow do.
+"""
+
+import numpy as np
+import pytest
+
+from flows.cli import run_flow
+from flows.pipeline import pipeline
+from tasks import cachekey, runner, versioning
+from tasks.context import stage_dir
+from tlpipe import config, data, io
+from tests.integration.conftest import make_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCORES = {"runs": 2, "epochs": 1, "batch_size": 64, "lr": 0.006}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    import os
+
+    root = tmp_path_factory.mktemp("methods")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    project = make_project(root / "proj")
+    run_flow(pipeline, project=str(project), until="surrogate", show_progress=False)
+    return project
+
+
+def run_stage(project, stage: str, also: tuple = (), **changes) -> dict:
+    """Runs one stage with `changes` to its params (and `also`, overrides of other stages)."""
+    spec = next(s for s in versioning.load_pipeline(project) if s.name == stage)
+    base = config.load_all_params(project)
+    params, _ = config.apply_overrides(base, [*also, *(f"{stage}.{k}={v}" for k, v in changes.items())])
+    runner.preflight(project, [spec], params)
+    deps = runner.dep_hashes(project, spec, {}, params[stage])
+    key = cachekey.stage_cache_key(spec, params={f"params/{stage}.yaml": params[stage]}, dep_hashes=deps,
+                                   env=runner.run_environment("cpu"))
+    return runner.execute_stage(project, spec, params=params[stage], deps=deps, cache_key=key, device="cpu",
+                                show_progress=False)
+
+
+@pytest.mark.parametrize("method", config.CLASS_METHODS)
+def test_class_methods_keep_whole_classes(project, method):
+    manifest = run_stage(project, "prune", method=method, ratio=0.5, scores=SCORES)
+    out = stage_dir(project, "prune")
+    selection = io.read_json(out / "selection.json")
+    kept = io.read_array(out / "kept_indices.npy")
+    labels = np.asarray(data.load_prepared(stage_dir(project, "prepare") / "source")["train"]["label"])
+    assert selection["level"] == "class" and selection["method"] == method
+    assert len(selection["kept"]) == round(selection["num_classes"] * 0.5)
+    assert np.array_equal(kept, np.flatnonzero(np.isin(labels, selection["kept"])))  # every image of a kept class
+    assert manifest["metrics"]["kept_train_images"] == len(kept)
+    assert (out / "votes.png").stat().st_size > 0 and (out / "classes.csv").stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", config.SAMPLE_METHODS)
+def test_sample_methods_keep_the_asked_share_of_images(project, method):
+    manifest = run_stage(project, "prune", method=method, ratio=0.75, scores=SCORES)
+    out = stage_dir(project, "prune")
+    kept = io.read_array(out / "kept_indices.npy")
+    total, classes = manifest["metrics"]["source_train_images"], manifest["metrics"]["source_classes"]
+    if method == "moderate":  # kept per class: round(n_c * 0.25) of each class
+        assert abs(len(kept) - total * 0.25) <= classes / 2
+    else:
+        assert len(kept) == round(total * 0.25)
+    assert np.all(np.diff(kept) > 0)  # ascending, no repeats
+    assert io.read_json(out / "selection.json")["level"] == "sample"
+
+
+def test_feature_mapping_on_kmeans_groups_of_a_self_supervised_surrogate(project):
+    run_stage(project, "surrogate", also=("prune.method=fm",), mode="simclr", epochs=1)
+    assert not (stage_dir(project, "surrogate") / "model").exists()  # no classifier without labels
+    run_stage(project, "prune", also=("surrogate.mode=simclr",), method="fm", groups="kmeans", num_clusters=8, ratio=0.5)
+    first = io.read_array(stage_dir(project, "prune") / "kept_indices.npy")
+    run_stage(project, "prune", also=("surrogate.mode=simclr",), method="fm", groups="kmeans", num_clusters=8, ratio=0.5)
+    assert np.array_equal(first, io.read_array(stage_dir(project, "prune") / "kept_indices.npy"))  # deterministic
+    with pytest.raises(config.ParamsError, match="trains no classifier"):
+        run_stage(project, "prune", also=("surrogate.mode=simclr",), method="lm")
+    run_stage(project, "surrogate")  # back to the supervised surrogate for the other tests
+
+
+@pytest.mark.parametrize("mode", ["supervised", "simclr", "byol"])
+def test_pretrain_modes_write_a_backbone(project, mode):
+    run_stage(project, "prune", method="lm", ratio=0.5)
+    manifest = run_stage(project, "pretrain", mode=mode, epochs=1)
+    out = stage_dir(project, "pretrain")
+    assert (out / "backbone" / "config.json").is_file()
+    assert (out / "model").exists() == (mode == "supervised")
+    assert manifest["metrics"]["images_seen"] > 0 and manifest["metrics"]["source_fraction"] < 1.0
