@@ -1,0 +1,173 @@
+"""Does target-aware pruning lose target accuracy, and what does it save? The pruning sweep on the
+built-in benchmark, with paired differences, cost against the ideal, and the pruning stage's own speed.
+
+Runs `tlpipe sweep` on a copy of this project kept in bench/.work/<name>/ (so a second call reuses
+every finished point through the store), then prints:
+  - 1- and 3-shot teacher linear-probe accuracy per method and ratio (mean ± std over seeds),
+  - LM - random and LM - full, paired by seed (mean, std, min, max over seeds),
+  - pretraining time and images seen at ratio r over the full source, next to the ideal 1 - r,
+  - the end-to-end cost with the surrogate, and surrogate inference in `prune` vs a bare loop.
+
+    python bench/pruning_sweep.py                                   # ascii, supervised, 5 seeds
+    python bench/pruning_sweep.py --charset extended
+    python bench/pruning_sweep.py --ssl                             # SimCLR surrogate + teacher, fm vs random
+    python bench/pruning_sweep.py --seeds 3 --methods lm random --ratios 0.8   # a smaller grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from flows.workspace import copy_project  # noqa: E402
+
+SUPERVISED_METHODS = ["lm", "lm_soft", "lm_balanced", "lm_bottom", "random", "random_samples", "el2n", "grand",
+                      "moderate", "fm", "fm_samples"]
+SSL_METHODS = ["fm", "fm_samples", "random", "random_samples"]
+SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}}
+QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+         "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+
+
+def run_sweep(args, work: Path) -> Path:
+    """The sweep through the CLI, on a project copy with the charset (and SSL modes) set; returns its results."""
+    overrides = {"prepare": {"source": {"charset": args.charset}}, **(SSL if args.ssl else {})}
+    if not (work / "dvc.yaml").exists():
+        copy_project(REPO, work, overrides)
+    else:  # keep the store; refresh code and params from this checkout
+        for folder in ("tasks", "src", "params"):
+            shutil.rmtree(work / folder)
+        copy_project(REPO, work, overrides)
+    if args.ssl:  # label mapping needs a classifier; the SSL variant groups the source with k-means
+        (work / "params" / "prune.yaml").write_text(
+            (work / "params" / "prune.yaml").read_text().replace("groups: classes", "groups: kmeans"))
+    sweep_file = work / "bench-sweep.json"
+    sweep_file.write_text(json.dumps({
+        "methods": args.methods or (SSL_METHODS if args.ssl else SUPERVISED_METHODS),
+        "ratios": args.ratios, "seeds": list(range(args.seeds)), "full_source": True, "set": {},
+        "cluster": {"address": None, "n_workers": args.workers, "threads_per_worker": args.threads},
+    }))
+    env = {**os.environ, **QUIET, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "PREFECT_HOME": str(work / ".prefect")}
+    before = set((work / "data" / "sweeps").glob("*")) if (work / "data" / "sweeps").exists() else set()
+    started = time.perf_counter()
+    done = subprocess.run([str(Path(sys.executable).with_name("tlpipe")), "sweep", "--project", str(work),
+                           "--file", str(sweep_file)], env=env, text=True, capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"tlpipe sweep failed:\n{done.stderr[-4000:]}")
+    print(f"sweep wall time {time.perf_counter() - started:.0f} s")
+    return max(set((work / "data" / "sweeps").glob("*")) - before)
+
+
+def surrogate_cost(work: Path) -> tuple[float, dict]:
+    """(surrogate seconds, its store entry) from the sweep's store."""
+    entries = [p for p in (work / ".tlpipe" / "store" / "surrogate").iterdir() if (p / "metrics.json").is_file()]
+    newest = max(entries, key=lambda p: p.stat().st_mtime)
+    return json.loads((newest / "metrics.json").read_text())["wall_time_s"], newest
+
+
+def inference_throughput(work: Path, surrogate_entry: Path, repeats: int = 15) -> tuple[float, float]:
+    """Images/s of the surrogate over the target train split: as `prune` runs it, and as a bare loop."""
+    import torch
+
+    from tlpipe import data, models, runtime, training
+
+    prepare = max((work / ".tlpipe" / "store" / "prepare").glob("*/out"), key=lambda p: p.stat().st_mtime)
+    images, _ = data.to_arrays(data.load_prepared(prepare / "target")["train"])
+    images = images.repeat(8, axis=0)  # the split alone is a few hundred images: too short to time
+    model = models.load_classifier(surrogate_entry / "out" / "model").eval()
+    pixels = torch.from_numpy(images)
+
+    @torch.inference_mode()
+    def bare() -> None:
+        for i in range(0, len(pixels), 256):
+            model(runtime.to_float(pixels[i:i + 256]))
+
+    def staged() -> None:
+        training.predict_logits(model, images, batch_size=256, device=torch.device("cpu"))
+
+    timings = {"bare": [], "staged": []}
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        for name, fn in (("bare", bare), ("staged", staged)):
+            start = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - start)
+    return len(images) / statistics.median(timings["staged"]), len(images) / statistics.median(timings["bare"])
+
+
+def report(results: Path, work: Path, ssl: bool) -> None:
+    import pandas as pd
+
+    from tlpipe import sweeps
+
+    table = pd.read_parquet(results / "results.parquet")
+    shots = [c for c in table.columns if c.startswith("probe_") and c.endswith("shot")]
+    print(f"\nresults: {results}\n")
+    print("teacher few-shot linear-probe accuracy on the target test split, mean ± std over seeds")
+    summary = {c: sweeps.summarise(table, c).set_index(["method", "ratio"]) for c in shots}
+    print("| method | ratio | " + " | ".join(shots) + " |\n|---|---|" + "---|" * len(shots))
+    for method, ratio in summary[shots[0]].index:
+        cells = [f"{summary[c].loc[(method, ratio), 'mean']:.3f} ± {summary[c].loc[(method, ratio), 'std']:.3f}"
+                 for c in shots]
+        print(f"| {method} | {ratio:.1f} | " + " | ".join(cells) + " |")
+    ours = "fm" if ssl else "lm"
+    for baseline in ("random", sweeps.FULL):
+        if baseline not in set(table.method) or ours not in set(table.method):
+            continue
+        print(f"\n{ours} - {baseline}, paired by seed")
+        print("| shots | ratio | mean | std | min | max | pairs |\n|---|---|---|---|---|---|---|")
+        for c in shots:
+            for _, r in sweeps.paired_differences(table, c, method=ours, baseline=baseline).iterrows():
+                print(f"| {c} | {r.ratio:.1f} | {r['mean']:+.3f} | {r['std']:.3f} | {r['min']:+.3f} | "
+                      f"{r['max']:+.3f} | {int(r.pairs)} |")
+    print("\npretraining cost at ratio r over the full source (mean over seeds), ideal = 1 - r")
+    print("| method | ratio | time | images seen | ideal | time off ideal |\n|---|---|---|---|---|---|")
+    time_costs = sweeps.cost_ratios(table, "pretrain_time_s").set_index(["method", "ratio"])
+    seen_costs = sweeps.cost_ratios(table, "images_seen").set_index(["method", "ratio"])
+    for (method, ratio), r in time_costs.iterrows():
+        print(f"| {method} | {ratio:.1f} | {r.relative:.3f} | {seen_costs.loc[(method, ratio), 'relative']:.3f} | "
+              f"{r.ideal:.2f} | {r.off_ideal:+.1%} |")
+    surrogate_s, entry = surrogate_cost(work)
+    full_s = table[table.method == sweeps.FULL]["pretrain_time_s"].mean()
+    print(f"\nsurrogate (once per source, shared by every target and ratio): {surrogate_s:.1f} s "
+          f"= {surrogate_s / full_s:.2f}x one full-source pretraining ({full_s:.1f} s)")
+    for method, rows in table[table.method != sweeps.FULL].groupby("method"):
+        for ratio, group in rows.groupby("ratio"):
+            end_to_end = (group["pretrain_time_s"].mean() + group["prune_time_s"].mean() + surrogate_s) / full_s
+            if method == ours:
+                print(f"end to end with surrogate and pruning, {method} at {ratio:.1f}: {end_to_end:.2f}x full source")
+    if (entry / "out" / "model").exists():
+        staged, bare = inference_throughput(work, entry)
+        print(f"\nprune-stage surrogate inference: {staged:.0f} img/s vs bare loop {bare:.0f} img/s "
+              f"= {staged / bare:.1%} (goal >= 90 %)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--charset", choices=["ascii", "extended"], default="ascii")
+    parser.add_argument("--ssl", action="store_true", help="SimCLR surrogate and teacher; fm on k-means groups")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", help="default: every method of the variant")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.8, 0.9])
+    parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--report-only", type=Path, help="print the report of an existing results folder")
+    args = parser.parse_args()
+    work = REPO / "bench" / ".work" / f"{args.charset}{'-ssl' if args.ssl else ''}"
+    results = args.report_only or run_sweep(args, work)
+    report(results, work, args.ssl)
+
+
+if __name__ == "__main__":
+    main()
