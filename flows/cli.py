@@ -158,7 +158,7 @@ def print_sweep_summary(folder: Path) -> None:
     from tlpipe import sweeps
 
     table = pd.read_parquet(folder / "results.parquet")
-    metrics = [c for c in table.columns if c.startswith("probe_") and c.endswith("shot")] + ["pretrain_time_s"]
+    metrics = sweeps.probe_columns(table.columns) + ["pretrain_time_s"]
     view = Table(title="pruning sweep: mean ± std over seeds")
     for column in ("method", "ratio", *metrics):
         view.add_column(column, justify="left" if column == "method" else "right")

@@ -153,7 +153,7 @@ def write_results(project: Path, name: str, rows: list[dict], spec: dict) -> Pat
         temp.mkdir()
         table.to_parquet(temp / "results.parquet", index=False)
         io.write_table(temp / "results.csv", table)
-        shots = [c for c in table.columns if c.startswith("probe_") and c.endswith("shot")]
+        shots = sweeps.probe_columns(table.columns)
         summary = pd.concat([sweeps.summarise(table, c).assign(metric=c) for c in shots + ["pretrain_time_s"]])
         io.write_table(temp / "summary.csv", summary)
         for column in shots:

@@ -8,6 +8,8 @@ initialisation and data order, so the difference of two methods at one seed is o
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -29,6 +31,12 @@ def grid(methods: list[str], ratios: list[float], seeds: list[int], *, full_sour
     if full_source:
         points += [{"method": FULL, "ratio": 0.0, "seed": int(s)} for s in seeds]
     return points
+
+
+def probe_columns(columns) -> list[str]:
+    """The probe-accuracy columns (`probe_<k>shot`) in order of k."""
+    found = [c for c in columns if re.fullmatch(r"probe_\d+shot", str(c))]
+    return sorted(found, key=lambda c: int(c[len("probe_"):-len("shot")]))
 
 
 def summarise(table: pd.DataFrame, column: str) -> pd.DataFrame:

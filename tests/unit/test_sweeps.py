@@ -67,3 +67,8 @@ def test_sweep_plots_draw_one_line_per_method():
     assert {text.get_text() for text in fig.axes[0].get_legend().get_texts()} == {"lm", "random", "full source"}
     fig = plots.plot_cost_vs_ratio(sweeps.cost_ratios(t, "time"))
     assert len(fig.axes[0].lines) == 3  # ideal + two methods
+
+
+def test_probe_columns_in_shot_order():
+    assert sweeps.probe_columns(["seed", "probe_10shot", "probe_1shot", "probe_3shot", "probe_1shot_std"]) == [
+        "probe_1shot", "probe_3shot", "probe_10shot"]
