@@ -43,6 +43,13 @@ def find_project(start: Path) -> Path:
     raise config.ParamsError(f"no dvc.yaml in {start} or any parent folder; run inside a tlpipe project or pass --project")
 
 
+def open_project(project: Path | None) -> Path:
+    """Quiets the tools (unless the environment says otherwise) and finds the project root."""
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return find_project((project or Path.cwd()).resolve())
+
+
 def bad_input(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_BAD_INPUT)
@@ -80,10 +87,8 @@ def run(
     project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
 ) -> None:
     """Run the pipeline (cached stages are reused); prints a results table and where to look."""
-    for key, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     try:
-        root = find_project((project or Path.cwd()).resolve())
+        root = open_project(project)
         params, touched = config.apply_overrides(config.load_all_params(root), set_)
         for name in [*refresh, *([until] if until else [])]:
             if name != "all" and name not in config.STAGES:
@@ -120,10 +125,8 @@ def sweep(
     project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
 ) -> None:
     """Run the pruning sweep (methods x ratios x seeds) on Dask; prints the summary and where the table is."""
-    for key, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     try:
-        root = find_project((project or Path.cwd()).resolve())
+        root = open_project(project)
         path = (file or config.params_path(root, "sweep")).resolve()
         spec = config.load_sweep(path, methods=config.SCHEMA["prune"]["method"].choices, base=config.load_all_params(root))
     except config.ParamsError as exc:

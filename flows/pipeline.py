@@ -78,6 +78,15 @@ def _stage_step(spec, project: Path, stage_params: dict, known: dict, commits, *
             "outs": manifest["outs"], "metrics": manifest["metrics"], "mlflow_run_id": manifest["mlflow_run_id"]}
 
 
+def start_tracked_run(project: Path, kind: str, params: dict) -> tuple[str, str, dict]:
+    """(MLflow parent run id, Prefect flow-run id, lineage tags) of the flow run in progress."""
+    tracking.configure(project)
+    flow_run_id = str(get_run_context().flow_run.id)
+    tags = {tracking.TAG_FLOW_RUN: flow_run_id, tracking.TAG_GIT: tracking.git_commit(project)}
+    run_name = f"{kind}-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return tracking.start_pipeline_run(project, run_name=run_name, tags=tags, params=params), flow_run_id, tags
+
+
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
              show_progress: bool = True, checked: bool = False, device: str | None = None) -> dict:
@@ -94,11 +103,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
     device = device or runner.device_name()
     env = runner.run_environment(device)
-    tracking.configure(project_path)
-    flow_run_id = str(get_run_context().flow_run.id)
-    tags = {tracking.TAG_FLOW_RUN: flow_run_id, tracking.TAG_GIT: tracking.git_commit(project_path)}
-    run_name = "pipeline-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    parent_id = tracking.start_pipeline_run(project_path, run_name=run_name, tags=tags, params=params)
+    parent_id, flow_run_id, tags = start_tracked_run(project_path, "pipeline", params)
     known: dict[str, str] = {}
     results = []
     try:

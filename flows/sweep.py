@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.context import get_run_context
 
+from flows.pipeline import start_tracked_run
 from tlpipe import config, io, plots, sweeps
 from tasks import cachekey, probe, runner, store, tracking, versioning
 
@@ -116,12 +115,9 @@ def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     points = sweeps.grid(spec["methods"], spec["ratios"], spec["seeds"], full_source=spec["full_source"])
     device = device or runner.device_name()
     env = runner.run_environment(device)
-    tracking.configure(project_path)
-    flow_run_id = str(get_run_context().flow_run.id)
-    tags = {tracking.TAG_FLOW_RUN: flow_run_id, tracking.TAG_GIT: tracking.git_commit(project_path)}
-    name = "sweep-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    parent_id = tracking.start_pipeline_run(project_path, run_name=name, tags=tags,
-                                            params={"sweep": {k: spec[k] for k in ("methods", "ratios", "seeds")}})
+    grid = {"sweep": {k: spec[k] for k in ("methods", "ratios", "seeds")}}
+    parent_id, flow_run_id, tags = start_tracked_run(project_path, "sweep", grid)
+    name = tracking.client().get_run(parent_id).info.run_name
     try:
         shared = run_shared(project_path, spec["params"], env, device, parent_id, tags)
         futures = [sweep_point.submit(str(project_path), point, point_params(spec["params"], point), shared, env,
