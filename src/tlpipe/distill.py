@@ -15,21 +15,9 @@ from torch import nn
 from tlpipe.augment import augment_batch
 from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
-from tlpipe.models import ProjectionHead, embed, feature_dim
+from tlpipe.models import ProjectedBackbone, embed, feature_dim
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
-
-
-class _Student(nn.Module):
-    """Student backbone + projection head: pixels [B, C, H, W] -> [B, teacher_dim]."""
-
-    def __init__(self, backbone: nn.Module, out_dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = ProjectionHead(feature_dim(backbone), out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(embed(self.backbone, x))
 
 
 def _augment_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -84,7 +72,7 @@ def distill(
     """
     generator = seed_everything(seed)
     teacher = prepare_module(teacher_backbone, device).eval()
-    student = prepare_module(_Student(copy.deepcopy(student_backbone), feature_dim(teacher)), device)
+    student = prepare_module(ProjectedBackbone(copy.deepcopy(student_backbone), feature_dim(teacher)), device)
     queue = EmbeddingQueue(queue_size, feature_dim(teacher), seed=seed).to(device)
     augment_generator = _augment_generator(seed, device)
     steps = epochs * steps_per_epoch(len(images), batch_size)

@@ -145,6 +145,22 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
+class ProjectedBackbone(nn.Module):
+    """Backbone + projection head: pixels [B, C, H, W] -> projections [B, out_dim].
+
+    The training wrapper of distillation (SEED) and self-supervised pretraining (SimCLR, BYOL);
+    only `backbone` is kept afterwards.
+    """
+
+    def __init__(self, backbone: nn.Module, out_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = ProjectionHead(feature_dim(backbone), out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(embed(self.backbone, x))
+
+
 def save_backbone(backbone: transformers.PreTrainedModel, path: str | Path) -> None:
     """Writes config.json + model.safetensors to the directory `path` (byte-identical for equal weights)."""
     backbone.save_pretrained(str(path))

@@ -17,23 +17,11 @@ from torch import nn
 from tlpipe.augment import ViewConfig, make_view
 from tlpipe.losses.byol import byol_loss, byol_momentum, ema_update
 from tlpipe.losses.ntxent import nt_xent_loss
-from tlpipe.models import ProjectionHead, embed, feature_dim
+from tlpipe.models import ProjectedBackbone, ProjectionHead, feature_dim
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
 
 TwoViewLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class _Encoder(nn.Module):
-    """Backbone + projection head: pixels [B, C, H, W] -> projections [B, projection_dim]."""
-
-    def __init__(self, backbone: nn.Module, projection_dim: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = ProjectionHead(feature_dim(backbone), projection_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(embed(self.backbone, x))
 
 
 def _check_args(images: np.ndarray, epochs: int, batch_size: int, weight_decay: float, projection_dim: int,
@@ -141,7 +129,7 @@ def pretrain_simclr(
     """
     _check_args(images, epochs, batch_size, weight_decay, projection_dim, lr=lr, temperature=temperature)
     generator = seed_everything(seed)
-    model = prepare_module(_Encoder(copy.deepcopy(backbone), projection_dim), device)
+    model = prepare_module(ProjectedBackbone(copy.deepcopy(backbone), projection_dim), device)
 
     def loss_fn(view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         with autocast(device):
@@ -199,7 +187,7 @@ def pretrain_byol(
     if predictor_hidden < 1:
         raise ValueError(f"predictor_hidden={predictor_hidden!r} must be >= 1")
     generator = seed_everything(seed)
-    online = _Encoder(copy.deepcopy(backbone), projection_dim)
+    online = ProjectedBackbone(copy.deepcopy(backbone), projection_dim)
     predictor = ProjectionHead(projection_dim, projection_dim, predictor_hidden)
     model = prepare_module(nn.ModuleDict({"online": online, "predictor": predictor}), device)
     target = copy.deepcopy(online).requires_grad_(False).train()
