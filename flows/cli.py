@@ -203,7 +203,11 @@ def print_summary(root: Path, result: dict) -> None:
     out.print(f"  mlflow ui --backend-store-uri {uri}", highlight=False)
     out.print("  dvc metrics show   |   dvc plots show   |   dvc dag", highlight=False)
     if "evaluate" in by_stage:
-        out.print(f"  report: {root / 'data' / 'evaluate' / 'report.md'}", highlight=False)
+        out.print(f"  report: {root / 'data' / 'evaluate' / 'report.md'} (and report.html)", highlight=False)
+    if result.get("registered"):
+        reg = result["registered"]
+        state = "registered as" if reg["new_version"] else "already registered as"
+        out.print(f"  model: {state} models:/{reg['model']}/{reg['version']}", highlight=False)
 
 
 def _headline(stage: str, m: dict) -> str:

@@ -87,13 +87,42 @@ def start_tracked_run(project: Path, kind: str, params: dict) -> tuple[str, str,
     return tracking.start_pipeline_run(project, run_name=run_name, tags=tags, params=params), flow_run_id, tags
 
 
+def model_name(params: dict) -> str:
+    """The registered model's default name: tlpipe-<target data set>."""
+    target = Path(str(params["prepare"]["target"]["name"]).rstrip("/")).name
+    return "tlpipe-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in target)
+
+
+def register_and_report(project: Path, results: list[dict], name: str, parent_id: str, tags: dict) -> dict:
+    """Registers the fine-tuned model with its lineage in tags and publishes the evaluation report
+    as a Prefect markdown artifact; returns {"model": name, "version": ..., "new_version": bool}."""
+    from prefect.artifacts import create_markdown_artifact
+
+    by_stage = {r["stage"]: r for r in results}
+    finetune, evaluate = by_stage["finetune"], by_stage["evaluate"]
+    lineage = {f"tlpipe.key.{r['stage']}": r["cache_key"] for r in results}
+    lineage.update({f"tlpipe.out.{rel}": md5 for rel, md5 in finetune["outs"].items()})
+    lineage.update({tracking.TAG_PIPELINE_RUN: parent_id, **tags,
+                    "test_accuracy": repr(evaluate["metrics"]["accuracy"]),
+                    "test_macro_f1": repr(evaluate["metrics"]["macro_f1"])})
+    version, created = tracking.register_model(
+        name, finetune["metrics"]["model_uri"], run_id=finetune["mlflow_run_id"], tags=lineage,
+        identity=f"{finetune['cache_key']}:{evaluate['cache_key']}")
+    report = (project / "data" / "evaluate" / "report.md").read_text(encoding="utf-8")
+    create_markdown_artifact(key="evaluation-report", markdown=report,
+                             description=f"{name} version {version}")
+    return {"model": name, "version": version, "new_version": created}
+
+
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
-             show_progress: bool = True, checked: bool = False, device: str | None = None) -> dict:
+             show_progress: bool = True, checked: bool = False, device: str | None = None,
+             registered_model: str | None = None) -> dict:
     """Runs (or reuses) every stage of dvc.yaml up to `until`; `refresh` names stages to force ("all" for every one).
 
     `checked` says the caller already ran the preflight checks on these params (the CLI does);
-    `device` overrides TLPIPE_DEVICE.
+    `device` overrides TLPIPE_DEVICE; `registered_model` names the model in the MLflow registry
+    (default tlpipe-<target>). A run through `evaluate` registers its model and publishes the report.
     """
     project_path = Path(project).resolve()
     stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
@@ -117,6 +146,9 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
         tracking.end_run(parent_id, failed=True)
         raise
     final = results[-1]["metrics"] if results and results[-1]["stage"] == "evaluate" else {}
+    registered = None
+    if final:
+        registered = register_and_report(project_path, results, registered_model or model_name(params), parent_id, tags)
     tracking.end_run(parent_id, metrics={k: v for k, v in final.items() if k in ("accuracy", "macro_f1")})
     return {"mlflow_run_id": parent_id, "flow_run_id": flow_run_id, "stages": results,
-            "tracking_uri": tracking.configure(project_path)}
+            "tracking_uri": tracking.configure(project_path), "registered": registered}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ def stage_outputs(stage: str) -> tuple[str, ...]:
     return (f"data/{STAGE_DIRS[stage]}", f"data/metrics/{stage}.json")
 
 
+def store_root(project: Path) -> Path:
+    """Where content-addressed results live: TLPIPE_STORE_DIR (shared storage for a team), else
+    .tlpipe/store in the project."""
+    return Path(os.environ.get("TLPIPE_STORE_DIR") or Path(project) / ".tlpipe" / "store").resolve()
+
+
 MetricsCallback = Callable[[int, dict], None]
 
 
@@ -47,6 +54,11 @@ class StageContext:
     tracker: Any  # tasks.tracking.StageTracker
     device: str = "cpu"
     show_progress: bool = True
+    store: Path | None = None  # the project's store (tasks/store.py), for results shared across runs
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = store_root(self.project)
 
     def upstream(self, stage: str) -> Path:
         """The (already verified) output folder of an upstream stage."""

@@ -1,15 +1,17 @@
-"""evaluate: test-split metrics of the target model, transfer scores of each backbone, costs of every stage."""
+"""evaluate: test-split metrics of the fine-tuned models, transfer scores and transferability of each
+backbone, their size and speed, the cost of every stage, and the one-page report."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
-from tlpipe import data, io, metrics, models, plots, runtime, training
+from tlpipe import data, efficiency, io, metrics, models, plots, report, runtime, training, transferability
 from tasks import probe
 from tasks.context import StageContext, metrics_file
 
 COST_STAGES = ("surrogate", "prune", "pretrain", "distill", "finetune")
+REPORT_TITLE = "tlpipe evaluation"
 
 
 def backbones(ctx: StageContext) -> dict:
@@ -20,14 +22,68 @@ def backbones(ctx: StageContext) -> dict:
     return {"teacher": probe.teacher_backbone(ctx.upstream("pretrain")), "student": student, "scratch": scratch}
 
 
-def transfer_scores(ctx: StageContext, pool, test) -> pd.DataFrame:
+def transfer_scores(ctx: StageContext, nets: dict, pool, test) -> pd.DataFrame:
     """Linear-probe accuracy of every backbone on the same few-shot draws (paired), one row per draw."""
     draws = probe.few_shot_draws(pool[1], ctx.params)
     rows = []
-    for name, backbone in backbones(ctx).items():
+    for name, backbone in nets.items():
         rows += probe.probe_rows(name, backbone, pool, test, draws, batch_size=ctx.params["batch_size"],
                                  device=torch.device(ctx.device))
     return pd.DataFrame(rows)
+
+
+def finetuned_models(ctx: StageContext, test, names: list[str]) -> dict[str, dict]:
+    """Test-split classification report of each fine-tuned model, by the backbone it started from."""
+    folder = ctx.upstream("finetune")
+    found = {io.read_json(metrics_file(ctx.project, "finetune"))["backbone"]: folder / "model"}
+    if (folder / "compare.json").is_file():
+        found[io.read_json(folder / "compare.json")["backbone"]] = folder / "compare"
+    reports = {}
+    for backbone, path in found.items():
+        model = models.load_classifier(path)
+        logits = training.predict_logits(model, test[0], batch_size=ctx.params["batch_size"],
+                                         device=torch.device(ctx.device))
+        reports[backbone] = metrics.classification_report(test[1], logits.argmax(1), num_classes=len(names))
+    return reports
+
+
+def transferability_scores(ctx: StageContext, nets: dict, train) -> dict[str, dict]:
+    """LogME and H-score of each backbone's features on the labeled target train split, before any
+    fine-tuning; LEEP and NCE too for the teacher when it has a source classifier (supervised)."""
+    device = torch.device(ctx.device)
+    scores = {}
+    for name in ("teacher", "student"):
+        features = training.extract_features(nets[name], train[0], batch_size=ctx.params["batch_size"], device=device)
+        probs = None
+        if name == "teacher" and (ctx.upstream("pretrain") / "model").is_dir():
+            logits = training.predict_logits(models.load_classifier(ctx.upstream("pretrain") / "model"), train[0],
+                                             batch_size=ctx.params["batch_size"], device=device)
+            probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+        scores[name] = transferability.transferability_scores(features, train[1], source_probs=probs)
+    teachers_file = ctx.upstream("distill") / "teachers.json"
+    for entry, record in (io.read_json(teachers_file).items() if teachers_file.is_file() else ()):
+        if "logme" in record:  # the distillation teachers, as distill scored and weighted them
+            scores[f"distill teacher {entry}"] = {"logme": record["logme"], "weight": record["weight"]}
+    return scores
+
+
+def size_and_speed(nets: dict, image_shape: tuple) -> dict[str, dict]:
+    """Parameters, MACs, batch-1 latency and batch-64 throughput on this machine; ratios vs the teacher."""
+    profiles = {name: efficiency.model_profile(_Pooled(nets[name]), input_shape=image_shape)
+                for name in ("teacher", "student")}
+    ratios = efficiency.compare_profiles(profiles, reference="teacher")
+    return {name: {**profiles[name], **ratios[name]} for name in profiles}
+
+
+class _Pooled(torch.nn.Module):
+    """A backbone as deployed for features: float pixels -> pooled embedding."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return models.embed(self.backbone, x)
 
 
 def stage_costs(ctx: StageContext) -> dict:
@@ -44,12 +100,13 @@ def run(ctx: StageContext) -> dict:
     p = ctx.params
     target = data.load_prepared(ctx.upstream("prepare") / "target")
     names = list(target["test"].features["label"].names)
-    test = data.to_arrays(target["test"])
-    model = models.load_classifier(ctx.upstream("finetune") / "model")
-    predicted = training.predict_logits(model, test[0], batch_size=p["batch_size"], device=torch.device(ctx.device)).argmax(1)
-    report = metrics.classification_report(test[1], predicted, num_classes=len(names))
-    io.write_figure(ctx.out / "confusion.png", plots.plot_confusion_matrix(report["confusion_matrix"], names))
-    scores = transfer_scores(ctx, probe.probe_pool(target), test)
+    test, train = data.to_arrays(target["test"]), data.to_arrays(target["train"])
+    deployed = io.read_json(metrics_file(ctx.project, "finetune"))["backbone"]
+    finetuned = finetuned_models(ctx, test, names)
+    scored = finetuned[deployed]
+    io.write_figure(ctx.out / "confusion.png", plots.plot_confusion_matrix(scored["confusion_matrix"], names))
+    nets = backbones(ctx)
+    scores = transfer_scores(ctx, nets, probe.probe_pool(target), test)
     io.write_table(ctx.out / "probe.csv", scores)
     transfer = {
         name: {f"{shots}shot": metrics.summarise(group["accuracy"]) for shots, group in by_backbone.groupby("shots")}
@@ -57,32 +114,33 @@ def run(ctx: StageContext) -> dict:
     }
     pretrain = io.read_json(metrics_file(ctx.project, "pretrain"))
     result = {
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "per_class_accuracy": dict(zip(names, report["per_class_accuracy"])),
+        "accuracy": scored["accuracy"],
+        "macro_f1": scored["macro_f1"],
+        "deployed_backbone": deployed,
+        "per_class_accuracy": dict(zip(names, scored["per_class_accuracy"])),
+        "finetuned": {name: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for name, r in finetuned.items()},
         "transfer": transfer,
+        "transferability": transferability_scores(ctx, nets, train),
+        "efficiency": size_and_speed(nets, tuple(test[0].shape[1:])),
         "cost": stage_costs(ctx),
         "pretrain_source_fraction": pretrain["source_fraction"],
         "test_images": len(test[1]),
     }
-    io.write_text(ctx.out / "report.md", render_report(result))
+    result["retention"] = retention(result)
+    sections = report.evaluation_sections(result)
+    io.write_text(ctx.out / "report.md", report.render_markdown(REPORT_TITLE, sections))
+    figures = {s.figure: (ctx.out / s.figure).read_bytes() for s in sections if s.figure}
+    io.write_text(ctx.out / "report.html", report.render_html(REPORT_TITLE, sections, figures))
     return result
 
 
-def render_report(result: dict) -> str:
-    """A one-page markdown summary of the run."""
-    lines = ["# tlpipe evaluation", "", f"- test accuracy: {result['accuracy']:.4f}",
-             f"- macro-F1: {result['macro_f1']:.4f}",
-             f"- pretraining used {result['pretrain_source_fraction']:.1%} of the source images", "",
-             "## Transfer score (few-shot linear probe, mean ± std over paired draws)", "",
-             "| backbone | " + " | ".join(next(iter(result["transfer"].values()))) + " |",
-             "|---|" + "---|" * len(next(iter(result["transfer"].values())))]
-    for name, by_shots in result["transfer"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{s['mean']:.3f} ± {s['std']:.3f}" for s in by_shots.values()) + " |")
-    lines += ["", "## Cost", "", "| stage | wall time (s) | images seen |", "|---|---|---|"]
-    for stage, cost in result["cost"].items():
-        lines.append(f"| {stage} | {cost['wall_time_s']:.1f} | {cost['images_seen']} |")
-    return "\n".join(lines) + "\n"
+def retention(result: dict) -> dict:
+    """Student over teacher: fine-tuned accuracy (when both were fine-tuned) and each probe's mean."""
+    out = {f"probe_{shots}": result["transfer"]["student"][shots]["mean"] / result["transfer"]["teacher"][shots]["mean"]
+           for shots in result["transfer"]["teacher"]}
+    if {"student", "teacher"} <= set(result["finetuned"]):
+        out["finetuned"] = result["finetuned"]["student"]["accuracy"] / result["finetuned"]["teacher"]["accuracy"]
+    return out
 
 
 if __name__ == "__main__":

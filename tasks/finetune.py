@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlpipe import data, models, training
+from tlpipe import data, io, models, training
 from tasks.context import StageContext
 from tasks.probe import teacher_backbone
 from tasks.source import write_history
+
+BACKBONES = ("student", "teacher")
 
 
 def load_backbone(ctx: StageContext, which: str):
@@ -17,26 +19,41 @@ def load_backbone(ctx: StageContext, which: str):
     return teacher_backbone(ctx.upstream("pretrain"))
 
 
+def fit(ctx: StageContext, which: str, images: np.ndarray, labels: np.ndarray, num_classes: int,
+        on_metrics=None):
+    """(classifier, metrics) of the configured recipe on one backbone."""
+    p = ctx.params
+    return training.finetune(
+        load_backbone(ctx, which), images, labels, num_classes=num_classes, mode=p["mode"],
+        epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
+        seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
+    )
+
+
 def run(ctx: StageContext) -> dict:
     p = ctx.params
     train = data.load_prepared(ctx.upstream("prepare") / "target")["train"]
     images, labels = data.to_arrays(train)
-    backbone = load_backbone(ctx, p["backbone"])
+    num_classes = train.features["label"].num_classes
     history: list[dict] = []
     with ctx.progress(p["epochs"], f"{p['mode']} on {p['backbone']}") as report:
         def on_metrics(epoch: int, metrics: dict) -> None:
             history.append({"epoch": epoch, **metrics})
             report(epoch, metrics)
 
-        model, metrics = training.finetune(
-            backbone, images, labels, num_classes=train.features["label"].num_classes, mode=p["mode"],
-            epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
-            seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
-        )
+        model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)
     models.save_classifier(model.cpu(), ctx.out / "model")
     write_history(ctx.out / "history.csv", history)
-    ctx.log_model(models.PixelClassifier(model).eval(), input_example=np.ascontiguousarray(images[:2]))
-    return {**metrics, "parameters": models.count_parameters(model), "train_images": len(images)}
+    result = {**metrics, "parameters": models.count_parameters(model), "train_images": len(images),
+              "backbone": p["backbone"]}
+    if p["compare"]:  # the other backbone, same recipe: evaluate reports both fine-tuned accuracies
+        other = next(b for b in BACKBONES if b != p["backbone"])
+        reference, reference_metrics = fit(ctx, other, images, labels, num_classes)
+        models.save_classifier(reference.cpu(), ctx.out / "compare")
+        io.write_json(ctx.out / "compare.json", {"backbone": other, **reference_metrics})
+    result["model_uri"] = ctx.log_model(models.PixelClassifier(model).eval(),
+                                        input_example=np.ascontiguousarray(images[:2]))
+    return result
 
 
 if __name__ == "__main__":

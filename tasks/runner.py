@@ -103,21 +103,26 @@ def execute_stage(
     parent_id: str | None = None,
     tags: dict[str, str] | None = None,
     show_progress: bool = True,
+    store: Path | None = None,
 ) -> dict:
-    """Runs the stage and returns its manifest: output hashes, metrics, MLflow run id, cache key."""
+    """Runs the stage and returns its manifest: output hashes, metrics, MLflow run id, cache key.
+
+    `store` is the store the stage may keep shared intermediate results in (default: the project's).
+    """
     project = Path(project)
     module = importlib.import_module(cachekey.stage_module(spec))
     run_tags = {tracking.TAG_CACHE_KEY: cache_key, tracking.TAG_GIT: tracking.git_commit(project), **(tags or {})}
     started = time.perf_counter()
     with tracking.stage_run(spec.name, parent_id=parent_id, tags=run_tags) as tracker:
         tracker.log_params(params)
+        external = inputs.EXTERNAL.get(spec.name, lambda *_: {})(params, project)
         for dep, digest in deps.items():
             if not dep.endswith(".py"):
-                tracker.log_dataset(dep, project / dep, digest, context="input")
+                tracker.log_dataset(dep, external.get(dep, project / dep), digest, context="input")
         out, metrics_path = stage_dir(project, spec.name), metrics_file(project, spec.name)
         with staged_outputs(out, metrics_path) as (tmp_out, tmp_metrics):
             tmp_out.mkdir()
-            ctx = StageContext(spec.name, project, params, tmp_out, tracker, device, show_progress)
+            ctx = StageContext(spec.name, project, params, tmp_out, tracker, device, show_progress, store)
             metrics = module.run(ctx)
             metrics["wall_time_s"] = time.perf_counter() - started
             write_json(tmp_metrics, metrics)

@@ -11,7 +11,6 @@ them from computing it twice at the same time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import uuid
@@ -19,16 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tlpipe.io import read_json, replace_path, staged_outputs, write_json
+from tlpipe.io import CACHED, RAN, cached_file, locked, read_json, replace_path, write_json
 from tasks import runner, versioning
-from tasks.context import STAGE_DIRS, metrics_file, stage_dir, stage_outputs
-
-RAN, CACHED = "ran", "cached"
-
-
-def store_root(project: Path) -> Path:
-    """TLPIPE_STORE_DIR (shared storage for a team), else .tlpipe/store in the project."""
-    return Path(os.environ.get("TLPIPE_STORE_DIR") or Path(project) / ".tlpipe" / "store").resolve()
+from tasks.context import STAGE_DIRS, metrics_file, stage_dir, stage_outputs, store_root
 
 
 @dataclass(frozen=True)
@@ -67,18 +59,6 @@ def lookup(found: Entry) -> dict | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (flock), held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def workspace(project: Path, upstream: dict[str, Entry]) -> Iterator[Path]:
     """A scratch project whose data/ links to the upstream entries; removed when the block ends."""
     root = store_root(project).parent / "work" / uuid.uuid4().hex[:12]
@@ -101,12 +81,13 @@ def run_stage(project: Path, spec: versioning.StageSpec, *, key: str, upstream: 
     if spec.name not in STAGE_DIRS:
         raise ValueError(f"stage {spec.name!r} has no output folder; known: {', '.join(STAGE_DIRS)}")
     found = entry(project, spec.name, key)
-    with _locked(found.path.with_name(found.path.name + ".lock")):
+    with locked(found.path.with_name(found.path.name + ".lock")):
         manifest = lookup(found)
         if manifest is not None:
             return manifest, found, CACHED
         with workspace(project, upstream) as scratch:
-            manifest = runner.execute_stage(scratch, spec, params=params, deps=deps, cache_key=key, **execute)
+            manifest = runner.execute_stage(scratch, spec, params=params, deps=deps, cache_key=key,
+                                            store=store_root(project), **execute)
             temp = found.path.with_name(f"{found.path.name}.tmp-{uuid.uuid4().hex[:8]}")
             temp.mkdir(parents=True)
             os.replace(stage_dir(scratch, spec.name), temp / "out")
@@ -118,11 +99,6 @@ def run_stage(project: Path, spec: versioning.StageSpec, *, key: str, upstream: 
 
 def cached_json(project: Path, kind: str, key: str, compute: Callable[[], dict]) -> tuple[dict, str]:
     """(record, RAN or CACHED): a small JSON result stored under its key, computed once."""
-    path = store_root(project) / kind / f"{key}.json"
-    with _locked(path.with_name(path.name + ".lock")):
-        if path.is_file():
-            return read_json(path), CACHED
-        record = compute()
-        with staged_outputs(path) as (temp,):
-            write_json(temp, record)
-        return record, RAN
+    return cached_file(store_root(project) / kind / f"{key}.json", compute, write_json, read_json)
+
+

@@ -223,3 +223,25 @@ def find_runs(filter_string: str) -> list:
     """Runs of the tlpipe experiment matching an MLflow filter string, newest first."""
     mlf = client()
     return mlf.search_runs([_experiment_id(mlf)], filter_string=filter_string, order_by=["start_time DESC"])
+
+
+TAG_PIPELINE_RUN = "tlpipe.pipeline_run"
+
+
+def register_model(name: str, model_uri: str, *, run_id: str, tags: dict[str, str], identity: str) -> tuple[str, bool]:
+    """(version, created): the model at `model_uri` as a version of the registered model `name`.
+
+    `identity` (e.g. the cache keys of the stages that made the model) makes registration idempotent:
+    a version that already carries it is returned instead of registering the same model twice.
+    """
+    mlf = client()
+    try:
+        mlf.create_registered_model(name, description="tlpipe target models; lineage in each version's tags")
+    except mlflow.exceptions.MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    for version in mlf.search_model_versions(f"name = '{name}' and tags.`tlpipe.identity` = '{identity}'"):
+        return version.version, False
+    version = mlf.create_model_version(name, model_uri, run_id=run_id,
+                                       tags={**tags, "tlpipe.identity": identity})
+    return version.version, True

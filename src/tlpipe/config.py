@@ -195,7 +195,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "base_momentum": Float(0.0, 1.0),
     },
     "distill": {
-        "method": Choice("seed"),
+        "method": Choice("seed", "compress", "mse"),
+        "teachers": Field("str_list"),
+        "teacher_weighting": Choice("nearest", "weighted"),
+        "weighting_temperature": Positive(),
         "seed": SEED,
         "model": MODEL,
         **OPTIM,
@@ -208,6 +211,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "finetune": {
         "backbone": Choice("student", "teacher"),
         "mode": Choice("linear", "full"),
+        "compare": BOOL,
         "seed": SEED,
         **OPTIM,
     },

@@ -12,7 +12,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -117,3 +117,34 @@ def write_figure(path: Path, figure) -> None:
 
 def write_text(path: Path, text: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
+
+
+RAN, CACHED = "ran", "cached"
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (flock on `path`, created if missing), held for the block."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_file(path: Path, compute: Callable, write: Callable, read: Callable) -> tuple[Any, str]:
+    """(value, RAN or CACHED): the file at `path` read back, or computed and written atomically, once
+    (concurrent callers wait on a lock beside it instead of computing it twice)."""
+    path = Path(path)
+    with locked(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            return read(path), CACHED
+        value = compute()
+        with staged_outputs(path) as (temp,):
+            write(temp, value)
+        return value, RAN

@@ -58,8 +58,18 @@ def test_first_run_outputs(project_run):
     assert set(evaluation["transfer"]["student"]) == {"1shot", "3shot"}
     assert evaluation["transfer"]["student"]["1shot"]["n"] == 2
     assert evaluation["cost"]["end_to_end"]["images_seen"] > 0
-    for name in ("confusion.png", "probe.csv", "report.md"):
+    for name in ("confusion.png", "probe.csv", "report.md", "report.html"):
         assert (project / "data" / "evaluate" / name).stat().st_size > 0
+    assert set(evaluation["finetuned"]) == {"student", "teacher"}  # finetune.compare fits the teacher too
+    assert evaluation["deployed_backbone"] == "student"
+    assert {"logme", "h_score", "leep", "nce"} <= set(evaluation["transferability"]["teacher"])
+    assert {"logme", "h_score"} <= set(evaluation["transferability"]["student"])
+    size = evaluation["efficiency"]
+    assert size["student"]["parameters"] < size["teacher"]["parameters"] and size["student"]["macs"] > 0
+    assert size["teacher"]["parameters_ratio"] == 1.0 and size["student"]["throughput_ips"] > 0
+    assert 0 < evaluation["retention"]["finetuned"]
+    report = (project / "data" / "evaluate" / "report.md").read_text()
+    assert "Transferability before fine-tuning" in report and "Size and speed" in report
     selection = json.loads((project / "data" / "prune" / "selection.json").read_text())
     assert len(selection["kept"]) == len(selection["kept_names"]) == round(selection["num_classes"] * 0.5)
     metrics = json.loads((project / "data" / "metrics" / "evaluate.json").read_text())
@@ -89,16 +99,55 @@ def test_first_run_is_tracked_in_mlflow(project_run):
         return {a.path for a in client.list_artifacts(children[stage].info.run_id, stage)}
 
     assert {"prune/classes.csv", "prune/selection.json", "prune/votes.png"} <= artifacts("prune")
-    assert {"evaluate/confusion.png", "evaluate/report.md", "evaluate/probe.csv"} <= artifacts("evaluate")
+    assert {"evaluate/confusion.png", "evaluate/report.md", "evaluate/report.html", "evaluate/probe.csv"} <= artifacts("evaluate")
     finetune = children["finetune"].info.run_id
     models = client.search_logged_models(experiment_ids=[parent.info.experiment_id])
     assert any(m.source_run_id == finetune for m in models)
+
+
+def test_first_run_registers_the_model_with_its_lineage(project_run):
+    project, result = project_run
+    registered = result["registered"]
+    assert registered["model"] == "tlpipe-digits" and registered["new_version"]
+    version = MlflowClient().get_model_version(registered["model"], registered["version"])
+    stages = {s["stage"]: s for s in result["stages"]}
+    assert version.run_id == stages["finetune"]["mlflow_run_id"]
+    assert version.tags[tracking.TAG_PIPELINE_RUN] == result["mlflow_run_id"]
+    assert version.tags[tracking.TAG_FLOW_RUN] == result["flow_run_id"]
+    for stage in config.STAGES:
+        assert version.tags[f"tlpipe.key.{stage}"] == stages[stage]["cache_key"]
+    assert version.tags["tlpipe.out.data/finetune"] == stages["finetune"]["outs"]["data/finetune"]
+    assert float(version.tags["test_accuracy"]) == stages["evaluate"]["metrics"]["accuracy"]
+    import mlflow.pytorch
+    import torch
+
+    model = mlflow.pytorch.load_model(f"models:/{registered['model']}/{registered['version']}")
+    pixels = torch.zeros((2, 1, 32, 32), dtype=torch.uint8)
+    assert tuple(model(pixels).shape) == (2, 10)  # the registered model takes raw pixels
+
+
+def test_first_run_publishes_the_report_as_a_prefect_artifact(project_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation-report"])))
+            return found
+
+    artifacts = asyncio.run(latest())
+    assert artifacts and "Transferability before fine-tuning" in artifacts[-1].data
 
 
 def test_second_run_is_all_cache_hits_and_points_at_the_producers(project_run):
     project, first = project_run
     second = run(project)
     assert statuses(second) == {stage: "cached" for stage in config.STAGES}
+    assert second["registered"]["version"] == first["registered"]["version"]
+    assert not second["registered"]["new_version"]  # the same model is not registered twice
     children = children_of(second["mlflow_run_id"])
     producers = {s["stage"]: s["mlflow_run_id"] for s in first["stages"]}
     for stage, child in children.items():

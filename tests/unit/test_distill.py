@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.distill import distill
+from tlpipe.distill import METHODS, distill, teacher_embeddings_of
 from tlpipe.models import build_backbone, feature_dim
 
 CPU = torch.device("cpu")
@@ -52,3 +52,60 @@ def test_distill_is_deterministic_given_the_seed():
     runs = [distill(backbone([4, 8], seed=2), teacher, unlabeled(), epochs=2, **SETTINGS) for _ in range(2)]
     assert same(state(runs[0][0]), state(runs[1][0]))
     assert runs[0][1]["loss_history"] == runs[1][1]["loss_history"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_the_student(method):
+    teacher, student = backbone([8, 16], seed=1), backbone([4, 8], seed=2)
+    history = []
+    trained, metrics = distill(student, teacher, unlabeled(), epochs=4, method=method, augment=False,
+                               on_metrics=lambda step, m: history.append(m["loss"]), **SETTINGS)
+    assert not same(state(trained), state(student))
+    assert all(np.isfinite(history)) and metrics["teacher_forward"] is True
+    if method != "compress":  # CompRess starts from two random banks: its first epochs are not comparable
+        assert history[-1] < history[0]
+
+
+def test_a_zero_weight_teacher_changes_nothing():
+    teacher, other, student = backbone([8, 16], seed=1), backbone([8, 12], seed=3), backbone([4, 8], seed=2)
+    alone, _ = distill(student, teacher, unlabeled(), epochs=2, **SETTINGS)
+    paired, metrics = distill(student, [teacher, other], unlabeled(), epochs=2, weights=[1.0, 0.0], **SETTINGS)
+    assert same(state(alone), state(paired))
+
+
+def test_two_teachers_of_different_widths_each_get_a_head():
+    teachers = [backbone([8, 16], seed=1), backbone([8, 12], seed=3)]
+    trained, metrics = distill(backbone([4, 8], seed=2), teachers, unlabeled(), epochs=2, method="compress",
+                               weights=[0.3, 0.7], **SETTINGS)
+    assert feature_dim(trained) == 8 and np.isfinite(metrics["loss"])
+
+
+def test_precomputed_teacher_embeddings_replace_the_teacher_in_the_loop():
+    teacher, student = backbone([8, 16], seed=1), backbone([4, 8], seed=2)
+    images = unlabeled()
+    table = teacher_embeddings_of(teacher, images, batch_size=7, device=CPU)
+    assert table.shape == (len(images), 16) and table.dtype == np.float32
+    live, live_metrics = distill(student, teacher, images, epochs=2, augment=False, **SETTINGS)
+    cached, cached_metrics = distill(student, teacher, images, epochs=2, augment=False, teacher_embeddings=[table],
+                                     **SETTINGS)
+    assert cached_metrics["teacher_forward"] is False
+    np.testing.assert_allclose(cached_metrics["loss_history"], live_metrics["loss_history"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "kd"}, "valid options: seed, compress, mse"),
+    ({"weights": [0.5]}, "summing to 1"),
+    ({"weights": [0.5, 0.6]}, "summing to 1"),
+    ({"weights": [-1.0, 2.0]}, "non-negative"),
+    ({"teacher_embeddings": [np.zeros((48, 16)), np.zeros((48, 16))]}, "augment=False"),
+    ({"teacher_embeddings": [np.zeros((48, 16)), np.zeros((47, 16))], "augment": False}, r"teacher_embeddings\[1\]"),
+])
+def test_bad_arguments_fail_before_training(kwargs, match):
+    teachers = [backbone([8, 16], seed=1), backbone([8, 16], seed=3)]
+    with pytest.raises(ValueError, match=match):
+        distill(backbone([4, 8], seed=2), teachers, unlabeled(), epochs=1, **{**SETTINGS, **kwargs})
+
+
+def test_no_teacher_is_an_error():
+    with pytest.raises(ValueError, match="at least one teacher"):
+        distill(backbone([4, 8], seed=2), [], unlabeled(), epochs=1, **SETTINGS)

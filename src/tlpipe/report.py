@@ -1,0 +1,134 @@
+"""The one-page evaluation report: one list of sections, rendered as markdown and as standalone HTML.
+
+A section is a title plus one of: bullet lines, a table (header + rows of cells) or a PNG figure.
+Both renderings come from the same sections, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Section:
+    """One block of the report; exactly one of `bullets`, `table` or `figure` is set."""
+
+    title: str
+    bullets: Sequence[str] = ()
+    header: Sequence[str] = ()
+    rows: Sequence[Sequence[str]] = ()
+    figure: str = ""  # file name of a PNG beside the report
+    note: str = ""
+    level: int = field(default=2)
+
+    def __post_init__(self) -> None:
+        kinds = [bool(self.bullets), bool(self.header), bool(self.figure)]
+        if sum(kinds) != 1:
+            raise ValueError(f"section {self.title!r}: give exactly one of bullets, header+rows or figure")
+        if any(len(row) != len(self.header) for row in self.rows):
+            raise ValueError(f"section {self.title!r}: every row needs {len(self.header)} cells")
+
+
+def render_markdown(title: str, sections: Sequence[Section]) -> str:
+    """GitHub-flavoured markdown; figures are linked by file name (they sit beside the report)."""
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += [f"{'#' * s.level} {s.title}", ""]
+        if s.note:
+            lines += [s.note, ""]
+        if s.bullets:
+            lines += [f"- {b}" for b in s.bullets]
+        elif s.header:
+            lines += ["| " + " | ".join(s.header) + " |", "|" + "---|" * len(s.header)]
+            lines += ["| " + " | ".join(map(str, row)) + " |" for row in s.rows]
+        else:
+            lines.append(f"![{s.title}]({s.figure})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_html(title: str, sections: Sequence[Section], figures: dict[str, bytes]) -> str:
+    """A self-contained HTML page: figures embedded as base64 PNG, so the file travels alone.
+
+    Args:
+        title: the page title.
+        sections: what to show, in order.
+        figures: PNG bytes by the file names the sections refer to.
+
+    Raises:
+        ValueError: a section names a figure that `figures` lacks.
+    """
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1>"]
+    for s in sections:
+        body.append(f"<h{s.level}>{esc(s.title)}</h{s.level}>")
+        if s.note:
+            body.append(f"<p>{esc(s.note)}</p>")
+        if s.bullets:
+            body.append("<ul>" + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
+        elif s.header:
+            head = "".join(f"<th>{esc(h)}</th>" for h in s.header)
+            rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in s.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        else:
+            if s.figure not in figures:
+                raise ValueError(f"section {s.title!r}: figure {s.figure!r} not given; have {sorted(figures)}")
+            data = base64.b64encode(figures[s.figure]).decode("ascii")
+            body.append(f'<img alt="{esc(s.title)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;"
+             "text-align:right}th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: floats to `digits` decimals, None as an en dash, everything else as str."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def evaluation_sections(result: dict) -> list[Section]:
+    """The sections of the evaluation report, from the `evaluate` stage's result dict."""
+    deployed = result["deployed_backbone"]
+    summary = [f"deployed model: fine-tuned {deployed}; test accuracy {result['accuracy']:.4f}, "
+               f"macro-F1 {result['macro_f1']:.4f} on {result['test_images']} test images",
+               f"pretraining used {result['pretrain_source_fraction']:.1%} of the source images"]
+    summary += [f"retention (student / teacher), {k.replace('_', ' ')}: {v:.1%}" for k, v in result["retention"].items()]
+    shots = list(next(iter(result["transfer"].values())))
+    sections = [
+        Section("Summary", bullets=summary),
+        Section("Fine-tuned on the target train split, scored on the test split", header=["backbone", "accuracy", "macro-F1"],
+                rows=[[name, fmt(r["accuracy"], 4), fmt(r["macro_f1"], 4)] for name, r in result["finetuned"].items()]),
+        Section("Few-shot linear probe (mean ± std over paired draws)", header=["backbone", *shots],
+                rows=[[name, *(f"{s['mean']:.3f} ± {s['std']:.3f}" for s in by_shots.values())]
+                      for name, by_shots in result["transfer"].items()]),
+        _transferability_section(result["transferability"]),
+        Section("Size and speed (this machine; ratios against the teacher)",
+                header=["backbone", "parameters", "MACs", "latency, batch 1 (ms)", "throughput (img/s)",
+                        "parameters ratio", "speed-up", "throughput ratio"],
+                rows=[[name, f"{e['parameters']:,}", f"{e['macs']:,}", fmt(e["latency_ms"], 2), fmt(e["throughput_ips"], 0),
+                       fmt(e["parameters_ratio"]), fmt(e["latency_speedup"], 2), fmt(e["throughput_ratio"], 2)]
+                      for name, e in result["efficiency"].items()]),
+        Section("Per-class accuracy of the deployed model", header=["class", "accuracy"],
+                rows=[[name, fmt(acc)] for name, acc in result["per_class_accuracy"].items()]),
+        Section("Confusion matrix of the deployed model", figure="confusion.png"),
+        Section("Cost", header=["stage", "wall time (s)", "images seen"],
+                rows=[[stage, fmt(c["wall_time_s"], 1), str(c["images_seen"])] for stage, c in result["cost"].items()]),
+    ]
+    return sections
+
+
+def _transferability_section(scores: dict[str, dict]) -> Section:
+    columns = ["logme", "h_score", "leep", "nce", "weight"]
+    used = [c for c in columns if any(c in s for s in scores.values())]
+    return Section("Transferability before fine-tuning (target train split)", header=["backbone", *used],
+                   rows=[[name, *(fmt(s.get(c), 4) for c in used)] for name, s in scores.items()],
+                   note="LogME (Bayesian evidence), H-score, LEEP and NCE (these two need a source classifier). "
+                        "Higher is better for each.")

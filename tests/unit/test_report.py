@@ -1,0 +1,70 @@
+import base64
+
+import pytest
+
+from tlpipe.report import Section, evaluation_sections, fmt, render_html, render_markdown
+
+PNG = b"\x89PNG\r\n\x1a\nfake"
+
+
+def sections():
+    return [Section("Summary", bullets=["accuracy 0.95", "a < b & c"]),
+            Section("Scores", header=["backbone", "acc"], rows=[["teacher", "0.9"], ["student", "0.8"]], note="why"),
+            Section("Confusion", figure="confusion.png")]
+
+
+def test_markdown_has_every_section_in_order():
+    text = render_markdown("Report", sections())
+    assert text.startswith("# Report\n")
+    assert text.index("## Summary") < text.index("## Scores") < text.index("## Confusion")
+    assert "- a < b & c" in text and "| teacher | 0.9 |" in text and "|---|---|" in text
+    assert "![Confusion](confusion.png)" in text and "why" in text
+
+
+def test_html_is_standalone_and_escaped():
+    page = render_html("Report", sections(), {"confusion.png": PNG})
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "a &lt; b &amp; c" in page  # cell text never becomes markup
+    assert base64.b64encode(PNG).decode() in page  # the figure travels inside the file
+    assert page.count("<tr>") == 3  # header + two rows
+
+
+def test_html_needs_every_figure():
+    with pytest.raises(ValueError, match="confusion.png"):
+        render_html("Report", sections(), {})
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bullets": ["x"], "figure": "a.png"}])
+def test_a_section_has_exactly_one_body(kwargs):
+    with pytest.raises(ValueError, match="exactly one"):
+        Section("Bad", **kwargs)
+
+
+def test_rows_must_match_the_header():
+    with pytest.raises(ValueError, match="2 cells"):
+        Section("Bad", header=["a", "b"], rows=[["1"]])
+
+
+def test_fmt():
+    assert fmt(None) == "–" and fmt(0.12345) == "0.123" and fmt(0.5, 1) == "0.5" and fmt(3) == "3"
+
+
+def test_evaluation_sections_from_a_result():
+    summary = {"mean": 0.5, "std": 0.1}
+    profile = {"parameters": 1000, "macs": 20000, "latency_ms": 1.5, "throughput_ips": 900.0,
+               "parameters_ratio": 1.0, "latency_speedup": 1.0, "throughput_ratio": 1.0}
+    result = {
+        "accuracy": 0.9, "macro_f1": 0.88, "deployed_backbone": "student", "test_images": 10,
+        "pretrain_source_fraction": 0.2, "retention": {"probe_1shot": 0.97, "finetuned": 0.99},
+        "finetuned": {"student": {"accuracy": 0.9, "macro_f1": 0.88}, "teacher": {"accuracy": 0.91, "macro_f1": 0.9}},
+        "transfer": {"teacher": {"1shot": summary}, "student": {"1shot": summary}},
+        "transferability": {"teacher": {"logme": -0.1, "h_score": 2.0, "leep": -1.0, "nce": -0.5},
+                            "student": {"logme": -0.2, "h_score": 1.0}},
+        "efficiency": {"teacher": profile, "student": {**profile, "parameters": 250, "parameters_ratio": 0.25}},
+        "per_class_accuracy": {"0": 1.0, "1": None},
+        "cost": {"pretrain": {"wall_time_s": 3.0, "images_seen": 100}},
+    }
+    text = render_markdown("t", evaluation_sections(result))
+    assert "retention (student / teacher), probe 1shot: 97.0%" in text
+    assert "| student | -0.2000 | 1.0000 | – | – |" in text  # LEEP/NCE need a source classifier
+    assert "| student | 250 | 20,000 |" in text and "| 1 | – |" in text
