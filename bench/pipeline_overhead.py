@@ -15,7 +15,6 @@ empty either way.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -40,32 +39,15 @@ QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "M
          "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
 
-class Untracked:
-    """Stands where the MLflow run would be: the bare loop records nothing."""
-
-    run_id = ""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def bare_loop(project: Path) -> None:
     """Every stage function, in dvc.yaml order, with the same atomic writes but no Prefect, DVC or MLflow."""
+    from _stages import run_stage
     from tasks import runner, versioning
-    from tasks.context import StageContext, metrics_file, stage_dir
     from tlpipe import config
-    from tlpipe.io import staged_outputs, write_json
 
     device = runner.device_name()
     for spec in versioning.load_pipeline(project):
-        params = config.load_stage_params(project, spec.name)
-        module = importlib.import_module(f"tasks.{spec.name}")
-        started = time.perf_counter()
-        with staged_outputs(stage_dir(project, spec.name), metrics_file(project, spec.name)) as (out, metrics):
-            out.mkdir()
-            ctx = StageContext(spec.name, project, params, out, Untracked(), device, show_progress=False)
-            figures = module.run(ctx)
-            write_json(metrics, {**figures, "wall_time_s": time.perf_counter() - started})
+        run_stage(project, spec.name, config.load_stage_params(project, spec.name), device)
 
 
 def create_databases(env: dict) -> None:

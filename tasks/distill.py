@@ -104,8 +104,9 @@ def run(ctx: StageContext) -> dict:
         )
     models.save_backbone(student, ctx.out / "backbone")
     write_history(ctx.out / "history.csv", history)
-    io.write_json(ctx.out / "teachers.json", {name: {**record, "embeddings": embedding_status.get(name, "in loop")}
-                                              for name, record in teacher_record.items()})
+    io.write_json(ctx.out / "teachers.json", [  # a list: the order is the teachers' order in params
+        {"teacher": name, **record, "embeddings": embedding_status.get(name, "in loop")}
+        for name, record in teacher_record.items()])
     metrics.pop("loss_history", None)
     largest = max(models.count_parameters(t) for t in teachers.values())
     return {

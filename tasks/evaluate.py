@@ -61,9 +61,9 @@ def transferability_scores(ctx: StageContext, nets: dict, train) -> dict[str, di
             probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
         scores[name] = transferability.transferability_scores(features, train[1], source_probs=probs)
     teachers_file = ctx.upstream("distill") / "teachers.json"
-    for entry, record in (io.read_json(teachers_file).items() if teachers_file.is_file() else ()):
+    for record in (io.read_json(teachers_file) if teachers_file.is_file() else ()):
         if "logme" in record:  # the distillation teachers, as distill scored and weighted them
-            scores[f"distill teacher {entry}"] = {"logme": record["logme"], "weight": record["weight"]}
+            scores[f"distill teacher {record['teacher']}"] = {"logme": record["logme"], "weight": record["weight"]}
     return scores
 
 

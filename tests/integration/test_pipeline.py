@@ -190,3 +190,37 @@ def test_until_stops_early(project_run):
     project, _ = project_run
     result = run(project, until="prune")
     assert list(statuses(result)) == ["prepare", "surrogate", "prune"]
+
+
+def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_run, tmp_path):
+    project, _ = project_run
+    import shutil
+
+    other = tmp_path / "other-teacher"
+    shutil.copytree(project / "data" / "pretrain", other)  # a teacher from elsewhere: a saved pretrain output
+    overrides = [f"distill.teachers=[pretrain, {other}]", "distill.augment=false", "distill.method=compress"]
+    params, touched = config.apply_overrides(config.load_all_params(project), overrides)
+    write_overrides(project, params, touched)
+    first = run(project)
+    assert [s for s, how in statuses(first).items() if how == "ran"] == ["distill", "finetune", "evaluate"]
+    teachers = json.loads((project / "data" / "distill" / "teachers.json").read_text())
+    assert [t["teacher"] for t in teachers] == ["pretrain", str(other)]
+    assert sum(t["weight"] for t in teachers) == pytest.approx(1.0)
+    assert teachers[0]["logme"] == teachers[1]["logme"]  # the same weights: equal scores, equal weights
+    assert {t["embeddings"] for t in teachers} <= {"ran", "cached"}
+    stages = {s["stage"]: s for s in first["stages"]}
+    assert stages["distill"]["metrics"]["teachers"] == 2 and not stages["distill"]["metrics"]["teacher_forward"]
+    assert "distill teacher pretrain" in stages["evaluate"]["metrics"]["transferability"]
+    second = run(project, refresh=["distill"])
+    again = json.loads((project / "data" / "distill" / "teachers.json").read_text())
+    assert {t["embeddings"] for t in again} == {"cached"}  # computed once, read back from the store
+    assert statuses(second)["distill"] == "ran"
+
+
+def test_an_unknown_teacher_is_rejected_before_any_compute(project_run):
+    project, _ = project_run
+    from tasks import runner
+
+    params, _ = config.apply_overrides(config.load_all_params(project), ["distill.teachers=[pretrain, no/such/teacher]"])
+    with pytest.raises(ValueError, match="no/such/teacher"):
+        runner.preflight(project, versioning.load_pipeline(project), params)

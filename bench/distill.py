@@ -1,0 +1,225 @@
+"""Does distillation earn its place? A student with about a quarter of the teacher's parameters,
+distilled without labels, against the teacher and against the same student architecture trained
+from scratch on the target labels, over several seeds; and the distillation loop's speed against a
+bare PyTorch loop over the same student and loss.
+
+For every seed, one project copy in bench/.work/distill/s<seed>/ runs prepare -> surrogate -> prune
+-> pretrain once (the stage functions, in-process, no orchestration), then for every distillation
+method distill -> finetune (teacher and student, same recipe) -> evaluate. Printed:
+  - test accuracy after fine-tuning: teacher, student, scratch student; retention = student / teacher,
+  - few-shot linear-probe accuracy (1/3/10 shots) of teacher and student, and its retention,
+  - parameters, multiply-accumulates, batch-1 latency and batch-64 throughput, student vs teacher,
+  - distillation images/s in `tlpipe.distill.distill` vs a bare loop (same student, loss, batches).
+
+    python bench/distill.py                        # 3 seeds, methods seed compress mse
+    python bench/distill.py --seeds 5 --methods seed
+    python bench/distill.py --tiny                 # a minute-long configuration, to try the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    os.environ.setdefault(_key, _value)
+
+from _stages import run_stage  # noqa: E402
+from flows.workspace import copy_project  # noqa: E402
+
+UPSTREAM = ("prepare", "surrogate", "prune", "pretrain")
+PER_METHOD = ("distill", "finetune", "evaluate")
+TINY = {
+    "prepare": {"source": {"images_per_class": 12}, "target": {"shots_per_class": 3}},
+    "surrogate": {"epochs": 1}, "pretrain": {"epochs": 1}, "distill": {"epochs": 1}, "finetune": {"epochs": 2},
+    "evaluate": {"probe_draws": 2},
+}
+
+
+def seed_overrides(seed: int, tiny: bool) -> dict:
+    """Every seeded stage takes the run's seed; evaluate keeps its own (the same few-shot draws for all)."""
+    overrides = {stage: dict(values) for stage, values in (TINY if tiny else {}).items()}
+    for stage in ("prune", "pretrain", "distill", "finetune"):
+        overrides.setdefault(stage, {})["seed"] = seed
+    return overrides
+
+
+def run_seed(work: Path, seed: int, methods: list[str], tiny: bool, device: str) -> dict:
+    """{method: evaluate metrics (+ scratch accuracy, distill figures)} for one seed."""
+    from tlpipe import config
+
+    project = work / f"s{seed}"
+    if project.exists():
+        shutil.rmtree(project)
+    copy_project(REPO, project, seed_overrides(seed, tiny))
+    params = config.load_all_params(project)
+    for stage in UPSTREAM:
+        run_stage(project, stage, params[stage], device)
+    scratch = scratch_accuracy(project, params, device)
+    results = {}
+    for method in methods:
+        figures = {}
+        for stage in PER_METHOD:
+            stage_params = {**params[stage], "method": method} if stage == "distill" else params[stage]
+            figures[stage] = run_stage(project, stage, stage_params, device)
+        results[method] = {**figures["evaluate"], "scratch_accuracy": scratch,
+                           "distill_images_per_s": figures["distill"]["images_per_s"]}
+    return results
+
+
+def scratch_accuracy(project: Path, params: dict, device: str) -> float:
+    """Test accuracy of the student's architecture, randomly initialised, fine-tuned like the student."""
+    import torch
+
+    from tlpipe import data, metrics, models, runtime, training
+
+    target = data.load_prepared(project / "data" / "prepared" / "target")
+    (images, labels), test = data.to_arrays(target["train"]), data.to_arrays(target["test"])
+    p = params["finetune"]
+    runtime.seed_everything(p["seed"])
+    backbone = models.build_backbone(in_channels=images.shape[1], **params["distill"]["model"])
+    model, _ = training.finetune(backbone, images, labels, num_classes=target["train"].features["label"].num_classes,
+                                 mode=p["mode"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+                                 weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(device))
+    predicted = training.predict_logits(model, test[0], batch_size=256, device=torch.device(device)).argmax(1)
+    return metrics.classification_report(test[1], predicted, num_classes=int(test[1].max()) + 1)["accuracy"]
+
+
+def bare_distill_loop(student_backbone, teacher, images, p: dict, device) -> float:
+    """Images/s of the plainest SEED loop: same student + head, teacher, augmentation, loss, optimizer
+    and batches as `distill.distill`, without its bookkeeping (schedule, loss log, checks, wrappers)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from tlpipe.augment import augment_batch
+    from tlpipe.losses.seed import seed_loss
+    from tlpipe.models import ProjectionHead, embed, feature_dim
+
+    torch.manual_seed(p["seed"])
+    backbone = copy.deepcopy(student_backbone).to(device)
+    head = ProjectionHead(feature_dim(backbone), feature_dim(teacher)).to(device)
+    teacher = teacher.to(device).eval()
+    queue = F.normalize(torch.randn(p["queue_size"], feature_dim(teacher), device=device), dim=1)
+    optimizer = torch.optim.AdamW([*backbone.parameters(), *head.parameters()], lr=p["lr"],
+                                  weight_decay=p["weight_decay"])
+    pixels, order_gen = torch.from_numpy(images), torch.Generator().manual_seed(p["seed"])
+    view_gen = torch.Generator(device=device).manual_seed(p["seed"] + 1)
+    batch, pointer, seen = p["batch_size"], 0, 0
+    start = time.perf_counter()
+    for _ in range(p["epochs"]):
+        order = torch.randperm(len(pixels), generator=order_gen)
+        for i in range(0, len(pixels) - batch + 1, batch):
+            x = pixels[order[i:i + batch]].to(device).float() / 127.5 - 1.0
+            if p["augment"]:
+                x = augment_batch(x, generator=view_gen)
+            with torch.no_grad():
+                target = embed(teacher, x)
+            loss = seed_loss(head(embed(backbone, x)), target, queue, tau_s=p["tau_s"], tau_t=p["tau_t"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            slots = (pointer + torch.arange(batch, device=device)) % len(queue)
+            queue[slots] = F.normalize(target, dim=1)
+            pointer, seen = (pointer + batch) % len(queue), seen + batch
+    return seen / (time.perf_counter() - start)
+
+
+def loop_speed(project: Path, params: dict, device: str, repeats: int) -> tuple[float, float]:
+    """(distill.distill images/s, bare loop images/s): medians of `repeats` alternating runs, SEED."""
+    import torch
+
+    from tasks.distill import unlabeled_images
+    from tasks.context import StageContext
+    from tlpipe import distill, models, runtime
+    from _stages import Untracked
+
+    p = {**params["distill"], "method": "seed"}
+    ctx = StageContext("distill", project, p, project / "data" / "distill", Untracked(), device, show_progress=False)
+    images, _ = unlabeled_images(ctx)
+    teacher = models.load_backbone(project / "data" / "pretrain" / "backbone")
+    runtime.seed_everything(p["seed"])
+    student = models.build_backbone(in_channels=images.shape[1], **p["model"])
+    device = torch.device(device)
+
+    def ours(epochs: int) -> float:
+        return distill.distill(student, teacher, images, epochs=epochs, batch_size=p["batch_size"], lr=p["lr"],
+                               weight_decay=p["weight_decay"], queue_size=p["queue_size"], tau_s=p["tau_s"],
+                               tau_t=p["tau_t"], seed=p["seed"], device=device, augment=p["augment"])[1]["images_per_s"]
+
+    ours(1), bare_distill_loop(student, teacher, images, {**p, "epochs": 1}, device)  # one-off setup: not timed
+    speeds = {"pipeline": [], "bare": []}
+    for _ in range(repeats):
+        speeds["pipeline"].append(ours(p["epochs"]))
+        speeds["bare"].append(bare_distill_loop(student, teacher, images, p, device))
+    return statistics.median(speeds["pipeline"]), statistics.median(speeds["bare"])
+
+
+def mean_std(values) -> str:
+    values = list(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
+def report(results: dict[int, dict], methods: list[str]) -> None:
+    seeds = sorted(results)
+    print(f"\n{len(seeds)} seeds; test accuracy after fine-tuning on the labeled target train split (mean ± std)")
+    print("| method | teacher | student | scratch student | retention (student / teacher) |\n|---|---|---|---|---|")
+    for method in methods:
+        rows = [results[s][method] for s in seeds]
+        print(f"| {method} | {mean_std(r['finetuned']['teacher']['accuracy'] for r in rows)} | "
+              f"{mean_std(r['finetuned']['student']['accuracy'] for r in rows)} | "
+              f"{mean_std(r['scratch_accuracy'] for r in rows)} | {mean_std(r['retention']['finetuned'] for r in rows)} |")
+    shots = list(results[seeds[0]][methods[0]]["transfer"]["teacher"])
+    print("\nfew-shot linear probe on the test split: student (teacher) and retention, mean over seeds")
+    print("| method | " + " | ".join(shots) + " |\n|---|" + "---|" * len(shots))
+    for method in methods:
+        rows = [results[s][method] for s in seeds]
+        cells = []
+        for k in shots:
+            student = statistics.mean(r["transfer"]["student"][k]["mean"] for r in rows)
+            teacher = statistics.mean(r["transfer"]["teacher"][k]["mean"] for r in rows)
+            cells.append(f"{student:.3f} ({teacher:.3f}) = {statistics.mean(r['retention'][f'probe_{k}'] for r in rows):.1%}")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    size = results[seeds[0]][methods[0]]["efficiency"]
+    t, s = size["teacher"], size["student"]
+    print("\nsize and speed on this machine (student vs teacher, first seed)")
+    print(f"parameters {s['parameters']:,} vs {t['parameters']:,} = {s['parameters_ratio']:.1%} (goal <= 25 %)")
+    print(f"multiply-accumulates {s['macs']:,} vs {t['macs']:,} = {s['macs_ratio']:.1%}")
+    print(f"latency batch 1 {s['latency_ms']:.2f} ms vs {t['latency_ms']:.2f} ms = {s['latency_speedup']:.2f}x faster")
+    print(f"throughput batch 64 {s['throughput_ips']:.0f} vs {t['throughput_ips']:.0f} img/s = "
+          f"{s['throughput_ratio']:.2f}x (goal >= 3x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=["seed", "compress", "mse"])
+    parser.add_argument("--tiny", action="store_true", help="a minute-long configuration")
+    parser.add_argument("--speed-repeats", type=int, default=3, help="alternating runs of the loop comparison")
+    args = parser.parse_args()
+    from tasks import runner
+    from tlpipe import config
+
+    device = runner.device_name()
+    work = REPO / "bench" / ".work" / ("distill-tiny" if args.tiny else "distill")
+    started = time.perf_counter()
+    results = {seed: run_seed(work, seed, args.methods, args.tiny, device) for seed in range(args.seeds)}
+    report(results, args.methods)
+    project = work / "s0"
+    pipeline, bare = loop_speed(project, config.load_all_params(project), device, args.speed_repeats)
+    print(f"\ndistillation training (SEED, {device}): distill.distill {pipeline:.0f} img/s vs bare loop {bare:.0f} img/s "
+          f"= {pipeline / bare:.1%} (goal >= 85 %; median of {args.speed_repeats} alternating runs)")
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
