@@ -22,7 +22,8 @@ from tasks import cachekey, probe, runner, store, tracking, versioning
 POINT_STAGES = ("prune", "pretrain")
 PROBE_SPEC = versioning.StageSpec(  # the teacher's probe: keyed like a stage, stored as one JSON record
     name="probe", cmd="python -m tasks.probe", deps=("data/prepared", "data/pretrain"),
-    params={"params/evaluate.yaml": ("seed", "probe_shots", "probe_draws", "batch_size")}, outs=(),
+    params={"params/evaluate.yaml": ("seed", "probe_shots", "probe_draws", "batch_size"),
+            "params/finetune.yaml": ("mode", "seed", "epochs", "batch_size", "lr", "weight_decay")}, outs=(),
 )
 
 
@@ -42,10 +43,13 @@ def _stage(project: Path, spec, params: dict, known: dict, upstream: dict, env: 
 
 
 def _probe(project: Path, known: dict, upstream: dict, params: dict, env: dict, device: str) -> tuple[dict, str]:
+    """The teacher's probe accuracies, transferability scores and fine-tuned accuracy, stored once per key."""
     deps = {dep: known[dep] for dep in PROBE_SPEC.deps}
-    key = cachekey.stage_cache_key(PROBE_SPEC, params={"params/evaluate.yaml": params}, dep_hashes=deps, env=env)
+    key = cachekey.stage_cache_key(PROBE_SPEC, params={"params/evaluate.yaml": params["evaluate"],
+                                                       "params/finetune.yaml": params["finetune"]},
+                                   dep_hashes=deps, env=env)
     return store.cached_json(project, "probe", key, lambda: probe.score_teacher(
-        upstream["prepare"].out, upstream["pretrain"].out, params, device))
+        upstream["prepare"].out, upstream["pretrain"].out, params["evaluate"], device, finetune=params["finetune"]))
 
 
 @task(name="sweep-point", task_run_name="{point[method]}-r{point[ratio]}-s{point[seed]}")
@@ -68,7 +72,7 @@ def sweep_point(project: str, point: dict, params: dict, shared: dict, env: dict
         upstream[stage] = found
         row[f"{stage}_status"] = how
         row.update(_point_figures(stage, manifest["metrics"]))
-    scores, row["probe_status"] = _probe(project_path, known, upstream, params["evaluate"], env, device)
+    scores, row["probe_status"] = _probe(project_path, known, upstream, params, env, device)
     return {**row, **scores}
 
 
@@ -150,8 +154,11 @@ def write_results(project: Path, name: str, rows: list[dict], spec: dict) -> Pat
         table.to_parquet(temp / "results.parquet", index=False)
         io.write_table(temp / "results.csv", table)
         shots = sweeps.probe_columns(table.columns)
-        summary = pd.concat([sweeps.summarise(table, c).assign(metric=c) for c in shots + ["pretrain_time_s"]])
+        summary = pd.concat([sweeps.summarise(table, c).assign(metric=c)
+                             for c in shots + [c for c in ("finetune_accuracy", "pretrain_time_s") if c in table]])
         io.write_table(temp / "summary.csv", summary)
+        if len(table) > 2:  # which transferability score ranks the teachers as fine-tuning does
+            io.write_table(temp / "rank_correlation.csv", sweeps.rank_correlations(table))
         for column in shots:
             rows_full = summary[(summary.metric == column) & (summary.method == sweeps.FULL)]
             full = (rows_full["mean"].iloc[0], rows_full["std"].iloc[0]) if len(rows_full) else None

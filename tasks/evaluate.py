@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from tlpipe import data, efficiency, io, metrics, models, plots, report, runtime, training, transferability
+from tlpipe import data, efficiency, io, metrics, models, plots, report, runtime, training
 from tasks import probe
 from tasks.context import StageContext, metrics_file
 
@@ -48,21 +48,15 @@ def finetuned_models(ctx: StageContext, test, names: list[str]) -> dict[str, dic
 
 
 def transferability_scores(ctx: StageContext, nets: dict, train) -> dict[str, dict]:
-    """LogME and H-score of each backbone's features on the labeled target train split, before any
-    fine-tuning; LEEP and NCE too for the teacher when it has a source classifier (supervised)."""
-    device = torch.device(ctx.device)
-    scores = {}
-    for name in ("teacher", "student"):
-        features = training.extract_features(nets[name], train[0], batch_size=ctx.params["batch_size"], device=device)
-        probs = None
-        if name == "teacher" and (ctx.upstream("pretrain") / "model").is_dir():
-            logits = training.predict_logits(models.load_classifier(ctx.upstream("pretrain") / "model"), train[0],
-                                             batch_size=ctx.params["batch_size"], device=device)
-            probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
-        scores[name] = transferability.transferability_scores(features, train[1], source_probs=probs)
+    """Transferability of teacher and student before fine-tuning (tasks.probe.transferability_of), plus
+    the distillation teachers as distill scored and weighted them."""
+    scores = {name: probe.transferability_of(nets[name], train, batch_size=ctx.params["batch_size"],
+                                             device=torch.device(ctx.device),
+                                             classifier_dir=ctx.upstream("pretrain") / "model" if name == "teacher" else None)
+              for name in ("teacher", "student")}
     teachers_file = ctx.upstream("distill") / "teachers.json"
     for record in (io.read_json(teachers_file) if teachers_file.is_file() else ()):
-        if "logme" in record:  # the distillation teachers, as distill scored and weighted them
+        if "logme" in record:
             scores[f"distill teacher {record['teacher']}"] = {"logme": record["logme"], "weight": record["weight"]}
     return scores
 

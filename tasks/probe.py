@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tlpipe import data, metrics, models, training
+from tlpipe import data, metrics, models, training, transferability
 
 
 def probe_pool(target) -> tuple[np.ndarray, np.ndarray]:
@@ -45,16 +45,45 @@ def teacher_backbone(pretrain_dir: Path):
     return models.load_backbone(Path(pretrain_dir) / "backbone")
 
 
-def score_teacher(prepared_dir: Path, pretrain_dir: Path, params: dict, device: str) -> dict:
-    """Mean and std of the teacher's probe accuracy per shot count: {"probe_1shot": .., "probe_1shot_std": ..}."""
+def transferability_of(backbone, train, *, classifier_dir: Path | None, batch_size: int, device: torch.device) -> dict:
+    """LogME and H-score of `backbone`'s features on the labeled target train split (no fine-tuning);
+    LEEP and NCE too when `classifier_dir` holds a source classifier (a supervised teacher's model/)."""
+    features = training.extract_features(backbone, train[0], batch_size=batch_size, device=device)
+    probs = None
+    if classifier_dir is not None and Path(classifier_dir).is_dir():
+        logits = training.predict_logits(models.load_classifier(classifier_dir), train[0], batch_size=batch_size,
+                                         device=device)
+        probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+    return transferability.transferability_scores(features, train[1], source_probs=probs)
+
+
+def finetuned_accuracy(backbone, train, test, recipe: dict, num_classes: int, device: torch.device) -> float:
+    """Test accuracy of `backbone` fine-tuned on the target train split with the finetune params' recipe."""
+    model, _ = training.finetune(backbone, *train, num_classes=num_classes, mode=recipe["mode"],
+                                 epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
+                                 weight_decay=recipe["weight_decay"], seed=recipe["seed"], device=device)
+    logits = training.predict_logits(model, test[0], batch_size=256, device=device)
+    return float((logits.argmax(1) == test[1]).mean())
+
+
+def score_teacher(prepared_dir: Path, pretrain_dir: Path, params: dict, device: str, finetune: dict | None = None) -> dict:
+    """The teacher's probe accuracy per shot count ({"probe_1shot": mean, "probe_1shot_std": std, ..}),
+    its transferability scores (logme, h_score, leep, nce) and, given the finetune params, its
+    fine-tuned test accuracy (`finetune_accuracy`)."""
     target = data.load_prepared(Path(prepared_dir) / "target")
-    pool, test = probe_pool(target), data.to_arrays(target["test"])
-    rows = probe_rows("teacher", teacher_backbone(pretrain_dir), pool, test, few_shot_draws(pool[1], params),
-                      batch_size=params["batch_size"], device=torch.device(device))
+    pool, test, train = probe_pool(target), data.to_arrays(target["test"]), data.to_arrays(target["train"])
+    backbone, device = teacher_backbone(pretrain_dir), torch.device(device)
+    rows = probe_rows("teacher", backbone, pool, test, few_shot_draws(pool[1], params),
+                      batch_size=params["batch_size"], device=device)
     frame = pd.DataFrame(rows)
     scores = {}
     for shots, group in frame.groupby("shots"):
         summary = metrics.summarise(group["accuracy"])
         scores[f"probe_{shots}shot"] = summary["mean"]
         scores[f"probe_{shots}shot_std"] = summary["std"]
+    scores.update(transferability_of(backbone, train, classifier_dir=Path(pretrain_dir) / "model",
+                                     batch_size=params["batch_size"], device=device))
+    if finetune is not None:
+        num_classes = target["train"].features["label"].num_classes
+        scores["finetune_accuracy"] = finetuned_accuracy(backbone, train, test, finetune, num_classes, device)
     return scores

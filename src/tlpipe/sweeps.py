@@ -77,3 +77,30 @@ def cost_ratios(table: pd.DataFrame, column: str) -> pd.DataFrame:
     out["ideal"] = 1.0 - out["ratio"]
     out["off_ideal"] = out["relative"] / out["ideal"] - 1.0
     return out
+
+
+SCORES = ("logme", "h_score", "leep", "nce")  # transferability scores, measured before any fine-tuning
+
+
+def rank_correlations(table: pd.DataFrame, *, scores=SCORES, targets: list[str] | None = None) -> pd.DataFrame:
+    """Kendall tau-b between each transferability score and each measured accuracy over the points.
+
+    Args:
+        table: results, one row per point.
+        scores: score columns to rank by (those absent from `table` are skipped).
+        targets: accuracy columns; default `finetune_accuracy` (when present) and the probe means.
+
+    Returns:
+        One row per (score, target): tau (nan when a column is constant or fewer than 2 points have
+        both values) and the number of points used.
+    """
+    from tlpipe.transferability import kendall_tau
+
+    targets = targets or [c for c in ["finetune_accuracy", *probe_columns(table.columns)] if c in table]
+    rows = []
+    for score in (s for s in scores if s in table):
+        for target in targets:
+            both = table[[score, target]].dropna()
+            tau = kendall_tau(both[score], both[target]) if len(both) >= 2 else float("nan")
+            rows.append({"score": score, "target": target, "tau": tau, "points": len(both)})
+    return pd.DataFrame(rows, columns=["score", "target", "tau", "points"])
