@@ -21,6 +21,8 @@ import numpy as np
 from scipy.special import xlogy
 from scipy.stats import kendalltau
 
+from tlpipe.checks import check_temperature
+
 LOGME_MAX_PASSES = 11  # part of the reference definition, not a tuning knob
 LOGME_REL_TOL = 1e-3  # stop when |alpha/beta - lambda| / lambda <= this
 LOGME_EPS = 1e-5  # added to m2 and r2 in the alpha and beta updates (reference)
@@ -280,12 +282,7 @@ def teacher_weights(scores, *, temperature: float, mode: str) -> np.ndarray:
     """
     if mode not in WEIGHT_MODES:
         raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
-    try:
-        ok = 0.0 < float(temperature) < float("inf")
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
+    check_temperature("temperature", temperature)
     scores = _as_array(scores, np.float64)
     if scores.ndim != 1 or scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError(f"scores must be a non-empty 1-D array of finite values, got {scores!r}")

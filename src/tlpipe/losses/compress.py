@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tlpipe.checks import check_temperature
 from tlpipe.losses.queue import EmbeddingQueue
 
 
@@ -48,12 +49,7 @@ def _check_inputs(
             f"got shape {tuple(student_queue.shape)}"
         )
     for name, value in temperatures.items():
-        try:
-            ok = 0.0 < float(value) < float("inf")
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+        check_temperature(name, value)
 
 
 def compress_loss(

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tlpipe.checks import check_temperature
+
 
 def _check_inputs(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> None:
     """Raises ValueError on bad shapes or a non-positive temperature, before any compute."""
@@ -19,12 +21,7 @@ def _check_inputs(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> Non
         raise ValueError(f"z1 must be [N, d] with N >= 2 (one negative at least), got shape {tuple(z1.shape)}")
     if z2.shape != z1.shape:
         raise ValueError(f"z2 shape {tuple(z2.shape)} must equal z1 shape {tuple(z1.shape)}")
-    try:
-        ok = 0.0 < float(temperature) < math.inf
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
+    check_temperature("temperature", temperature)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tlpipe.checks import check_temperature
+
 
 def _check_inputs(
     student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, tau_s: float, tau_t: float
@@ -25,13 +27,8 @@ def _check_inputs(
         raise ValueError(
             f"queue must be [K, d] with K >= 1 and d = {student.shape[1]}, got shape {tuple(queue.shape)}"
         )
-    for name, tau in (("tau_s", tau_s), ("tau_t", tau_t)):
-        try:
-            ok = 0.0 < float(tau) < float("inf")
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"{name} must be a finite float > 0, got {tau!r}")
+    check_temperature("tau_s", tau_s)
+    check_temperature("tau_t", tau_t)
 
 
 def seed_loss(
