@@ -120,6 +120,8 @@ def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     device = device or runner.device_name()
     env = runner.run_environment(device)
     grid = {"sweep": {k: spec[k] for k in ("methods", "ratios", "seeds")}}
+    for stale in store.remove_stale_workspaces(project_path):
+        get_run_logger().info("removed the scratch workspace %s of a process that no longer runs", stale.name)
     parent_id, flow_run_id, tags = start_tracked_run(project_path, "sweep", grid)
     name = tracking.client().get_run(parent_id).info.run_name
     try:

@@ -61,24 +61,13 @@ def teacher_embeddings(ctx: StageContext, teachers: dict, images: np.ndarray) ->
     images_digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     tables, status = [], {}
     for name, teacher in teachers.items():
-        key = hashlib.sha256((_weights_digest(teacher) + images_digest + ctx.device).encode()).hexdigest()
+        key = hashlib.sha256((models.weights_digest(teacher) + images_digest + ctx.device).encode()).hexdigest()
         table, status[name] = io.cached_file(
             Path(ctx.store) / "teacher_embeddings" / f"{key}.npy",
             lambda: distill.teacher_embeddings_of(teacher, images, batch_size=256, device=torch.device(ctx.device)),
             io.write_array, io.read_array)
         tables.append(table)
     return tables, status
-
-
-def _weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's config and state (names, shapes, bytes), independent of where it came from."""
-    config = module.config.to_json_string() if hasattr(module, "config") else ""
-    digest = hashlib.sha256(config.encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def run(ctx: StageContext) -> dict:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -26,9 +30,21 @@ def surrogate_features(ctx: StageContext, images: np.ndarray) -> np.ndarray:
 
 
 def early_training_scores(ctx: StageContext, images: np.ndarray, labels: np.ndarray, num_classes: int) -> list:
-    """EL2N logits or GraNd gradient norms of `scores.runs` short trainings (Paul et al. 2021), one per seed."""
-    p, device = ctx.params, torch.device(ctx.device)
+    """EL2N logits or GraNd gradient norms of `scores.runs` short trainings (Paul et al. 2021), one per
+    seed; kept in the store, since every pruning ratio of a method and seed needs the same scores."""
+    p = ctx.params
     surrogate = models.load_backbone(ctx.upstream("surrogate") / "backbone")
+    data_digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + labels.astype(np.int64).tobytes())
+    key = hashlib.sha256(json.dumps([p["method"], p["seed"], p["scores"], num_classes, ctx.device,
+                                     models.weights_digest(surrogate), data_digest.hexdigest()]).encode()).hexdigest()
+    stacked, _ = io.cached_file(Path(ctx.store) / "prune_scores" / f"{key}.npy",
+                                lambda: np.stack(_train_and_score(ctx, surrogate, images, labels, num_classes)),
+                                io.write_array, io.read_array)
+    return list(stacked)
+
+
+def _train_and_score(ctx: StageContext, surrogate, images: np.ndarray, labels: np.ndarray, num_classes: int) -> list:
+    p, device = ctx.params, torch.device(ctx.device)
     per_run = []
     for run in range(p["scores"]["runs"]):
         seed = p["seed"] + run

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ def workspace(project: Path, upstream: dict[str, Entry]) -> Iterator[Path]:
     """A scratch project whose data/ links to the upstream entries; removed when the block ends."""
     root = store_root(project).parent / "work" / uuid.uuid4().hex[:12]
     (root / "data" / "metrics").mkdir(parents=True)
+    (root / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     try:
         for stage, found in upstream.items():
             stage_dir(root, stage).symlink_to(found.out, target_is_directory=True)
@@ -70,6 +72,37 @@ def workspace(project: Path, upstream: dict[str, Entry]) -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+OWNER_FILE = ".owner"
+
+
+def remove_stale_workspaces(project: Path) -> list[Path]:
+    """Removes the scratch workspaces a killed process left behind (its own host, pid gone); returns them.
+
+    A workspace is deleted when its block ends, which a SIGKILL or a power cut prevents. Workspaces of
+    live processes, of other hosts (shared storage) and without an owner record are left alone.
+    """
+    removed = []
+    for root in sorted((store_root(project).parent / "work").glob("*")):
+        try:
+            host, pid = (root / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if host == socket.gethostname() and not _alive(int(pid)):
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def run_stage(project: Path, spec: versioning.StageSpec, *, key: str, upstream: dict[str, Entry],

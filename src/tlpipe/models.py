@@ -25,6 +25,7 @@ That is fine here: ConvNeXt with a gentler stem (patch 4: 8x8; patch 2: 16x16) r
 and 0.05 in the same 8 epochs (ResNet 0.82) and patch 2 ran 2.6x slower, so "resnet" is the default.
 """
 
+import hashlib
 from pathlib import Path
 
 import safetensors.torch
@@ -209,3 +210,15 @@ class PixelClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier(to_float(pixels))
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's config (for transformers models) and state (names, shapes, bytes): equal
+    for equal weights wherever they came from, so it can key results computed from the module."""
+    config = module.config.to_json_string() if hasattr(module, "config") else ""
+    digest = hashlib.sha256(config.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -91,3 +91,17 @@ def test_pretrain_modes_write_a_backbone(project, mode):
     assert (out / "backbone" / "config.json").is_file()
     assert (out / "model").exists() == (mode == "supervised")
     assert manifest["metrics"]["images_seen"] > 0 and manifest["metrics"]["source_fraction"] < 1.0
+
+
+@pytest.mark.parametrize("method", ["el2n", "grand"])
+def test_sample_scores_are_computed_once_per_seed_for_every_ratio(project, method):
+    from tasks.context import store_root
+
+    scores_dir = store_root(project) / "prune_scores"
+    before = set(scores_dir.glob("*.npy")) if scores_dir.exists() else set()
+    kept = {}
+    for ratio in (0.5, 0.8):
+        run_stage(project, "prune", method=method, ratio=ratio, seed=7, scores=SCORES)
+        kept[ratio] = io.read_array(stage_dir(project, "prune") / "kept_indices.npy")
+    assert len(set(scores_dir.glob("*.npy")) - before) == 1  # one score file served both ratios
+    assert set(kept[0.8]) <= set(kept[0.5])  # the same ranking, cut at two places

@@ -74,3 +74,25 @@ def test_a_failed_computation_leaves_no_record(tmp_path, monkeypatch):
         store.cached_json(tmp_path, "probe", "abc", broken)
     record, how = store.cached_json(tmp_path, "probe", "abc", lambda: {"ok": 1})
     assert how == store.RAN and record == {"ok": 1}
+
+
+def test_stale_workspaces_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("TLPIPE_STORE_DIR", raising=False)
+    work = store.store_root(tmp_path).parent / "work"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owners = {"killed": f"{socket.gethostname()} {dead.stdout.strip()}",  # its process has exited
+              "other-host": f"elsewhere.invalid {dead.stdout.strip()}",  # shared storage: not ours to judge
+              "no-owner": None}
+    for name, owner in owners.items():
+        (work / name / "data").mkdir(parents=True)
+        if owner:
+            (work / name / store.OWNER_FILE).write_text(owner)
+    with store.workspace(tmp_path, {}) as live:  # this process: alive
+        removed = store.remove_stale_workspaces(tmp_path)
+        assert live.exists()
+    assert [p.name for p in removed] == ["killed"]
+    assert sorted(p.name for p in work.iterdir()) == ["no-owner", "other-host"]
