@@ -119,6 +119,37 @@ def run(
     print_summary(root, result)
 
 
+@app.command(name="lineage")
+def lineage_command(
+    ref: str = typer.Argument(..., help="An output path under data/, an MLflow run id, a Prefect flow-run id, or a registered model (name/version, name@alias)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the lineage document as JSON."),
+    project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
+) -> None:
+    """Where an artifact came from: every stage of the run that made it, ran or cached, with keys, params, data hashes and metrics."""
+    import json
+
+    try:
+        root = open_project(project)
+    except config.ParamsError as exc:
+        raise bad_input(str(exc))
+    from tasks import lineage, tracking
+
+    tracking.configure(root)
+    try:
+        doc, focus, warnings = lineage.resolve(ref, root)
+    except ValueError as exc:
+        raise bad_input(str(exc))
+    except LookupError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1)
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if as_json:
+        print(json.dumps({"ref": ref, "stage": focus, "warnings": warnings, **doc}, indent=1, sort_keys=True))
+    else:
+        out.print(lineage.render(doc, focus=focus), highlight=False, markup=False)
+
+
 @app.command()
 def sweep(
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Sweep file (default: params/sweep.yaml of the project)."),

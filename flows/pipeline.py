@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 
 from tlpipe import config
-from tasks import cachekey, runner, tracking, versioning
+from tasks import cachekey, lineage, runner, tracking, versioning
 
 RAN, CACHED, RESTORED = "ran", "cached", "restored"
 
@@ -75,7 +75,8 @@ def _stage_step(spec, project: Path, stage_params: dict, known: dict, commits, *
                                        params=spec.declared(stage_params)):
             commits.submit(spec.name)
     return {"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
-            "outs": manifest["outs"], "metrics": manifest["metrics"], "mlflow_run_id": manifest["mlflow_run_id"]}
+            "deps": deps, "outs": manifest["outs"], "metrics": manifest["metrics"],
+            "mlflow_run_id": manifest["mlflow_run_id"]}
 
 
 def start_tracked_run(project: Path, kind: str, params: dict) -> tuple[str, str, dict]:
@@ -114,6 +115,16 @@ def register_and_report(project: Path, results: list[dict], name: str, parent_id
     return {"model": name, "version": version, "new_version": created}
 
 
+def store_lineage(project: Path, doc: dict) -> None:
+    """The run's lineage document in three places: the project, the MLflow parent run, Prefect."""
+    from prefect.artifacts import create_markdown_artifact
+
+    lineage.save_local(project, doc)
+    tracking.client().log_dict(doc["pipeline_run"], doc, "lineage.json")
+    create_markdown_artifact(key=lineage.ARTIFACT_KEY, markdown=lineage.to_markdown(doc),
+                             description=f"lineage of pipeline run {doc['pipeline_run']}")
+
+
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
              show_progress: bool = True, checked: bool = False, device: str | None = None,
@@ -149,6 +160,8 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     registered = None
     if final:
         registered = register_and_report(project_path, results, registered_model or model_name(params), parent_id, tags)
+    store_lineage(project_path, lineage.document(parent_id=parent_id, flow_run_id=flow_run_id, git=tags[tracking.TAG_GIT],
+                                                 stages=results, params=params, registered=registered))
     tracking.end_run(parent_id, metrics={k: v for k, v in final.items() if k in ("accuracy", "macro_f1")})
     return {"mlflow_run_id": parent_id, "flow_run_id": flow_run_id, "stages": results,
             "tracking_uri": tracking.configure(project_path), "registered": registered}

@@ -155,6 +155,61 @@ def test_second_run_is_all_cache_hits_and_points_at_the_producers(project_run):
         assert child.data.tags[tracking.TAG_PRODUCED_BY] == producers[stage]
 
 
+def test_lineage_of_every_kind_of_reference(project_run):
+    from tasks import lineage
+
+    project, first = project_run
+    cached = run(project)  # all hits: its document must point at the runs that produced each output
+    stages = {s["stage"]: s for s in first["stages"]}
+    pretrain_child = children_of(first["mlflow_run_id"])["pretrain"].info.run_id
+    client = MlflowClient()
+    client.set_registered_model_alias("tlpipe-digits", "champion", first["registered"]["version"])
+    refs = {
+        first["mlflow_run_id"]: (first["mlflow_run_id"], None),
+        pretrain_child: (first["mlflow_run_id"], "pretrain"),
+        first["flow_run_id"]: (first["mlflow_run_id"], None),
+        cached["flow_run_id"]: (cached["mlflow_run_id"], None),
+        f"tlpipe-digits/{first['registered']['version']}": (first["mlflow_run_id"], "finetune"),
+        "tlpipe-digits@champion": (first["mlflow_run_id"], "finetune"),
+        "data/finetune/model": (first["mlflow_run_id"], "finetune"),  # made by the first run, reused since
+    }
+    for ref, (parent, focus) in refs.items():
+        doc, found_focus, warnings = lineage.resolve(ref, project)
+        assert (doc["pipeline_run"], found_focus, warnings) == (parent, focus, []), ref
+    doc, _, _ = lineage.resolve(cached["flow_run_id"], project)
+    by_stage = {s["stage"]: s for s in doc["stages"]}
+    assert {s["status"] for s in doc["stages"]} == {"cached"}
+    for name, s in by_stage.items():
+        assert s["produced_by_run"] == stages[name]["mlflow_run_id"] and s["cache_key"] == stages[name]["cache_key"]
+    assert by_stage["pretrain"]["upstream"] == ["prepare", "prune"]
+    assert by_stage["pretrain"]["inputs"]["data/prepared"] == stages["prepare"]["outs"]["data/prepared"]
+    assert by_stage["prune"]["params"]["ratio"] == 0.5
+    assert len(doc["git_commit"]) >= 40 and doc["registered_model"]["model"] == "tlpipe-digits"
+    text = lineage.render(doc, focus="pretrain")
+    assert "* pretrain: cached (produced by run" in text and "upstream: raw data" in text
+    with pytest.raises(ValueError, match="not an output path"):
+        lineage.resolve("no such thing", project)
+
+
+def test_lineage_with_mlflow_down_reads_the_stored_document(project_run, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    project, first = project_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    result = CliRunner().invoke(app, ["lineage", first["flow_run_id"], "--json", "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["pipeline_run"] == first["mlflow_run_id"] and "not reachable" in doc["warnings"][0]
+    assert [s["stage"] for s in doc["stages"]] == list(config.STAGES)
+    (project / ".tlpipe" / "lineage" / f"{first['mlflow_run_id']}.json").unlink()  # the local copy gone too
+    result = CliRunner().invoke(app, ["lineage", first["flow_run_id"], "--json", "--project", str(project)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # from the Prefect markdown artifact of that flow run
+    assert doc["pipeline_run"] == first["mlflow_run_id"] and "Prefect artifact" in doc["warnings"][1]
+
+
 def test_changed_finetune_params_rerun_only_finetune_and_evaluate(project_run):
     project, _ = project_run
     params, touched = config.apply_overrides(config.load_all_params(project), ["finetune.epochs=3"])
