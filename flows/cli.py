@@ -239,6 +239,8 @@ def print_summary(root: Path, result: dict) -> None:
         reg = result["registered"]
         state = "registered as" if reg["new_version"] else "already registered as"
         out.print(f"  model: {state} models:/{reg['model']}/{reg['version']}", highlight=False)
+        if "alias" in reg:
+            out.print(f"  {reg['alias']}: {reg['reason']}", highlight=False)
 
 
 def _headline(stage: str, m: dict) -> str:

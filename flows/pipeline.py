@@ -19,6 +19,7 @@ from tlpipe import config
 from tasks import cachekey, lineage, runner, tracking, versioning
 
 RAN, CACHED, RESTORED = "ran", "cached", "restored"
+CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
 
 
 def cache_dir(project: Path) -> Path:
@@ -94,7 +95,8 @@ def model_name(params: dict) -> str:
     return "tlpipe-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in target)
 
 
-def register_and_report(project: Path, results: list[dict], name: str, parent_id: str, tags: dict) -> dict:
+def register_and_report(project: Path, results: list[dict], name: str, parent_id: str, tags: dict,
+                        margin: float) -> dict:
     """Registers the fine-tuned model with its lineage in tags and publishes the evaluation report
     as a Prefect markdown artifact; returns {"model": name, "version": ..., "new_version": bool}."""
     from prefect.artifacts import create_markdown_artifact
@@ -112,7 +114,27 @@ def register_and_report(project: Path, results: list[dict], name: str, parent_id
     report = (project / "data" / "evaluate" / "report.md").read_text(encoding="utf-8")
     create_markdown_artifact(key="evaluation-report", markdown=report,
                              description=f"{name} version {version}")
-    return {"model": name, "version": version, "new_version": created}
+    registered = {"model": name, "version": version, "new_version": created}
+    if created:
+        registered.update(promote(name, version, evaluate["metrics"]["accuracy"], margin))
+    return registered
+
+
+def promote(name: str, version: str, accuracy: float, margin: float) -> dict:
+    """Moves the `champion` alias to a new version only when its test accuracy beats the champion's
+    by at least `margin`; otherwise the version becomes the `challenger`. Says why either way."""
+    holder = tracking.alias_holder(name, CHAMPION)
+    if holder is None:
+        alias, reason = CHAMPION, f"first version of {name}"
+    elif accuracy >= holder[1] + margin:
+        alias, reason = CHAMPION, (f"test accuracy {accuracy:.4f} beats champion version {holder[0]} "
+                                   f"({holder[1]:.4f}) by at least the margin {margin}")
+    else:
+        alias, reason = CHALLENGER, (f"test accuracy {accuracy:.4f} does not beat champion version {holder[0]} "
+                                     f"({holder[1]:.4f}) by the margin {margin}")
+    tracking.set_alias(name, alias, version, reason=reason)
+    get_run_logger().info("%s version %s is the %s: %s", name, version, alias, reason)
+    return {"alias": alias, "reason": reason}
 
 
 def store_lineage(project: Path, doc: dict) -> None:
@@ -159,7 +181,8 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     final = results[-1]["metrics"] if results and results[-1]["stage"] == "evaluate" else {}
     registered = None
     if final:
-        registered = register_and_report(project_path, results, registered_model or model_name(params), parent_id, tags)
+        registered = register_and_report(project_path, results, registered_model or model_name(params), parent_id,
+                                         tags, params["evaluate"]["promote_margin"])
     store_lineage(project_path, lineage.document(parent_id=parent_id, flow_run_id=flow_run_id, git=tags[tracking.TAG_GIT],
                                                  stages=results, params=params, registered=registered))
     tracking.end_run(parent_id, metrics={k: v for k, v in final.items() if k in ("accuracy", "macro_f1")})

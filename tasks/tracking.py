@@ -245,3 +245,18 @@ def register_model(name: str, model_uri: str, *, run_id: str, tags: dict[str, st
     version = mlf.create_model_version(name, model_uri, run_id=run_id,
                                        tags={**tags, "tlpipe.identity": identity})
     return version.version, True
+
+
+def alias_holder(name: str, alias: str) -> tuple[str, float] | None:
+    """(version, its test accuracy tag) holding `alias` of the registered model, or None."""
+    try:
+        version = client().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return version.version, float(version.tags.get("test_accuracy", "nan"))
+
+
+def set_alias(name: str, alias: str, version: str, *, reason: str) -> None:
+    mlf = client()
+    mlf.set_registered_model_alias(name, alias, version)
+    mlf.set_model_version_tag(name, version, f"tlpipe.{alias}_reason", reason)

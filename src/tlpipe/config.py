@@ -220,6 +220,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "probe_shots": IntList(1),
         "probe_draws": Int(1, 10_000),
         "batch_size": Int(1, 65_536),
+        "promote_margin": Float(0.0, 1.0),
     },
 }
 

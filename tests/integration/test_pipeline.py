@@ -109,6 +109,7 @@ def test_first_run_registers_the_model_with_its_lineage(project_run):
     project, result = project_run
     registered = result["registered"]
     assert registered["model"] == "tlpipe-digits" and registered["new_version"]
+    assert registered["alias"] == "champion" and "first version" in registered["reason"]
     version = MlflowClient().get_model_version(registered["model"], registered["version"])
     stages = {s["stage"]: s for s in result["stages"]}
     assert version.run_id == stages["finetune"]["mlflow_run_id"]
@@ -191,22 +192,29 @@ def test_lineage_of_every_kind_of_reference(project_run):
         lineage.resolve("no such thing", project)
 
 
-def test_lineage_with_mlflow_down_reads_the_stored_document(project_run, monkeypatch):
-    from typer.testing import CliRunner
-
-    from flows.cli import app
+def test_lineage_with_mlflow_down_reads_the_stored_document(project_run):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
     project, first = project_run
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
-    result = CliRunner().invoke(app, ["lineage", first["flow_run_id"], "--json", "--project", str(project)])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens there
+           "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test harness's server
+    command = [str(Path(sys.executable).with_name("tlpipe")), "lineage", first["flow_run_id"], "--json",
+               "--project", str(project)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
     assert doc["pipeline_run"] == first["mlflow_run_id"] and "not reachable" in doc["warnings"][0]
+    assert "warning: MLflow is not reachable" in done.stderr
     assert [s["stage"] for s in doc["stages"]] == list(config.STAGES)
     (project / ".tlpipe" / "lineage" / f"{first['mlflow_run_id']}.json").unlink()  # the local copy gone too
-    result = CliRunner().invoke(app, ["lineage", first["flow_run_id"], "--json", "--project", str(project)])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)  # from the Prefect markdown artifact of that flow run
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)  # from the Prefect markdown artifact of that flow run
     assert doc["pipeline_run"] == first["mlflow_run_id"] and "Prefect artifact" in doc["warnings"][1]
 
 
@@ -214,8 +222,15 @@ def test_changed_finetune_params_rerun_only_finetune_and_evaluate(project_run):
     project, _ = project_run
     params, touched = config.apply_overrides(config.load_all_params(project), ["finetune.epochs=3"])
     write_overrides(project, params, touched)
+    champion = MlflowClient().get_model_version_by_alias("tlpipe-digits", "champion")
     result = run(project)
     assert [s for s, how in statuses(result).items() if how == "ran"] == ["finetune", "evaluate"]
+    registered = result["registered"]  # a new model: promoted only if it beats the champion by the margin
+    accuracy, best = result["stages"][-1]["metrics"]["accuracy"], float(champion.tags["test_accuracy"])
+    assert registered["new_version"] and registered["version"] != champion.version
+    assert registered["alias"] == ("champion" if accuracy >= best + 0.005 else "challenger"), registered["reason"]
+    holder = MlflowClient().get_model_version_by_alias("tlpipe-digits", registered["alias"])
+    assert holder.version == registered["version"] and holder.tags[f"tlpipe.{registered['alias']}_reason"]
     with Repo(str(project)) as repo:
         assert repo.status() == {}
 
