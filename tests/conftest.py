@@ -54,3 +54,9 @@ def parity_cases(fixtures_dir):
         return cases
 
     return load
+
+
+@pytest.fixture(scope="session")
+def distill_fixture(parity_cases):
+    """The SEED and CompRess cases of distill_losses.npz, by case id."""
+    return parity_cases("distill_losses")

@@ -4,13 +4,9 @@ import torch
 
 from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
+from tests.unit.parity import check_loss_parity
 
 SEED_CASES = ["S1", "S2", "S3"]
-
-
-@pytest.fixture(scope="module")
-def distill_fixture(parity_cases):
-    return parity_cases("distill_losses")
 
 
 def _loss_and_grad(c, dtype):
@@ -35,23 +31,12 @@ def _numpy_reference(student, teacher, queue, tau_s, tau_t):
     return -(p * log_q).sum(1).mean()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", SEED_CASES)
-def test_seed_parity_float64(distill_fixture, case):
-    c = distill_fixture[case]
-    loss, grad = _loss_and_grad(c, torch.float64)
-    assert loss.dtype == torch.float64 and loss.ndim == 0
-    np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(grad.numpy(), c["expected_grad_student_emb"], rtol=1e-7, atol=1e-10)
-
-
-@pytest.mark.parametrize("case", SEED_CASES)
-def test_seed_parity_float32(distill_fixture, case):
-    c = distill_fixture[case]
-    loss, grad = _loss_and_grad(c, torch.float32)
-    assert loss.dtype == torch.float32
-    np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-4, atol=1e-6)
-    expected = c["expected_grad_student_emb"]
-    np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+def test_seed_parity(distill_fixture, case, dtype):
+    loss, grad = _loss_and_grad(distill_fixture[case], dtype)
+    assert loss.dtype == dtype
+    check_loss_parity(loss, grad, distill_fixture[case])
 
 
 @pytest.mark.parametrize(("batch", "dim", "size", "tau_s", "tau_t"), [(1, 4, 3, 0.2, 0.07), (5, 8, 10, 0.1, 0.5), (3, 2, 1, 1.0, 1.0)])

@@ -8,13 +8,9 @@ import torch.nn.functional as F
 from tlpipe.losses.compress import build_compress_memory_bank, compress_loss
 from tlpipe.losses.mse import feature_regression_loss
 from tlpipe.losses.queue import EmbeddingQueue
+from tests.unit.parity import check_loss_parity
 
 COMPRESS_CASES = ["C1", "C2", "C3", "C4"]  # C1-C3 two-queue, C4 one-queue
-
-
-@pytest.fixture(scope="module")
-def distill_fixture(parity_cases):
-    return parity_cases("distill_losses")
 
 
 def _loss_and_grad(c, dtype):
@@ -55,23 +51,12 @@ def test_fixture_has_the_expected_variants(distill_fixture):
     assert distill_fixture["C2"]["student_emb"].shape[1] != distill_fixture["C2"]["teacher_emb"].shape[1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", COMPRESS_CASES)
-def test_compress_parity_float64(distill_fixture, case):
-    c = distill_fixture[case]
-    loss, grad = _loss_and_grad(c, torch.float64)
-    assert loss.dtype == torch.float64 and loss.ndim == 0
-    np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(grad.numpy(), c["expected_grad_student_emb"], rtol=1e-7, atol=1e-10)
-
-
-@pytest.mark.parametrize("case", COMPRESS_CASES)
-def test_compress_parity_float32(distill_fixture, case):
-    c = distill_fixture[case]
-    loss, grad = _loss_and_grad(c, torch.float32)
-    assert loss.dtype == torch.float32
-    np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-4, atol=1e-6)
-    expected = c["expected_grad_student_emb"]
-    np.testing.assert_allclose(grad.numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+def test_compress_parity(distill_fixture, case, dtype):
+    loss, grad = _loss_and_grad(distill_fixture[case], dtype)
+    assert loss.dtype == dtype
+    check_loss_parity(loss, grad, distill_fixture[case])
 
 
 @pytest.mark.parametrize("case", COMPRESS_CASES)
