@@ -103,13 +103,13 @@ def register_and_report(project: Path, results: list[dict], name: str, parent_id
 
     by_stage = {r["stage"]: r for r in results}
     finetune, evaluate = by_stage["finetune"], by_stage["evaluate"]
-    lineage = {f"tlpipe.key.{r['stage']}": r["cache_key"] for r in results}
-    lineage.update({f"tlpipe.out.{rel}": md5 for rel, md5 in finetune["outs"].items()})
-    lineage.update({tracking.TAG_PIPELINE_RUN: parent_id, **tags,
+    lineage_tags = {f"tlpipe.key.{r['stage']}": r["cache_key"] for r in results}
+    lineage_tags.update({f"tlpipe.out.{rel}": md5 for rel, md5 in finetune["outs"].items()})
+    lineage_tags.update({tracking.TAG_PIPELINE_RUN: parent_id, **tags,
                     "test_accuracy": repr(evaluate["metrics"]["accuracy"]),
                     "test_macro_f1": repr(evaluate["metrics"]["macro_f1"])})
     version, created = tracking.register_model(
-        name, finetune["metrics"]["model_uri"], run_id=finetune["mlflow_run_id"], tags=lineage,
+        name, finetune["metrics"]["model_uri"], run_id=finetune["mlflow_run_id"], tags=lineage_tags,
         identity=f"{finetune['cache_key']}:{evaluate['cache_key']}")
     report = (project / "data" / "evaluate" / "report.md").read_text(encoding="utf-8")
     create_markdown_artifact(key="evaluation-report", markdown=report,
