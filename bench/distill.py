@@ -78,18 +78,15 @@ def scratch_accuracy(project: Path, params: dict, device: str) -> float:
     """Test accuracy of the student's architecture, randomly initialised, fine-tuned like the student."""
     import torch
 
-    from tlpipe import data, metrics, models, runtime, training
+    from tasks.probe import finetuned_accuracy
+    from tlpipe import data, models, runtime
 
     target = data.load_prepared(project / "data" / "prepared" / "target")
-    (images, labels), test = data.to_arrays(target["train"]), data.to_arrays(target["test"])
-    p = params["finetune"]
-    runtime.seed_everything(p["seed"])
-    backbone = models.build_backbone(in_channels=images.shape[1], **params["distill"]["model"])
-    model, _ = training.finetune(backbone, images, labels, num_classes=target["train"].features["label"].num_classes,
-                                 mode=p["mode"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
-                                 weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(device))
-    predicted = training.predict_logits(model, test[0], batch_size=256, device=torch.device(device)).argmax(1)
-    return metrics.classification_report(test[1], predicted, num_classes=int(test[1].max()) + 1)["accuracy"]
+    train, test = data.to_arrays(target["train"]), data.to_arrays(target["test"])
+    runtime.seed_everything(params["finetune"]["seed"])
+    backbone = models.build_backbone(in_channels=train[0].shape[1], **params["distill"]["model"])
+    return finetuned_accuracy(backbone, train, test, params["finetune"],
+                              target["train"].features["label"].num_classes, torch.device(device))
 
 
 def bare_distill_loop(student_backbone, teacher, images, p: dict, device) -> float:
