@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 
 from tlpipe import config
-from tasks import cachekey, lineage, runner, tracking, versioning
+from tlpipe.io import locked
+from tasks import cachekey, lineage, remote, runner, tracking, versioning
 
 RAN, CACHED, RESTORED = "ran", "cached", "restored"
 CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
@@ -156,8 +157,17 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     `checked` says the caller already ran the preflight checks on these params (the CLI does);
     `device` overrides TLPIPE_DEVICE; `registered_model` names the model in the MLflow registry
     (default tlpipe-<target>). A run through `evaluate` registers its model and publishes the report.
+    Runs in one project take turns (a scheduled run waits for a manual one, and the other way round).
     """
     project_path = Path(project).resolve()
+    waiting = lambda: get_run_logger().info("another pipeline run holds %s; waiting for it", project_path)  # noqa: E731
+    with locked(project_path / ".tlpipe" / "pipeline.lock", on_wait=waiting):
+        return run_pipeline(project_path, refresh=refresh, until=until, show_progress=show_progress,
+                            checked=checked, device=device, registered_model=registered_model)
+
+
+def run_pipeline(project_path: Path, *, refresh, until, show_progress, checked, device, registered_model) -> dict:
+    """The body of `pipeline`, for a flow run that holds the project's run lock."""
     stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
     params = config.load_all_params(project_path, [s.name for s in stages])
     if not checked:
@@ -165,6 +175,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
     refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
     device = device or runner.device_name()
     env = runner.run_environment(device)
+    data = remote.tracked_data(project_path)
     parent_id, flow_run_id, tags = start_tracked_run(project_path, "pipeline", params)
     known: dict[str, str] = {}
     results = []
@@ -175,6 +186,9 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
                                            refresh=spec.name in refresh_set, env=env, device=device,
                                            parent_id=parent_id, tags=tags, show_progress=show_progress))
                 known.update(results[-1]["outs"])
+        pushed = remote.push_outputs(project_path, [md5 for r in results for md5 in r["outs"].values()])
+        if pushed:
+            get_run_logger().info("pushed %d objects to the DVC remote %r", pushed, remote.default_remote(project_path))
     except BaseException:
         tracking.end_run(parent_id, failed=True)
         raise
@@ -184,7 +198,7 @@ def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | 
         registered = register_and_report(project_path, results, registered_model or model_name(params), parent_id,
                                          tags, params["evaluate"]["promote_margin"])
     store_lineage(project_path, lineage.document(parent_id=parent_id, flow_run_id=flow_run_id, git=tags[tracking.TAG_GIT],
-                                                 stages=results, params=params, registered=registered))
+                                                 stages=results, params=params, registered=registered, data=data))
     tracking.end_run(parent_id, metrics={k: v for k, v in final.items() if k in ("accuracy", "macro_f1")})
-    return {"mlflow_run_id": parent_id, "flow_run_id": flow_run_id, "stages": results,
+    return {"mlflow_run_id": parent_id, "flow_run_id": flow_run_id, "stages": results, "data": data,
             "tracking_uri": tracking.configure(project_path), "registered": registered}

@@ -25,15 +25,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class TemporaryServer:
-    """`prefect server start` on a free loopback port, without UI and background services."""
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
-    def __init__(self) -> None:
-        self.port = _free_port()
+
+class TemporaryServer:
+    """`prefect server start` on a loopback port, stopped when the command ends.
+
+    Without `services` (a plain run) it has no UI and no background services. With them (`tlpipe
+    serve`) the scheduler creates the scheduled runs and the UI shows them, on `port` if it is free.
+    """
+
+    def __init__(self, services: bool = False, port: int | None = None) -> None:
+        self.port = port if port is not None and _port_free(port) else _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         prefect = Path(sys.executable).with_name("prefect")
         command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--no-services", "--no-ui"]
+                   "--port", str(self.port)]
+        if not services:
+            command += ["--no-services", "--no-ui"]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, start_new_session=True)
         atexit.register(self.stop)

@@ -37,7 +37,7 @@ def point_params(base: dict[str, dict], point: dict) -> dict[str, dict]:
 
 
 def _stage(project: Path, spec, params: dict, known: dict, upstream: dict, env: dict, **execute):
-    deps = runner.dep_hashes(project, spec, known, params)
+    deps = runner.dep_hashes(project, spec, known, params, locate=store.locator(project, upstream))
     key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": params}, dep_hashes=deps, env=env)
     return store.run_stage(project, spec, key=key, upstream=upstream, params=params, deps=deps, **execute)
 

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from tlpipe.io import read_json, staged_outputs, write_json
+from tasks.versioning import producer_of
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 FLOW_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -24,8 +25,9 @@ ARTIFACT_KEY = "lineage"
 
 
 def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], params: dict,
-             registered: dict | None) -> dict:
-    """The lineage document of one pipeline run from the flow's per-stage results."""
+             registered: dict | None, data: dict[str, str] | None = None) -> dict:
+    """The lineage document of one pipeline run from the flow's per-stage results; `data` holds the
+    versions of the `dvc add`ed data in the project ({path: md5}) when the run started."""
     producer = {}
     entries = []
     for s in stages:
@@ -36,11 +38,11 @@ def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], 
             "produced_by_run": s["mlflow_run_id"], "params": params.get(s["stage"], {}),
             "inputs": s.get("deps", {}), "outputs": s["outs"],
             "metrics": {k: v for k, v in s["metrics"].items() if isinstance(v, (int, float, str))},
-            "upstream": sorted({producer[d] for d in s.get("deps", {}) if d in producer} - {s["stage"]},
+            "upstream": sorted({p for d in s.get("deps", {}) if (p := producer_of(d, producer))} - {s["stage"]},
                                key=[x["stage"] for x in stages].index),
         })
     return {"pipeline_run": parent_id, "flow_run": flow_run_id, "git_commit": git, "registered_model": registered,
-            "stages": entries}
+            "data": dict(data or {}), "stages": entries}
 
 
 def local_dir(project: Path) -> Path:
@@ -80,6 +82,8 @@ def render(doc: dict, *, focus: str | None = None) -> str:
     out = [f"pipeline run {doc['pipeline_run']}   Prefect flow run {doc['flow_run']}   git {doc['git_commit'][:12]}"]
     if model:
         out.append(f"registered model: models:/{model['model']}/{model['version']}")
+    if doc.get("data"):
+        out.append("data added with dvc: " + ", ".join(f"{k}@{v[:12]}" for k, v in doc["data"].items()))
     for s in doc["stages"]:
         mark = "*" if s["stage"] == focus else " "
         producer = "" if s["status"] == "ran" else f" (produced by run {s['produced_by_run']})"

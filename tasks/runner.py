@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from tlpipe import config
 from tlpipe.io import staged_outputs, write_json
@@ -75,18 +76,22 @@ def _already_ran_on(project: Path, spec: versioning.StageSpec, params: dict) -> 
     return bool(entry) and entry.get("params") == spec.declared(params)
 
 
-def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str], params: dict) -> dict[str, str]:
+def dep_hashes(project: Path, spec: versioning.StageSpec, known: dict[str, str], params: dict,
+               locate: Callable[[str], Path] | None = None) -> dict[str, str]:
     """Content hash of every dependency; upstream outputs reuse the hash already recorded for them.
 
     External data sets the stage reads (a local folder named in its params) count as dependencies too.
+    `locate` maps a dependency to where it is on disk (default: under the project); a sweep's
+    upstream outputs live in the store instead.
     """
+    locate = locate or (lambda rel: Path(project) / rel)
     hashes = {name: versioning.md5_path(path)
               for name, path in inputs.EXTERNAL.get(spec.name, lambda *_: {})(params, Path(project)).items()}
     for dep in spec.deps:
         if dep in known:
             hashes[dep] = known[dep]
-        elif (Path(project) / dep).exists():
-            hashes[dep] = versioning.md5_path(Path(project) / dep)
+        elif locate(dep).exists():  # code, or a part of an upstream output (data/prepared/source)
+            hashes[dep] = versioning.md5_path(locate(dep))
         else:
             raise FileNotFoundError(f"stage {spec.name}: dependency {dep} does not exist (run its stage first)")
     return hashes

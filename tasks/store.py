@@ -105,6 +105,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def locator(project: Path, upstream: dict[str, Entry]) -> Callable[[str], Path]:
+    """Where a dependency lies when upstream outputs are store entries (data/prepared/source ->
+    <entry of prepare>/out/source); anything else (code) under the project."""
+    outputs = {f"data/{STAGE_DIRS[stage]}": found.out for stage, found in upstream.items()}
+
+    def locate(rel: str) -> Path:
+        for out, path in outputs.items():
+            if rel == out or rel.startswith(out + "/"):
+                return path / rel[len(out) + 1:]
+        return Path(project) / rel
+
+    return locate
+
+
 def run_stage(project: Path, spec: versioning.StageSpec, *, key: str, upstream: dict[str, Entry],
               params: dict, deps: dict[str, str], **execute) -> tuple[dict, Entry, str]:
     """(manifest, entry, RAN or CACHED): the stage's entry for `key`, computed unless it exists.

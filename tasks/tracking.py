@@ -242,7 +242,9 @@ def register_model(name: str, model_uri: str, *, run_id: str, tags: dict[str, st
             raise
     for version in mlf.search_model_versions(f"name = '{name}' and tags.`tlpipe.identity` = '{identity}'"):
         return version.version, False
-    version = mlf.create_model_version(name, model_uri, run_id=run_id,
+    # A tracking server checks that a `models:/m-<id>` source belongs to the logged model it names.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = mlf.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                        tags={**tags, "tlpipe.identity": identity})
     return version.version, True
 

@@ -65,10 +65,25 @@ def _spec(name: str, body: dict) -> StageSpec:
                      outs=paths("outs") + paths("metrics") + paths("plots"), meta=dict(body.get("meta") or {}))
 
 
+def producer_of(dep: str, producers: dict[str, str]) -> str | None:
+    """The stage whose output `dep` is or lies inside (`data/prepared/source` is made by the stage
+    that outputs `data/prepared`), given {output: stage}; None for data no stage makes."""
+    path = Path(dep)
+    for candidate in (path, *path.parents):
+        if candidate.as_posix() in producers:
+            return producers[candidate.as_posix()]
+    return None
+
+
+def upstream_of(spec: StageSpec, producers: dict[str, str]) -> set[str]:
+    """The stages whose outputs `spec` reads."""
+    return {p for d in spec.deps if (p := producer_of(d, producers)) is not None} - {spec.name}
+
+
 def _run_order(stages: list[StageSpec]) -> list[StageSpec]:
     """Topological order by data flow; ties keep dvc.yaml order."""
     producer = {out: s.name for s in stages for out in s.outs}
-    needs = {s.name: {producer[d] for d in s.deps if d in producer and producer[d] != s.name} for s in stages}
+    needs = {s.name: upstream_of(s, producer) for s in stages}
     ordered: list[StageSpec] = []
     while len(ordered) < len(stages):
         done = {s.name for s in ordered}
@@ -93,7 +108,7 @@ def select_stages(stages: list[StageSpec], until: str | None) -> list[StageSpec]
         if name in needed:
             continue
         needed.add(name)
-        todo.extend(producers[d] for d in by_name[name].deps if d in producers)
+        todo.extend(upstream_of(by_name[name], producers))
     return [s for s in stages if s.name in needed]
 
 
@@ -201,25 +216,30 @@ class BackgroundCommits:
                 self._repo.close()
 
 
-def _cache_object(project: Path, md5: str) -> Path:
+def cache_object(project: Path, md5: str) -> Path:
     return Path(project) / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def restore_output(project: Path, rel: str, md5: str) -> bool:
-    """Puts the output `rel` back as it was when its hash was `md5`, from the local DVC cache.
+    """Puts the output `rel` back as it was when its hash was `md5`, from the local DVC cache, which
+    is first filled from the default remote when it lacks that version (a teammate's run).
 
-    Returns False when the cache does not hold that version (the caller then re-runs the stage).
+    Returns False when neither holds that version (the caller then re-runs the stage).
     """
     project = Path(project)
+    from tasks import remote
+
+    if not remote.cached_locally(project, md5):
+        remote.fetch_outputs(project, md5s=[md5])
     target = project / rel
     temp = target.with_name(f"{target.name}.tmp-restore-{uuid.uuid4().hex[:8]}")
     try:
         if md5.endswith(".dir"):
-            listing_file = _cache_object(project, md5)
+            listing_file = cache_object(project, md5)
             if not listing_file.is_file():
                 return False
             entries = json.loads(listing_file.read_text())
-            sources = [(_cache_object(project, e["md5"]), temp / e["relpath"]) for e in entries]
+            sources = [(cache_object(project, e["md5"]), temp / e["relpath"]) for e in entries]
             if not all(src.is_file() for src, _ in sources):
                 return False
             for src, dst in sources:
@@ -227,7 +247,7 @@ def restore_output(project: Path, rel: str, md5: str) -> bool:
                 shutil.copyfile(src, dst)
             temp.mkdir(parents=True, exist_ok=True)  # an empty folder still exists
         else:
-            src = _cache_object(project, md5)
+            src = cache_object(project, md5)
             if not src.is_file():
                 return False
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,124 @@
+"""`tlpipe doctor`: which backends this project is configured to use, and whether each one answers.
+
+One check per backend; each returns a row {component, setting, ok, detail}. `ok` is None for a
+backend that is not set up (the local default is used instead), False for one that is configured
+but unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+TIMEOUT_S = 3.0
+
+
+def _row(component: str, setting: str, ok: bool | None, detail: str) -> dict:
+    return {"component": component, "setting": setting, "ok": ok, "detail": detail}
+
+
+def _get(url: str) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        return False, f"no answer ({getattr(exc, 'reason', exc)})"
+
+
+def check_prefect() -> list[dict]:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return [_row("prefect", "temporary server per command", None,
+                     "set PREFECT_API_URL to a `prefect server start` for schedules and shared runs")]
+    ok, detail = _get(url.rstrip("/") + "/health")
+    rows = [_row("prefect", url, ok, detail)]
+    if ok:
+        rows.append(_work_pools())
+    return rows
+
+
+def _work_pools() -> dict:
+    from prefect.client.orchestration import get_client
+
+    from flows.deploy import POOLS
+
+    with get_client(sync_client=True) as client:
+        pools = {p.name: p for p in client.read_work_pools()}
+        parts = []
+        for name in POOLS:
+            if name in pools:
+                workers = client.read_workers_for_work_pool(name)
+                parts.append(f"{name}: {sum(w.status == 'ONLINE' for w in workers)} worker(s) online")
+            else:
+                parts.append(f"{name}: missing")
+    return _row("prefect pools", ", ".join(POOLS), None if any("missing" in p for p in parts) else True,
+                "; ".join(parts) + ("  (tlpipe deploy creates them)" if any("missing" in p for p in parts) else ""))
+
+
+def check_mlflow(project: Path) -> list[dict]:
+    from tasks import tracking
+
+    uri = tracking.configure(project)
+    if uri.startswith(("http://", "https://")):
+        ok, detail = _get(uri.rstrip("/") + "/health")
+        rows = [_row("mlflow", uri, ok, detail)]
+        if ok:
+            proxied, proxy_detail = _get(uri.rstrip("/") + "/api/2.0/mlflow-artifacts/artifacts")
+            rows.append(_row("mlflow artifacts", "proxied by the server", proxied,
+                             proxy_detail if proxied else "start the server with --serve-artifacts"))
+        return rows
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        ok = folder.is_dir() and os.access(folder, os.W_OK)
+        return [_row("mlflow", uri, ok if not ok else None, "local store (one machine)" if ok else f"{folder} not writable")]
+    return [_row("mlflow", uri, None, "not checked")]
+
+
+def check_dvc(project: Path) -> list[dict]:
+    from dvc.repo import Repo
+
+    from tasks import remote
+
+    name = remote.default_remote(project)
+    if name is None:
+        return [_row("dvc remote", "none", None, "outputs stay in this clone; `dvc remote add -d` shares them")]
+    try:
+        with Repo(str(project)) as repo:
+            odb = repo.cloud.get_remote_odb(name)
+            reachable = odb.fs.exists(odb.path)
+        return [_row("dvc remote", f"{name}: {odb.path}", reachable, "reachable" if reachable else "does not exist yet")]
+    except Exception as exc:  # any backend error (credentials, DNS, missing plugin) is the answer
+        return [_row("dvc remote", name, False, f"{type(exc).__name__}: {exc}")]
+
+
+def check_storage(project: Path) -> list[dict]:
+    from flows.pipeline import cache_dir
+    from tasks.context import store_root
+
+    rows = []
+    for component, variable, path in (("prefect cache", "TLPIPE_CACHE_DIR", cache_dir(project)),
+                                      ("result store", "TLPIPE_STORE_DIR", store_root(project))):
+        shared = bool(os.environ.get(variable))
+        folder = next(p for p in (path, *path.parents) if p.exists())  # created on first use
+        writable = folder.exists() and os.access(folder, os.W_OK)
+        ok = writable if shared else (None if writable else False)
+        rows.append(_row(component, str(path), ok, ("shared" if shared else f"in the project (set {variable} to share)")
+                         + ("" if writable else "; not writable")))
+    return rows
+
+
+def check_device() -> list[dict]:
+    import torch
+
+    from tasks.runner import device_name
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [_row("device", device_name(), None if count == 0 else True,
+                 f"{count} CUDA device(s)" if count else "no CUDA device: training runs on the CPU")]
+
+
+def diagnose(project: Path) -> list[dict]:
+    """Every check, in the order a run meets the backends."""
+    return [*check_prefect(), *check_mlflow(project), *check_dvc(project), *check_storage(project), *check_device()]

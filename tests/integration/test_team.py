@@ -1,0 +1,135 @@
+"""Two team members, two clones: a real Prefect server, a real MLflow server proxying artifacts, one DVC
+remote and one shared cache/result storage. The second clone's run of the same pipeline is all cache
+hits and gets its outputs from the DVC remote."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import versioning
+from tlpipe import config
+from tests.integration.conftest import git, make_project
+from tests.integration.servers import BIN, mlflow_server, prefect_server, tool_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def tlpipe(workspace: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(BIN / "tlpipe"), *args, "--project", str(workspace)], cwd=workspace, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+def lineage_doc(workspace: Path) -> dict:
+    (path,) = (workspace / ".tlpipe" / "lineage").glob("*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    root = tmp_path_factory.mktemp("team")
+    origin = make_project(root / "origin")
+    subprocess.run([str(BIN / "dvc"), "remote", "add", "-d", "shared", str(root / "dvc-remote")], cwd=origin, check=True)
+    git(origin, "commit", "-qam", "shared DVC remote")
+    with prefect_server(root / "prefect") as api, mlflow_server(root / "mlflow") as tracking_uri:
+        members = {}
+        for name in ("alice", "bob"):
+            workspace = root / name
+            git(root, "clone", "-q", str(origin), str(workspace))
+            env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(root / f"prefect-home-{name}"),
+                           MLFLOW_TRACKING_URI=tracking_uri, TLPIPE_CACHE_DIR=str(root / "shared" / "cache"),
+                           TLPIPE_STORE_DIR=str(root / "shared" / "store"))
+            doctor = subprocess.run([str(BIN / "tlpipe"), "doctor", "--json", "--project", str(workspace)], env=env,
+                                    capture_output=True, text=True, timeout=300)
+            run = tlpipe(workspace, env, "run")
+            members[name] = {"workspace": workspace, "env": env, "doctor": doctor, "run": run,
+                             "lineage": lineage_doc(workspace)}
+        yield {"api": api, "tracking_uri": tracking_uri, "remote": root / "dvc-remote", **members}
+
+
+def statuses(doc: dict) -> dict:
+    return {s["stage"]: s["status"] for s in doc["stages"]}
+
+
+def test_second_member_run_is_all_cache_hits_restored_from_the_remote(team):
+    alice, bob = team["alice"], team["bob"]
+    assert statuses(alice["lineage"]) == {stage: "ran" for stage in config.STAGES}
+    # Bob's clone had no data/ and an empty DVC cache: every stage is a hit, its outputs come from the remote.
+    assert statuses(bob["lineage"]) == {stage: "restored" for stage in config.STAGES}
+    for a, b in zip(alice["lineage"]["stages"], bob["lineage"]["stages"]):
+        assert a["cache_key"] == b["cache_key"] and a["outputs"] == b["outputs"]
+        assert b["produced_by_run"] == a["produced_by_run"]
+        assert versioning.outputs_match(bob["workspace"], b["outputs"])
+    assert any(team["remote"].rglob("*.dir"))
+    assert "restored" in bob["run"].stdout
+
+
+def test_both_runs_are_in_the_prefect_api(team):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: team["api"]}):
+        with get_client(sync_client=True) as client:
+            for member in ("alice", "bob"):
+                flow_run = client.read_flow_run(team[member]["lineage"]["flow_run"])
+                assert flow_run.state.is_completed()
+                expected = {stage: "Completed" if member == "alice" else "Cached" for stage in config.STAGES}
+                for _ in range(60):  # task runs reach the database through the server's event service
+                    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+                    states = {t.name: t.state.name for t in tasks}
+                    if states == expected:
+                        break
+                    time.sleep(0.5)
+                assert states == expected
+
+
+def test_both_runs_and_the_model_are_in_the_mlflow_server(team):
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(team["tracking_uri"])
+    alice, bob = team["alice"]["lineage"], team["bob"]["lineage"]
+    for doc in (alice, bob):
+        assert client.get_run(doc["pipeline_run"]).info.status == "FINISHED"
+    children = client.search_runs([client.get_run(bob["pipeline_run"]).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{bob['pipeline_run']}'")
+    assert {c.data.tags["tlpipe.cached"] for c in children} == {"true"}
+    # Bob's run found Alice's registered version (same lineage), so the registry holds one version.
+    assert bob["registered_model"]["version"] == alice["registered_model"]["version"]
+    assert bob["registered_model"]["new_version"] is False
+    name = alice["registered_model"]["model"]
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(team["tracking_uri"])
+    try:
+        model = mlflow.pytorch.load_model(f"models:/{name}@champion")  # artifacts through the server's proxy
+    finally:
+        mlflow.set_tracking_uri(before)
+    prepare = config.load_stage_params(team["alice"]["workspace"], "prepare")
+    with torch.no_grad():
+        logits = model(torch.zeros(2, prepare["channels"], prepare["image_size"], prepare["image_size"], dtype=torch.uint8))
+    assert logits.shape[0] == 2
+
+
+def test_doctor_sees_every_shared_backend(team):
+    rows = json.loads(team["bob"]["doctor"].stdout)
+    assert team["bob"]["doctor"].returncode == 0, rows
+    by = {r["component"]: r for r in rows}
+    assert by["prefect"]["ok"] is True and by["prefect"]["setting"] == team["api"]
+    assert by["mlflow"]["ok"] is True and by["mlflow artifacts"]["ok"] is True
+    assert by["dvc remote"]["setting"].startswith("shared: ")
+    assert by["prefect cache"]["ok"] is True and by["result store"]["ok"] is True
+
+
+def test_doctor_fails_on_an_unreachable_backend(team, tmp_path):
+    env = {**team["bob"]["env"], "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    done = subprocess.run([str(BIN / "tlpipe"), "doctor", "--json", "--project", str(team["bob"]["workspace"])],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    rows = {r["component"]: r for r in json.loads(done.stdout)}
+    assert rows["mlflow"]["ok"] is False and "no answer" in rows["mlflow"]["detail"]
