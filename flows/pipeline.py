@@ -59,14 +59,40 @@ def _run_stage(spec, project: Path, *, refresh: bool, **kwargs) -> tuple[dict, s
     return state.result(), RAN
 
 
+def gpu_index(device: str) -> int | None:
+    """The physical GPU a CUDA device name means (through CUDA_VISIBLE_DEVICES); None off CUDA."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    local = int(index or 0)
+    return int(visible[local]) if local < len(visible) and visible[local].isdigit() else local
+
+
+def accelerator_slot(spec, device: str):
+    """The GPU's 1-slot global concurrency limit, held while a stage marked `meta.accelerator: gpu`
+    runs on CUDA (two workers on one GPU take turns); nothing for CPU stages or devices."""
+    import contextlib
+
+    from prefect.concurrency.sync import concurrency
+
+    from flows.deploy import gpu_slot
+
+    index = gpu_index(device)
+    if index is None or spec.meta.get("accelerator") != "gpu":
+        return contextlib.nullcontext()
+    return concurrency(gpu_slot(index), occupy=1)
+
+
 def _stage_step(spec, project: Path, stage_params: dict, known: dict, commits, *, refresh: bool, env: dict,
                 device: str, parent_id: str, tags: dict, show_progress: bool) -> dict:
     """Keys, runs or reuses, records and queues the DVC commit of one stage; returns its summary."""
     started = time.perf_counter()
     deps = runner.dep_hashes(project, spec, known, stage_params)
     key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params}, dep_hashes=deps, env=env)
-    manifest, how = _run_stage(spec, project, refresh=refresh, cache_key=key, params=stage_params, deps=deps,
-                               device=device, parent_id=parent_id, tags=tags, show_progress=show_progress)
+    with accelerator_slot(spec, device):
+        manifest, how = _run_stage(spec, project, refresh=refresh, cache_key=key, params=stage_params, deps=deps,
+                                   device=device, parent_id=parent_id, tags=tags, show_progress=show_progress)
     if how == RAN:
         commits.submit(spec.name)  # lands while the next stage computes
     else:

@@ -91,7 +91,7 @@ def tracked_data(project: Path) -> dict[str, str]:
 
 
 def pull_tracked(project: Path) -> int:
-    """`dvc pull` of the `dvc add`ed data from the default remote; returns how many files it fetched."""
+    """`dvc pull` of the `dvc add`ed data from the default remote; returns how many objects it fetched."""
     from dvc.repo import Repo
 
     project = Path(project).resolve()

@@ -41,3 +41,23 @@ def test_json_is_deterministic_and_plain(tmp_path):
     io.write_json(tmp_path / "x.json", dict(reversed(list(data.items()))))
     assert (tmp_path / "x.json").read_bytes() == first
     assert io.read_json(tmp_path / "x.json") == {"a": [3, None], "b": 0.5, "c": [0, 1]}
+
+
+def test_locked_calls_on_wait_only_when_another_holder_has_the_lock(tmp_path):
+    import threading
+
+    from tlpipe.io import locked
+
+    waits = []
+    with locked(tmp_path / "l", on_wait=lambda: waits.append("first")):
+        entered = threading.Event()
+
+        def second():
+            with locked(tmp_path / "l", on_wait=lambda: waits.append("second")):
+                entered.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(0.3)  # blocked while the first holds the lock
+    thread.join(5)
+    assert entered.is_set() and waits == ["second"]

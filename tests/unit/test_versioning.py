@@ -36,3 +36,22 @@ def test_outputs_match_detects_changes(tmp_path):
     (tmp_path / "o" / "x").write_text("2")
     assert not versioning.outputs_match(tmp_path, recorded)
     assert not versioning.outputs_match(tmp_path, {"missing": "0" * 32})
+
+
+def test_a_dependency_inside_an_output_belongs_to_its_producer():
+    producers = {"data/prepared": "prepare", "data/metrics/prepare.json": "prepare", "data/prune": "prune"}
+    assert versioning.producer_of("data/prepared", producers) == "prepare"
+    assert versioning.producer_of("data/prepared/source", producers) == "prepare"
+    assert versioning.producer_of("data/prepared_other", producers) is None
+    assert versioning.producer_of("tasks/prune.py", producers) is None
+
+
+def test_run_order_and_selection_follow_dependencies_on_parts_of_outputs(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  train:\n    cmd: t\n    deps: [data/prepared/source]\n    outs: [data/train]\n"
+        "  prepare:\n    cmd: p\n    outs: [data/prepared]\n"
+        "  other:\n    cmd: o\n    outs: [data/other]\n")
+    stages = versioning.load_pipeline(tmp_path)
+    assert [s.name for s in stages] == ["prepare", "train", "other"]  # train waits for prepare only
+    assert [s.name for s in versioning.select_stages(stages, "train")] == ["prepare", "train"]
