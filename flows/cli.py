@@ -228,6 +228,12 @@ def deploy_command(
                              "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
     except (config.ParamsError, ValueError) as exc:
         raise bad_input(str(exc))
+    from flows.doctor import check_prefect
+
+    (server,) = check_prefect()[:1]
+    if not server["ok"]:
+        err.print(f"[bold red]error:[/] the Prefect server at {server['setting']} gives {server['detail']}", highlight=False)
+        raise typer.Exit(1)
     if gpus is None:
         import torch
 

@@ -49,6 +49,17 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def stop_leader(process: subprocess.Popen) -> None:
+    """SIGTERM to the leader only (`serve` pauses its deployments, a worker shuts down), then the
+    group; signalling the whole group first would kill their flow-run children mid-way."""
+    process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 @contextlib.contextmanager
 def prefect_server(state: Path, services: bool = True) -> Iterator[str]:
     """A Prefect server (with its scheduler unless `services` is False); yields its API URL."""

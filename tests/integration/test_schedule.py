@@ -3,8 +3,6 @@ prefect.yaml on a short interval; new target data added with DVC makes the next 
 stages that data reaches, and a run with nothing new is all cache hits and says so."""
 
 import json
-import os
-import signal
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import TINY, git, make_project
-from tests.integration.servers import BIN, prefect_server, tool_env
+from tests.integration.servers import BIN, prefect_server, stop_leader, tool_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TARGET = "data/raw/target"
@@ -37,7 +35,7 @@ def dvc(project: Path, *args: str) -> None:
     subprocess.run([str(BIN / "dvc"), *args], cwd=project, check=True, capture_output=True)
 
 
-def completed_runs(api: str, since: datetime | None = None) -> list:
+def completed_runs(api: str, since: datetime | None = None, pool: str | None = None) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -48,15 +46,16 @@ def completed_runs(api: str, since: datetime | None = None) -> list:
             type=FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))))
     failed = [r for r in runs if not r.state.is_completed()]
     assert not failed, f"scheduled run {failed[0].name} ended {failed[0].state.name}: {failed[0].state.message}"
-    runs = [r for r in runs if since is None or r.start_time > since]
+    runs = [r for r in runs if (since is None or r.start_time > since) and r.work_pool_name == pool]
     return sorted(runs, key=lambda r: r.start_time)
 
 
-def wait_for_run(api: str, since: datetime | None, process: subprocess.Popen, log: Path, timeout: float = 600):
+def wait_for_run(api: str, since: datetime | None, process: subprocess.Popen, log: Path, timeout: float = 600,
+                 pool: str | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, f"tlpipe serve exited:\n{log.read_text()[-4000:]}"
-        runs = completed_runs(api, since)
+        runs = completed_runs(api, since, pool)
         if runs:
             return runs[0]
         time.sleep(2)
@@ -84,7 +83,13 @@ def statuses(doc: dict) -> dict:
     return {s["stage"]: s["status"] for s in doc["stages"]}
 
 
-def test_scheduled_retraining_reruns_only_what_new_data_reaches(tmp_path):
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
+        yield url
+
+
+def test_scheduled_retraining_reruns_only_what_new_data_reaches(tmp_path, api):
     project = make_project(tmp_path / "proj", {**TINY, "prepare": {**TINY["prepare"], "target": {
         "name": TARGET, "shots_per_class": 3, "test_fraction": 0.3}}})
     (project / "prefect.yaml").write_text((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
@@ -92,45 +97,64 @@ def test_scheduled_retraining_reruns_only_what_new_data_reaches(tmp_path):
     dvc(project, "add", TARGET)
     git(project, "add", "-A")
     git(project, "commit", "-qm", "target data")
-    with prefect_server(tmp_path / "prefect") as api:
-        env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"),
-                       MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-        log = tmp_path / "serve.log"
-        with open(log, "w") as out:
-            serve = subprocess.Popen([str(BIN / "tlpipe"), "serve", "--deployment", "nightly", "--interval", "10",
-                                      "--project", str(project)], cwd=project, env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            first = wait_for_run(api, None, serve, log)
-            assert set(statuses(run_document(project, first.id)).values()) == {"ran"}
-            assert "first recorded run" in summary_of(api, first.id)
+    env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"),
+                   MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        serve = subprocess.Popen([str(BIN / "tlpipe"), "serve", "--deployment", "nightly", "--interval", "10",
+                                  "--project", str(project)], cwd=project, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        first = wait_for_run(api, None, serve, log)
+        assert set(statuses(run_document(project, first.id)).values()) == {"ran"}
+        assert "first recorded run" in summary_of(api, first.id)
 
-            write_digits(project / TARGET, per_class=4, start=12)  # new target images arrive
-            dvc(project, "add", TARGET)
-            added = datetime.now(timezone.utc)
-            changed = wait_for_run(api, added, serve, log)
-            doc = run_document(project, changed.id)
-            assert doc["data"][TARGET] != run_document(project, first.id)["data"][TARGET]
-            status = statuses(doc)
-            # The source side does not see the target: its stages are hits; everything the target reaches runs.
-            assert status["surrogate"] == "cached"
-            assert {status[s] for s in ("prepare", "prune", "distill", "finetune", "evaluate")} == {"ran"}
-            summary = summary_of(api, changed.id)
-            assert f"data changed since run {run_document(project, first.id)['pipeline_run']}" in summary
-            assert TARGET in summary and "re-ran prepare" in summary
+        write_digits(project / TARGET, per_class=4, start=12)  # new target images arrive
+        dvc(project, "add", TARGET)
+        added = datetime.now(timezone.utc)
+        changed = wait_for_run(api, added, serve, log)
+        doc = run_document(project, changed.id)
+        assert doc["data"][TARGET] != run_document(project, first.id)["data"][TARGET]
+        status = statuses(doc)
+        # The source side does not see the target: its stages are hits; everything the target reaches runs.
+        assert status["surrogate"] == "cached"
+        assert {status[s] for s in ("prepare", "prune", "distill", "finetune", "evaluate")} == {"ran"}
+        summary = summary_of(api, changed.id)
+        assert f"data changed since run {run_document(project, first.id)['pipeline_run']}" in summary
+        assert TARGET in summary and "re-ran prepare" in summary
 
-            quiet = wait_for_run(api, changed.end_time, serve, log)
-            assert set(statuses(run_document(project, quiet.id)).values()) == {"cached"}
-            summary = summary_of(api, quiet.id)
-            assert "no tracked data changed" in summary and "nothing to retrain" in summary
-            assert "model is unchanged" in summary
-        finally:
-            serve.send_signal(signal.SIGTERM)  # the leader pauses the deployment and exits
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(serve.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        quiet = wait_for_run(api, changed.end_time, serve, log)
+        assert set(statuses(run_document(project, quiet.id)).values()) == {"cached"}
+        summary = summary_of(api, quiet.id)
+        assert "no tracked data changed" in summary and "nothing to retrain" in summary
+        assert "model is unchanged" in summary
+    finally:
+        stop_leader(serve)
+
+
+def test_deployments_run_on_a_process_worker_of_the_cpu_pool(tmp_path, api):
+    import shutil
+
+    repo = Path(__file__).resolve().parents[2]
+    project = make_project(tmp_path / "proj")
+    shutil.copy(repo / "prefect.yaml", project / "prefect.yaml")
+    shutil.copytree(repo / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"),
+                   MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    done = subprocess.run([str(BIN / "tlpipe"), "deploy", "--deployment", "nightly", "--gpus", "1",
+                           "--project", str(project)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tlpipe-retrain/nightly" in done.stdout
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cpu"], cwd=tmp_path, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = datetime.now(timezone.utc)
+        subprocess.run([str(BIN / "prefect"), "deployment", "run", "tlpipe-retrain/nightly"], env=env, check=True,
+                       capture_output=True, timeout=120)
+        run = wait_for_run(api, started, worker, log, pool="cpu")
+        doc = run_document(project, run.id)  # ran inside the project the deployment names
+        assert set(statuses(doc).values()) == {"ran"} and doc["registered_model"]["alias"] == "champion"
+    finally:
+        stop_leader(worker)
