@@ -98,8 +98,11 @@ def check_storage(project: Path) -> list[dict]:
     from tasks.context import store_root
 
     rows = []
-    for component, variable, path in (("prefect cache", "TLPIPE_CACHE_DIR", cache_dir(project)),
-                                      ("result store", "TLPIPE_STORE_DIR", store_root(project))):
+    cache = cache_dir(project)
+    if isinstance(cache, str):  # an fsspec URL
+        rows.append(_fsspec_row("prefect cache", cache))
+    for component, variable, path in ([("prefect cache", "TLPIPE_CACHE_DIR", cache)] if isinstance(cache, Path) else []) + [
+            ("result store", "TLPIPE_STORE_DIR", store_root(project))]:
         shared = bool(os.environ.get(variable))
         folder = next(p for p in (path, *path.parents) if p.exists())  # created on first use
         writable = folder.exists() and os.access(folder, os.W_OK)
@@ -107,6 +110,17 @@ def check_storage(project: Path) -> list[dict]:
         rows.append(_row(component, str(path), ok, ("shared" if shared else f"in the project (set {variable} to share)")
                          + ("" if writable else "; not writable")))
     return rows
+
+
+def _fsspec_row(component: str, url: str) -> dict:
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        found = fs.exists(path)
+        return _row(component, url, True, "shared" + ("" if found else "; created on first use"))
+    except Exception as exc:  # a missing plugin (s3fs, gcsfs), credentials, DNS: all are the answer
+        return _row(component, url, False, f"{type(exc).__name__}: {exc}")
 
 
 def check_device() -> list[dict]:

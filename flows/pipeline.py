@@ -7,6 +7,8 @@ DVC cache, and the stage runs again only when that is impossible.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import time
 from datetime import datetime, timezone
@@ -23,9 +25,32 @@ RAN, CACHED, RESTORED = "ran", "cached", "restored"
 CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
 
 
-def cache_dir(project: Path) -> Path:
-    """Where stage records live: TLPIPE_CACHE_DIR (shared storage for a team), else .tlpipe/cache."""
-    return Path(os.environ.get("TLPIPE_CACHE_DIR") or Path(project) / ".tlpipe" / "cache").resolve()
+def cache_dir(project: Path) -> Path | str:
+    """Where stage records live: TLPIPE_CACHE_DIR (shared storage for a team: a folder, or an fsspec
+    URL such as s3://bucket/tlpipe-cache), else .tlpipe/cache in the project."""
+    value = os.environ.get("TLPIPE_CACHE_DIR")
+    if value and "://" in value:
+        return value
+    return Path(value or Path(project) / ".tlpipe" / "cache").resolve()
+
+
+@functools.lru_cache(maxsize=None)
+def _remote_storage(url: str, api: str):
+    """A Prefect RemoteFileSystem block for an fsspec URL, saved on the server `api` (Prefect keeps
+    task results only in saved storage blocks); named after the URL, so every member shares it."""
+    from prefect.filesystems import RemoteFileSystem
+
+    block = RemoteFileSystem(basepath=url)
+    block.save("tlpipe-cache-" + hashlib.sha256(url.encode()).hexdigest()[:12], overwrite=True)
+    return block
+
+
+def result_storage(project: Path):
+    """The `result_storage` of stage tasks: a folder as a Path, an fsspec URL as a saved block."""
+    from prefect.settings import PREFECT_API_URL
+
+    where = cache_dir(project)
+    return where if isinstance(where, Path) else _remote_storage(where, str(PREFECT_API_URL.value()))
 
 
 def _key_from_inputs(context, parameters: dict) -> str:
@@ -43,7 +68,7 @@ def stage_task(spec: versioning.StageSpec, project: str, cache_key: str, params:
 def _run_stage(spec, project: Path, *, refresh: bool, **kwargs) -> tuple[dict, str]:
     """(manifest, how): runs the task, then makes sure a cache hit's outputs are really there."""
     configured = stage_task.with_options(
-        name=spec.name, task_run_name=spec.name, refresh_cache=refresh, result_storage=cache_dir(project)
+        name=spec.name, task_run_name=spec.name, refresh_cache=refresh, result_storage=result_storage(project)
     )
     state = configured(spec, str(project), return_state=True, **kwargs)
     manifest = state.result()

@@ -40,9 +40,11 @@ def team(tmp_path_factory):
         for name in ("alice", "bob"):
             workspace = root / name
             git(root, "clone", "-q", str(origin), str(workspace))
+            # The shared cache as a mounted folder for Alice and as an fsspec URL of the same place for Bob.
+            cache = root / "shared" / "cache"
             env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(root / f"prefect-home-{name}"),
-                           MLFLOW_TRACKING_URI=tracking_uri, TLPIPE_CACHE_DIR=str(root / "shared" / "cache"),
-                           TLPIPE_STORE_DIR=str(root / "shared" / "store"))
+                           MLFLOW_TRACKING_URI=tracking_uri, TLPIPE_STORE_DIR=str(root / "shared" / "store"),
+                           TLPIPE_CACHE_DIR=str(cache) if name == "alice" else cache.as_uri())
             doctor = subprocess.run([str(BIN / "tlpipe"), "doctor", "--json", "--project", str(workspace)], env=env,
                                     capture_output=True, text=True, timeout=300)
             run = tlpipe(workspace, env, "run")
