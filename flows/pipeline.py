@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import time
+import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def cache_dir(project: Path) -> Path | str:
     """Where stage records live: TLPIPE_CACHE_DIR (shared storage for a team: a folder, or an fsspec
     URL such as s3://bucket/tlpipe-cache), else .tlpipe/cache in the project."""
     value = os.environ.get("TLPIPE_CACHE_DIR")
+    if value and value.startswith("file://"):  # a local or mounted folder written as a URL
+        value = urllib.parse.unquote(urllib.parse.urlsplit(value).path)
     if value and "://" in value:
         return value
     return Path(value or Path(project) / ".tlpipe" / "cache").resolve()
