@@ -16,7 +16,8 @@ import yaml
 
 DEPLOYMENT_FILE = "prefect.yaml"
 POOLS = ("cpu", "gpu")  # process work pools; GPU workers start with CUDA_VISIBLE_DEVICES=<one GPU>
-FLOWS = {"flows/retrain.py:retrain": "flows.retrain:retrain", "flows/pipeline.py:pipeline": "flows.pipeline:pipeline"}
+FLOWS = {"flows/retrain.py:retrain": "flows.retrain:retrain", "flows/pipeline.py:pipeline": "flows.pipeline:pipeline",
+         "flows/agents.py:stage": "flows.agents:stage"}
 
 
 def gpu_slot(index: int) -> str:
@@ -42,11 +43,12 @@ def load_deployments(project: Path, names: list[str] | None = None) -> list[dict
 
 
 def schedules_of(declared: dict, interval: float | None = None) -> list:
-    """Prefect schedules of a declared deployment; `interval` (seconds) replaces them all."""
+    """Prefect schedules of a declared deployment; `interval` (seconds) replaces them all (a
+    deployment without schedules, such as a stage for agents, stays without)."""
     from prefect.schedules import Cron, Interval
 
     if interval is not None:
-        return [Interval(interval)]
+        return [Interval(interval)] if declared.get("schedules") else []
     made = []
     for s in declared.get("schedules") or []:
         common = {"timezone": s.get("timezone"), "active": s.get("active", True)}

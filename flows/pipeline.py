@@ -7,6 +7,7 @@ DVC cache, and the stage runs again only when that is impossible.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -100,8 +101,6 @@ def gpu_index(device: str) -> int | None:
 def accelerator_slot(spec, device: str):
     """The GPU's 1-slot global concurrency limit, held while a stage marked `meta.accelerator: gpu`
     runs on CUDA (two workers on one GPU take turns); nothing for CPU stages or devices."""
-    import contextlib
-
     from prefect.concurrency.sync import concurrency
 
     from flows.deploy import gpu_slot
@@ -113,26 +112,32 @@ def accelerator_slot(spec, device: str):
 
 
 def _stage_step(spec, project: Path, stage_params: dict, known: dict, commits, *, refresh: bool, env: dict,
-                device: str, parent_id: str, tags: dict, show_progress: bool) -> dict:
-    """Keys, runs or reuses, records and queues the DVC commit of one stage; returns its summary."""
+                device: str, parent_id: str, tags: dict, show_progress: bool, agent: str | None = None) -> dict:
+    """Keys, runs or reuses, records and queues the DVC commit of one stage; returns its summary.
+
+    `agent` names the work pool whose worker has just run the stage (flows/agents.py): its record is
+    then a hit here, and the stage counts as ran, by the agent's MLflow run.
+    """
     started = time.perf_counter()
     deps = runner.dep_hashes(project, spec, known, stage_params)
     key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": stage_params}, dep_hashes=deps, env=env)
-    with accelerator_slot(spec, device):
+    with accelerator_slot(spec, device) if agent is None else contextlib.nullcontext():  # the agent held it
         manifest, how = _run_stage(spec, project, refresh=refresh, cache_key=key, params=stage_params, deps=deps,
                                    device=device, parent_id=parent_id, tags=tags, show_progress=show_progress)
     if how == RAN:
         commits.submit(spec.name)  # lands while the next stage computes
     else:
-        tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params, manifest=manifest,
-                                     tags={**tags, tracking.TAG_CACHE_KEY: key})
+        if agent is None:
+            tracking.record_cached_stage(spec.name, parent_id=parent_id, params=stage_params, manifest=manifest,
+                                         tags={**tags, tracking.TAG_CACHE_KEY: key})
         commits.wait()  # dvc.lock is read next: earlier commits first
         if not versioning.lock_records(project, spec, deps=deps, outs=manifest["outs"],
                                        params=spec.declared(stage_params)):
             commits.submit(spec.name)
-    return {"stage": spec.name, "status": how, "cache_key": key, "seconds": time.perf_counter() - started,
-            "deps": deps, "outs": manifest["outs"], "metrics": manifest["metrics"],
-            "mlflow_run_id": manifest["mlflow_run_id"]}
+    summary = {"stage": spec.name, "status": RAN if agent else how, "cache_key": key, "deps": deps,
+               "seconds": time.perf_counter() - started, "outs": manifest["outs"], "metrics": manifest["metrics"],
+               "mlflow_run_id": manifest["mlflow_run_id"]}
+    return {**summary, "agent": agent} if agent else summary
 
 
 def start_tracked_run(project: Path, kind: str, params: dict) -> tuple[str, str, dict]:
@@ -205,22 +210,25 @@ def store_lineage(project: Path, doc: dict) -> None:
 @flow(name="tlpipe")
 def pipeline(project: str = ".", refresh: list[str] | None = None, until: str | None = None,
              show_progress: bool = True, checked: bool = False, device: str | None = None,
-             registered_model: str | None = None) -> dict:
+             registered_model: str | None = None, agents: dict[str, str] | None = None) -> dict:
     """Runs (or reuses) every stage of dvc.yaml up to `until`; `refresh` names stages to force ("all" for every one).
 
     `checked` says the caller already ran the preflight checks on these params (the CLI does);
     `device` overrides TLPIPE_DEVICE; `registered_model` names the model in the MLflow registry
     (default tlpipe-<target>). A run through `evaluate` registers its model and publishes the report.
-    Runs in one project take turns (a scheduled run waits for a manual one, and the other way round).
+    `agents` ({accelerator: device}, e.g. {"gpu": "cuda"}) sends each stage whose `meta.accelerator`
+    is named to the workers of that pool (deployment tlpipe-stage/stage-<accelerator>, flows/agents.py),
+    which run it on that device; the other stages run here. Runs in one project take turns (a scheduled run waits for a manual one, and the other way round).
     """
     project_path = Path(project).resolve()
     waiting = lambda: get_run_logger().info("another pipeline run holds %s; waiting for it", project_path)  # noqa: E731
     with locked(project_path / ".tlpipe" / "pipeline.lock", on_wait=waiting):
         return run_pipeline(project_path, refresh=refresh, until=until, show_progress=show_progress,
-                            checked=checked, device=device, registered_model=registered_model)
+                            checked=checked, device=device, registered_model=registered_model, agents=agents or {})
 
 
-def run_pipeline(project_path: Path, *, refresh, until, show_progress, checked, device, registered_model) -> dict:
+def run_pipeline(project_path: Path, *, refresh, until, show_progress, checked, device, registered_model,
+                 agents: dict[str, str]) -> dict:
     """The body of `pipeline`, for a flow run that holds the project's run lock."""
     stages = versioning.select_stages(versioning.load_pipeline(project_path), until)
     params = config.load_all_params(project_path, [s.name for s in stages])
@@ -236,8 +244,15 @@ def run_pipeline(project_path: Path, *, refresh, until, show_progress, checked, 
     try:
         with versioning.BackgroundCommits(project_path) as commits:
             for spec in stages:
-                results.append(_stage_step(spec, project_path, params[spec.name], known, commits,
-                                           refresh=spec.name in refresh_set, env=env, device=device,
+                step = {"refresh": spec.name in refresh_set, "env": env, "device": device}
+                pool = spec.meta.get("accelerator", "cpu")
+                if pool in agents:
+                    from flows.agents import dispatch
+
+                    commits.wait()  # the agent may need upstream outputs from the DVC remote
+                    step = dispatch(spec, project_path, params[spec.name], known, pool=pool, device=agents[pool],
+                                    refresh=step["refresh"], parent_id=parent_id, tags=tags)
+                results.append(_stage_step(spec, project_path, params[spec.name], known, commits, **step,
                                            parent_id=parent_id, tags=tags, show_progress=show_progress))
                 known.update(results[-1]["outs"])
         pushed = remote.push_outputs(project_path, [md5 for r in results for md5 in r["outs"].values()])

@@ -58,9 +58,11 @@ def summarise(changes: dict, previous: dict | None, result: dict) -> str:
 
 
 @flow(name="tlpipe-retrain")
-def retrain(project: str = ".", pull: bool = True, registered_model: str | None = None) -> dict:
+def retrain(project: str = ".", pull: bool = True, registered_model: str | None = None,
+            agents: dict[str, str] | None = None) -> dict:
     """Pulls the DVC-tracked data (when a remote is set and `pull`), compares its versions with the
-    last run's, runs the pipeline and publishes a summary (Prefect artifact `retrain-summary`)."""
+    last run's, runs the pipeline and publishes a summary (Prefect artifact `retrain-summary`).
+    `agents` sends stages to work pools (see flows/pipeline.py: pipeline)."""
     from prefect.artifacts import create_markdown_artifact
 
     logger = get_run_logger()
@@ -74,7 +76,8 @@ def retrain(project: str = ".", pull: bool = True, registered_model: str | None 
     previous = lineage.load_local(project_path)
     changes = changed_data(previous.get("data") if previous else None, tracked)
     logger.info("tracked data: %s", ", ".join(f"{k}@{v[:12]}" for k, v in tracked.items()) or "none")
-    result = pipeline.fn(project=str(project_path), show_progress=False, registered_model=registered_model)
+    result = pipeline.fn(project=str(project_path), show_progress=False, registered_model=registered_model,
+                         agents=agents)
     text = summarise(changes, previous, result)
     logger.info(text)
     create_markdown_artifact(key=SUMMARY_KEY, markdown=f"# Retraining\n\n{text}\n", description=text[:500])

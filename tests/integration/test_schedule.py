@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks import versioning
 from tests.integration.conftest import TINY, git, make_project
 from tests.integration.servers import BIN, prefect_server, stop_leader, tool_env
 
@@ -158,3 +159,51 @@ def test_deployments_run_on_a_process_worker_of_the_cpu_pool(tmp_path, api):
         assert set(statuses(doc).values()) == {"ran"} and doc["registered_model"]["alias"] == "champion"
     finally:
         stop_leader(worker)
+
+
+def test_training_stages_run_on_workers_of_the_gpu_pool(tmp_path, api, monkeypatch):
+    """`agents` sends the stages marked `meta.accelerator: gpu` to the gpu pool's worker (here on the
+    CPU: the device the pool gets is a parameter); `prepare` runs in the orchestrating flow."""
+    import shutil
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cli import run_flow
+    from flows.pipeline import pipeline
+    from tasks import tracking
+
+    repo = Path(__file__).resolve().parents[2]
+    project = make_project(tmp_path / "proj")
+    shutil.copy(repo / "prefect.yaml", project / "prefect.yaml")
+    shutil.copytree(repo / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"), MLFLOW_TRACKING_URI=store,
+                   CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([str(BIN / "tlpipe"), "deploy", "--deployment", "stage-gpu", "--gpus", "0",
+                           "--project", str(project)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "gpu"], cwd=tmp_path, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    try:
+        result = run_flow(pipeline, api_url=api, project=str(project), until="pretrain", show_progress=False,
+                          agents={"gpu": "cpu"})
+    finally:
+        stop_leader(worker)
+    by_stage = {s["stage"]: s for s in result["stages"]}
+    assert {name: (s["status"], s.get("agent")) for name, s in by_stage.items()} == {
+        "prepare": ("ran", None), "surrogate": ("ran", "gpu"), "prune": ("ran", "gpu"), "pretrain": ("ran", "gpu")}
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        agent_runs = {r.name: r for r in client.read_flow_runs() if r.work_pool_name == "gpu"}
+    assert set(agent_runs) == {"surrogate", "prune", "pretrain"}
+    assert all(r.state.is_completed() for r in agent_runs.values())
+    for name in ("surrogate", "prune", "pretrain"):  # the agent's MLflow run is a child of the pipeline run
+        run = tracking.client().get_run(by_stage[name]["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
+        assert run.data.tags[tracking.TAG_CACHED] == "false"
+    lock = versioning.read_lock(project)["stages"]  # the agents' outputs are committed to DVC
+    for name in ("surrogate", "prune", "pretrain"):
+        assert {o["path"]: o["md5"] for o in lock[name]["outs"] + lock[name].get("metrics", [])} == by_stage[name]["outs"]

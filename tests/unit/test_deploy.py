@@ -13,13 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_projects_deployments_load_and_point_at_real_flows():
     declared = deploy.load_deployments(REPO)
-    assert {d["name"] for d in declared} == {"nightly", "nightly-gpu"}
+    assert {d["name"] for d in declared} == {"nightly", "nightly-gpu", "stage-gpu", "stage-cpu"}
     for d in declared:
         assert (REPO / d["entrypoint"].split(":")[0]).is_file()
         assert d["work_pool"]["name"] in deploy.POOLS
         assert deploy._flow(d["entrypoint"]).name.startswith("tlpipe")
-    gpu = next(d for d in declared if d["name"] == "nightly-gpu")
-    assert gpu["work_pool"]["job_variables"]["env"]["TLPIPE_DEVICE"] == "cuda"
+    by_name = {d["name"]: d for d in declared}
+    assert by_name["nightly-gpu"]["parameters"]["agents"] == {"gpu": "cuda"}  # training stages -> stage-gpu
+    assert by_name["stage-gpu"]["work_pool"]["name"] == "gpu" and not by_name["stage-gpu"].get("schedules")
 
 
 def write(tmp_path: Path, deployments: list) -> Path:
@@ -45,6 +46,7 @@ def test_schedules_convert_and_an_interval_replaces_them():
     assert interval.interval.total_seconds() == 3600 and not interval.active
     (override,) = deploy.schedules_of(declared, interval=10)
     assert override.interval.total_seconds() == 10
+    assert deploy.schedules_of({"name": "stage-gpu"}, interval=10) == []  # unscheduled stays unscheduled
     with pytest.raises(ValueError, match="needs `cron` or `interval`"):
         deploy.schedules_of({"name": "n", "schedules": [{"rrule": "FREQ=DAILY"}]})
 
