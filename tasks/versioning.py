@@ -168,7 +168,7 @@ def commit_stage(project: Path, stage: str) -> None:
     from dvc.repo import Repo
 
     with inside(project), Repo(".", _wait_for_lock=True) as repo:
-        repo.commit(stage, force=True)
+        repo.commit(stage, force=True, relink=False)
 
 
 class BackgroundCommits:
@@ -193,7 +193,9 @@ class BackgroundCommits:
         with inside(self.project):
             if self._repo is None:
                 self._repo = Repo(str(self.project), _wait_for_lock=True)
-            self._repo.commit(stage, force=True)
+            # relink=False: DVC would otherwise replace each output by a fresh checkout from its
+            # cache, and the next stage, already reading that output, would find it gone for a moment.
+            self._repo.commit(stage, force=True, relink=False)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []

@@ -55,3 +55,39 @@ def test_run_order_and_selection_follow_dependencies_on_parts_of_outputs(tmp_pat
     stages = versioning.load_pipeline(tmp_path)
     assert [s.name for s in stages] == ["prepare", "train", "other"]  # train waits for prepare only
     assert [s.name for s in versioning.select_stages(stages, "train")] == ["prepare", "train"]
+
+
+def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
+    """The next stage reads an output while its commit runs: the files must never vanish meanwhile."""
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: 'true'\n    outs: [out]\n    metrics: [m.json]\n")
+    (tmp_path / "out").mkdir()
+    watched = [tmp_path / "m.json", tmp_path / "out" / "0.bin"]
+    missing, done = [], threading.Event()
+
+    def read_all():
+        while not done.is_set():
+            missing.extend(p.name for p in watched if not p.exists())
+
+    for round_ in range(3):  # each round changes the outputs, so each commit stores new versions
+        for i in range(100):
+            (tmp_path / "out" / f"{i}.bin").write_bytes(bytes([round_]) * 4096 + bytes([i]))
+        (tmp_path / "m.json").write_text(f'{{"round": {round_}}}')
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        try:
+            with versioning.BackgroundCommits(tmp_path) as commits:
+                commits.submit("make")
+        finally:
+            done.set()
+            reader.join()
+            done.clear()
+    assert not missing
+    recorded = {o["path"]: o["md5"] for o in versioning.read_lock(tmp_path)["stages"]["make"]["outs"]}
+    assert versioning.outputs_match(tmp_path, recorded)
