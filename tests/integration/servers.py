@@ -61,6 +61,20 @@ def stop_leader(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
+def running(command: list[str], env: dict, log: Path, health_url: str) -> Iterator[None]:
+    """Runs a server in its own process group, logging to `log`, until the block ends; the block
+    starts once `health_url` answers."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    try:
+        wait_healthy(health_url, process, log)
+        yield
+    finally:
+        stop(process)
+
+
+@contextlib.contextmanager
 def prefect_server(state: Path, services: bool = True) -> Iterator[str]:
     """A Prefect server (with its scheduler unless `services` is False); yields its API URL."""
     state.mkdir(parents=True, exist_ok=True)
@@ -71,16 +85,9 @@ def prefect_server(state: Path, services: bool = True) -> Iterator[str]:
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     if not services:
         command.append("--no-services")
-    log = state / "prefect-server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_healthy(f"{url}/health", process, log)
+    with running(command, env, state / "prefect-server.log", f"{url}/health"):
         yield url
-    finally:
-        stop(process)
 
 
 @contextlib.contextmanager
@@ -93,16 +100,9 @@ def mlflow_server(state: Path) -> Iterator[str]:
     command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
                "--artifacts-destination", str(state / "artifacts"), "--serve-artifacts"]
-    log = state / "mlflow-server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(f"{uri}/health", process, log)
+    with running(command, env, state / "mlflow-server.log", f"{uri}/health"):
         yield uri
-    finally:
-        stop(process)
 
 
 def tool_env(**extra: str) -> dict[str, str]:
