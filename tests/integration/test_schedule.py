@@ -101,12 +101,13 @@ def test_scheduled_retraining_reruns_only_what_new_data_reaches(tmp_path, api):
     env = tool_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"),
                    MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     log = tmp_path / "serve.log"
+    started = datetime.now(timezone.utc)  # the server is shared with the other tests of this module
     with open(log, "w") as out:
         serve = subprocess.Popen([str(BIN / "tlpipe"), "serve", "--deployment", "nightly", "--interval", "10",
                                   "--project", str(project)], cwd=project, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        first = wait_for_run(api, None, serve, log)
+        first = wait_for_run(api, started, serve, log)
         assert set(statuses(run_document(project, first.id)).values()) == {"ran"}
         assert "first recorded run" in summary_of(api, first.id)
 
