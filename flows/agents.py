@@ -23,7 +23,7 @@ DEPLOYMENT = "tlpipe-stage/stage-{pool}"
 def needed_upstream(spec: versioning.StageSpec, known: dict[str, str]) -> dict[str, str]:
     """The recorded upstream outputs the stage reads ({path: md5}), a part of one included."""
     return {rel: md5 for rel, md5 in known.items()
-            if any(dep == rel or dep.startswith(rel.rstrip("/") + "/") for dep in spec.deps)}
+            if any(versioning.is_within(dep, rel) for dep in spec.deps)}
 
 
 @flow(name="tlpipe-stage", flow_run_name="{stage}")

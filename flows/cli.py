@@ -50,6 +50,14 @@ def open_project(project: Path | None) -> Path:
     return find_project((project or Path.cwd()).resolve())
 
 
+def project_root(project: Path | None) -> Path:
+    """`open_project`, ending the command with exit code 2 when there is no project."""
+    try:
+        return open_project(project)
+    except config.ParamsError as exc:
+        raise bad_input(str(exc))
+
+
 def bad_input(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_BAD_INPUT)
@@ -128,10 +136,7 @@ def lineage_command(
     """Where an artifact came from: every stage of the run that made it, ran or cached, with keys, params, data hashes and metrics."""
     import json
 
-    try:
-        root = open_project(project)
-    except config.ParamsError as exc:
-        raise bad_input(str(exc))
+    root = project_root(project)
     from tasks import lineage, tracking
 
     tracking.configure(root)

@@ -9,18 +9,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flows.cli import app, bad_input, err, open_project, out
-from tlpipe import config
+from flows.cli import app, bad_input, err, out, project_root
 
 
 def open_deployments(project: Path | None, names: list[str]) -> Path:
     """The project root, after checking its prefect.yaml declares the named deployments (exit 2 if not)."""
     from flows import deploy
 
+    root = project_root(project)
     try:
-        root = open_project(project)
         deploy.load_deployments(root, names or None)
-    except (config.ParamsError, ValueError) as exc:
+    except ValueError as exc:
         raise bad_input(str(exc))
     return root
 
@@ -92,11 +91,7 @@ def doctor(
 
     from flows.doctor import diagnose
 
-    try:
-        root = open_project(project)
-    except config.ParamsError as exc:
-        raise bad_input(str(exc))
-    rows = diagnose(root)
+    rows = diagnose(root := project_root(project))
     if as_json:
         print(json.dumps(rows, indent=1))
     else:

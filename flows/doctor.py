@@ -45,16 +45,12 @@ def _work_pools() -> dict:
     from flows.deploy import POOLS
 
     with get_client(sync_client=True) as client:
-        pools = {p.name: p for p in client.read_work_pools()}
-        parts = []
-        for name in POOLS:
-            if name in pools:
-                workers = client.read_workers_for_work_pool(name)
-                parts.append(f"{name}: {sum(w.status == 'ONLINE' for w in workers)} worker(s) online")
-            else:
-                parts.append(f"{name}: missing")
-    return _row("prefect pools", ", ".join(POOLS), None if any("missing" in p for p in parts) else True,
-                "; ".join(parts) + ("  (tlpipe deploy creates them)" if any("missing" in p for p in parts) else ""))
+        existing = {p.name for p in client.read_work_pools()}
+        parts = [f"{name}: {sum(w.status == 'ONLINE' for w in client.read_workers_for_work_pool(name))} worker(s) online"
+                 if name in existing else f"{name}: missing" for name in POOLS]
+    complete = existing >= set(POOLS)
+    return _row("prefect pools", ", ".join(POOLS), True if complete else None,
+                "; ".join(parts) + ("" if complete else "  (tlpipe deploy creates them)"))
 
 
 def check_mlflow(project: Path) -> list[dict]:
@@ -72,7 +68,7 @@ def check_mlflow(project: Path) -> list[dict]:
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         ok = folder.is_dir() and os.access(folder, os.W_OK)
-        return [_row("mlflow", uri, ok if not ok else None, "local store (one machine)" if ok else f"{folder} not writable")]
+        return [_row("mlflow", uri, None if ok else False, "local store (one machine)" if ok else f"{folder} not writable")]
     return [_row("mlflow", uri, None, "not checked")]
 
 
@@ -97,19 +93,19 @@ def check_storage(project: Path) -> list[dict]:
     from flows.pipeline import cache_dir
     from tasks.context import store_root
 
-    rows = []
     cache = cache_dir(project)
-    if isinstance(cache, str):  # an fsspec URL
-        rows.append(_fsspec_row("prefect cache", cache))
-    for component, variable, path in ([("prefect cache", "TLPIPE_CACHE_DIR", cache)] if isinstance(cache, Path) else []) + [
-            ("result store", "TLPIPE_STORE_DIR", store_root(project))]:
-        shared = bool(os.environ.get(variable))
-        folder = next(p for p in (path, *path.parents) if p.exists())  # created on first use
-        writable = folder.exists() and os.access(folder, os.W_OK)
-        ok = writable if shared else (None if writable else False)
-        rows.append(_row(component, str(path), ok, ("shared" if shared else f"in the project (set {variable} to share)")
-                         + ("" if writable else "; not writable")))
-    return rows
+    return [_folder_row("prefect cache", "TLPIPE_CACHE_DIR", cache) if isinstance(cache, Path)
+            else _fsspec_row("prefect cache", cache),
+            _folder_row("result store", "TLPIPE_STORE_DIR", store_root(project))]
+
+
+def _folder_row(component: str, variable: str, path: Path) -> dict:
+    shared = bool(os.environ.get(variable))
+    folder = next(p for p in (path, *path.parents) if p.exists())  # the folder is created on first use
+    writable = os.access(folder, os.W_OK)
+    ok = writable if shared else (None if writable else False)
+    return _row(component, str(path), ok, ("shared" if shared else f"in the project (set {variable} to share)")
+                + ("" if writable else "; not writable"))
 
 
 def _fsspec_row(component: str, url: str) -> dict:

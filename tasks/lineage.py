@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from tlpipe.io import read_json, staged_outputs, write_json
-from tasks.versioning import producer_of
+from tasks import versioning
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 FLOW_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -38,7 +38,7 @@ def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], 
             "produced_by_run": s["mlflow_run_id"], "params": params.get(s["stage"], {}),
             "inputs": s.get("deps", {}), "outputs": s["outs"],
             "metrics": {k: v for k, v in s["metrics"].items() if isinstance(v, (int, float, str))},
-            "upstream": sorted({p for d in s.get("deps", {}) if (p := producer_of(d, producer))} - {s["stage"]},
+            "upstream": sorted({p for d in s.get("deps", {}) if (p := versioning.producer_of(d, producer))} - {s["stage"]},
                                key=[x["stage"] for x in stages].index),
         })
     return {"pipeline_run": parent_id, "flow_run": flow_run_id, "git_commit": git, "registered_model": registered,
@@ -124,11 +124,9 @@ def classify(ref: str, project: Path) -> str:
 
 def current_output(project: Path, ref: str) -> tuple[str, str]:
     """(stage output path, its md5 in dvc.lock) of the output that holds `ref`."""
-    from tasks import versioning
-
     for entry in versioning.read_lock(project).get("stages", {}).values():
         for out in entry.get("outs", []) + entry.get("metrics", []):
-            if ref == out["path"] or ref.startswith(out["path"].rstrip("/") + "/"):
+            if versioning.is_within(ref, out["path"]):
                 return out["path"], out["md5"]
     raise LookupError(f"{ref}: no stage output in dvc.lock holds it (run the pipeline first)")
 

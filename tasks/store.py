@@ -112,7 +112,7 @@ def locator(project: Path, upstream: dict[str, Entry]) -> Callable[[str], Path]:
 
     def locate(rel: str) -> Path:
         for out, path in outputs.items():
-            if rel == out or rel.startswith(out + "/"):
+            if versioning.is_within(rel, out):
                 return path / rel[len(out) + 1:]
         return Path(project) / rel
 

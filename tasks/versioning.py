@@ -65,6 +65,12 @@ def _spec(name: str, body: dict) -> StageSpec:
                      outs=paths("outs") + paths("metrics") + paths("plots"), meta=dict(body.get("meta") or {}))
 
 
+def is_within(path: str, output: str) -> bool:
+    """True when the project-relative `path` is `output` or lies inside it."""
+    output = output.rstrip("/")
+    return path == output or path.startswith(output + "/")
+
+
 def producer_of(dep: str, producers: dict[str, str]) -> str | None:
     """The stage whose output `dep` is or lies inside (`data/prepared/source` is made by the stage
     that outputs `data/prepared`), given {output: stage}; None for data no stage makes."""
