@@ -135,6 +135,7 @@ MODEL = {
     "embedding_size": Int(1, 4096),
     "hidden_sizes": IntList(1),
     "depths": IntList(1),
+    "downsample_in_first_stage": BOOL,
     "pretrained": OPTIONAL_STR,
 }
 OPTIM = {

@@ -39,12 +39,13 @@ ARCHS = ("resnet", "convnext")
 
 
 def _backbone_config(arch: str, in_channels: int, embedding_size: int, hidden_sizes: list[int],
-                     depths: list[int], patch_size: int) -> transformers.PretrainedConfig:
+                     depths: list[int], patch_size: int, downsample_in_first_stage: bool) -> transformers.PretrainedConfig:
     if arch == "resnet":
-        # The stem (7x7 stride-2 conv + stride-2 max-pool) is fixed: 32x32 -> 8x8 before stage 1.
+        # The stem (7x7 stride-2 conv + stride-2 max-pool) is fixed: 32x32 -> 8x8 before stage 1,
+        # which halves it once more (-> 4x4) when downsample_in_first_stage is set.
         return transformers.ResNetConfig(
             num_channels=in_channels, embedding_size=embedding_size, hidden_sizes=list(hidden_sizes),
-            depths=list(depths), layer_type="basic", downsample_in_first_stage=False,
+            depths=list(depths), layer_type="basic", downsample_in_first_stage=downsample_in_first_stage,
         )
     # ConvNeXt: patchify stem of stride `patch_size`, then a 2x2 stride-2 conv between stages.
     # Its stem width is hidden_sizes[0]; embedding_size has no counterpart here.
@@ -62,6 +63,7 @@ def build_backbone(
     hidden_sizes: list[int],
     depths: list[int],
     patch_size: int = 2,
+    downsample_in_first_stage: bool = False,
     pretrained: str | None = None,
 ) -> transformers.PreTrainedModel:
     """Builds a backbone from a config with fresh weights, or loads a saved/pretrained one.
@@ -73,6 +75,9 @@ def build_backbone(
         hidden_sizes: channels of each stage; the last is the feature dimension.
         depths: blocks in each stage, same length as `hidden_sizes`.
         patch_size: ConvNeXt stem stride (ignored by ResNet).
+        downsample_in_first_stage: ResNet: the first stage strides by 2 like the others, so every
+            stage runs at half the resolution and costs about a quarter of the multiply-accumulates
+            (ignored by ConvNeXt, which always downsamples between stages only).
         pretrained: a local directory written by `save_backbone` or a hub id; when given,
             the architecture arguments are ignored and the saved config is used.
 
@@ -93,7 +98,8 @@ def build_backbone(
         raise ValueError(f"arch={arch!r} is not one of {', '.join(ARCHS)}")
     if len(hidden_sizes) != len(depths) or not hidden_sizes:
         raise ValueError(f"hidden_sizes={hidden_sizes} and depths={depths} must be non-empty, same length")
-    config = _backbone_config(arch, in_channels, embedding_size, hidden_sizes, depths, patch_size)
+    config = _backbone_config(arch, in_channels, embedding_size, hidden_sizes, depths, patch_size,
+                              downsample_in_first_stage)
     return transformers.AutoModel.from_config(config)
 
 

@@ -46,6 +46,21 @@ def test_build_backbone_rejects_bad_arguments():
         build_backbone(embedding_size=4, hidden_sizes=[4, 8], depths=[1])
 
 
+def test_downsample_in_first_stage_quarters_the_stage_cost_and_keeps_the_weights_shape():
+    from tlpipe.efficiency import count_macs
+
+    x = torch.randn(2, 1, 32, 32)
+    plain = build_backbone(**TINY).eval()
+    strided = build_backbone(**TINY, downsample_in_first_stage=True).eval()
+    assert strided.config.downsample_in_first_stage and not plain.config.downsample_in_first_stage
+    # the first stage's first block gets a strided 1x1 shortcut; the rest of the weights are the same
+    assert count_parameters(strided) - count_parameters(plain) == 4 * 4 + 2 * 4  # conv + norm
+    assert embed(strided, x).shape == embed(plain, x).shape == (2, 8)
+    stem = 1 * 4 * 7 * 7 * 16 * 16  # 7x7 conv, 1 -> 4 channels, on 16x16 outputs
+    stages_plain = count_macs(plain, x[:1]) - stem
+    assert count_macs(strided, x[:1]) - stem < stages_plain / 3
+
+
 def test_count_parameters():
     assert count_parameters(torch.nn.Linear(3, 2)) == 8
     assert count_parameters(tiny()) > count_parameters(Classifier(tiny(), 3).head) > 0
