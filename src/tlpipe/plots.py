@@ -126,6 +126,18 @@ def plot_curves(history: dict[str, list[float]], *, title: str) -> Figure:
     return fig
 
 
+def _method_styles(methods: Sequence[str]) -> dict[str, dict]:
+    """A distinct colour, marker and line style per method (ten colours, then dashed lines)."""
+    markers = "osD^v<>Ph*X"
+    return {method: {"color": f"C{i % 10}", "marker": markers[i % len(markers)],
+                     "linestyle": "-" if i < 10 else "--"} for i, method in enumerate(methods)}
+
+
+def _legend_outside(ax) -> None:
+    """Legend to the right of the axes, so it never hides a line."""
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
+
+
 def plot_metric_vs_ratio(summary, *, ylabel: str, full=None) -> Figure:
     """One line per method: mean ± std of a metric against the pruning ratio.
 
@@ -135,19 +147,25 @@ def plot_metric_vs_ratio(summary, *, ylabel: str, full=None) -> Figure:
         ylabel: the metric's name on the y axis.
         full: (mean, std) of the full-source reference, drawn as a horizontal band; or None.
     """
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = Figure(figsize=(7.5, 4), layout="constrained")
     ax = fig.add_subplot()
-    for method, rows in summary.groupby("method", sort=True):
+    groups = list(summary.groupby("method", sort=True))
+    styles = _method_styles([str(method) for method, _ in groups])
+    spacing = float(np.diff(np.unique(summary["ratio"])).min(initial=1.0)) if len(summary) else 1.0
+    for i, (method, rows) in enumerate(groups):
         rows = rows.sort_values("ratio")
         std = np.nan_to_num(rows["std"].to_numpy(dtype=float))
-        ax.errorbar(rows["ratio"], rows["mean"], yerr=std, marker="o", capsize=3, label=str(method))
+        # spread the methods a little along x so their error bars do not sit on top of each other
+        dodge = (i - (len(groups) - 1) / 2) * 0.15 * spacing / max(len(groups), 1)
+        ax.errorbar(rows["ratio"] + dodge, rows["mean"], yerr=std, capsize=3, markersize=4,
+                    label=str(method), **styles[str(method)])
     if full is not None:
         mean, std = float(full[0]), float(np.nan_to_num(full[1]))
         ax.axhline(mean, color="black", linestyle="--", label="full source")
         ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
     ax.set_xlabel("pruning ratio (share of the source removed)")
     ax.set_ylabel(ylabel, parse_math=False)
-    ax.legend()
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     return fig
 
@@ -158,17 +176,19 @@ def plot_cost_vs_ratio(costs) -> Figure:
     Args:
         costs: a DataFrame with columns method, ratio, relative (`tlpipe.sweeps.cost_ratios`).
     """
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = Figure(figsize=(7.5, 4), layout="constrained")
     ax = fig.add_subplot()
     ratios = np.linspace(0.0, 1.0, 11)
-    ax.plot(ratios, 1.0 - ratios, color="black", linestyle="--", label="ideal (1 - ratio)")
-    for method, rows in costs.groupby("method", sort=True):
+    ax.plot(ratios, 1.0 - ratios, color="black", linestyle=":", label="ideal (1 - ratio)")
+    groups = list(costs.groupby("method", sort=True))
+    styles = _method_styles([str(method) for method, _ in groups])
+    for method, rows in groups:
         rows = rows.sort_values("ratio")
-        ax.plot(rows["ratio"], rows["relative"], marker="o", label=str(method))
+        ax.plot(rows["ratio"], rows["relative"], markersize=4, label=str(method), **styles[str(method)])
     ax.set_xlabel("pruning ratio")
     ax.set_ylabel("pretraining time / full-source time")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.1)
-    ax.legend()
+    ax.set_ylim(0, max(1.1, float(costs["relative"].max()) * 1.05) if len(costs) else 1.1)
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     return fig

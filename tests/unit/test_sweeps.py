@@ -69,6 +69,17 @@ def test_sweep_plots_draw_one_line_per_method():
     assert len(fig.axes[0].lines) == 3  # ideal + two methods
 
 
+def test_every_method_line_looks_different_even_past_ten_methods():
+    import pandas as pd
+
+    methods = [f"m{i:02d}" for i in range(12)]
+    summary = pd.DataFrame([{"method": m, "ratio": r, "mean": 0.5, "std": 0.01} for m in methods for r in (0.5, 0.8)])
+    ax = plots.plot_metric_vs_ratio(summary, ylabel="acc").axes[0]
+    lines = [bars.lines[0] for bars in ax.containers if bars.get_label() in methods]  # errorbar: data line first
+    looks = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(looks) == len(methods)
+
+
 def test_probe_columns_in_shot_order():
     assert sweeps.probe_columns(["seed", "probe_10shot", "probe_1shot", "probe_3shot", "probe_1shot_std"]) == [
         "probe_1shot", "probe_3shot", "probe_10shot"]
