@@ -63,8 +63,8 @@ def transferability_scores(ctx: StageContext, nets: dict, train) -> dict[str, di
 
 def size_and_speed(nets: dict, image_shape: tuple) -> dict[str, dict]:
     """Parameters, MACs, batch-1 latency and batch-64 throughput on this machine; ratios vs the teacher."""
-    profiles = {name: efficiency.model_profile(_Pooled(nets[name]), input_shape=image_shape)
-                for name in ("teacher", "student")}
+    profiles = efficiency.profile_models({name: _Pooled(nets[name]) for name in ("teacher", "student")},
+                                         input_shape=image_shape)
     ratios = efficiency.compare_profiles(profiles, reference="teacher")
     return {name: {**profiles[name], **ratios[name]} for name in profiles}
 

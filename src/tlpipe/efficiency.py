@@ -150,45 +150,77 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         model.to(home)
 
 
-def model_profile(model: nn.Module, *, input_shape: tuple, latency_repeats: int = 20,
-                  throughput_batch: int = 64, throughput_repeats: int = 10, device: str = "cpu") -> dict:
-    """Parameters, MACs, batch-1 latency and batch throughput of a model, measured in one call.
+def profile_models(models: dict[str, nn.Module], *, input_shape: tuple, rounds: int = 5,
+                   latency_repeats: int = 20, throughput_batch: int = 64, throughput_repeats: int = 10,
+                   device: str = "cpu") -> dict[str, dict]:
+    """Parameters, MACs, batch-1 latency and batch throughput of several models, timed in turns.
+
+    Every round times every model once (`latency_repeats` batch-1 passes, then `throughput_repeats`
+    batch passes), and the medians are taken over all rounds. So a slow spell of the machine (another
+    process, a clock change) falls on all the models alike instead of on whichever was being timed,
+    which is what a ratio between them needs.
 
     Args:
-        model: a plain module or a `transformers` backbone (called as `model(x)`).
+        models: name -> a plain module or a `transformers` backbone (called as `model(x)`).
         input_shape: one input without the batch dimension, e.g. (1, 32, 32).
-        latency_repeats: timed batch-1 passes, >= 1.
+        rounds: alternating measurement rounds, >= 1.
+        latency_repeats: timed batch-1 passes per round, >= 1.
         throughput_batch: images per batch for the throughput, >= 1.
-        throughput_repeats: timed batch passes, >= 1.
-        device: where to measure (see `tlpipe.runtime.DEVICE_NAMES`); the model is moved there
+        throughput_repeats: timed batch passes per round, >= 1.
+        device: where to measure (see `tlpipe.runtime.DEVICE_NAMES`); each model is moved there
             and back afterwards, its training flags restored.
 
     Returns:
-        dict with `parameters`, `macs` (batch 1), `latency_ms` (median, batch 1), `latency_p90_ms`,
-        `throughput_ips` (images/s at `throughput_batch`) and `throughput_batch`.
+        name -> dict with `parameters`, `macs` (batch 1), `latency_ms` (median, batch 1),
+        `latency_p90_ms`, `throughput_ips` (images/s at `throughput_batch`) and `throughput_batch`.
 
     Raises:
-        ValueError: a count below its minimum, a bad `input_shape`, or an unknown or missing device.
+        ValueError: no models, a count below its minimum, a bad `input_shape`, or an unknown or
+            missing device.
     """
-    _check_counts(latency_repeats=latency_repeats, throughput_batch=throughput_batch,
+    if not models:
+        raise ValueError("models is empty; give at least one name -> module")
+    _check_counts(rounds=rounds, latency_repeats=latency_repeats, throughput_batch=throughput_batch,
                   throughput_repeats=throughput_repeats)
     shape = _check_input_shape(input_shape)
     target = resolve_device(device)
     generator = torch.Generator().manual_seed(0)  # same inputs for every model profiled
     one = torch.randn((1, *shape), generator=generator).to(target)
     batch = torch.randn((throughput_batch, *shape), generator=generator).to(target)
-    with _on_device(model, target):
-        latency = measure_latency(model, one, repeats=latency_repeats)
-        throughput = measure_throughput(model, batch, repeats=throughput_repeats)
-        macs = count_macs(model, one)
-    return {
-        "parameters": count_parameters(model),
-        "macs": macs,
-        "latency_ms": latency["median_s"] * 1e3,
-        "latency_p90_ms": latency["p90_s"] * 1e3,
-        "throughput_ips": throughput["images_per_s"],
-        "throughput_batch": throughput_batch,
-    }
+    single = {name: [] for name in models}
+    batched = {name: [] for name in models}
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(_on_device(model, target))
+        for round_ in range(rounds):
+            for name, model in models.items():
+                single[name].append(_time_forwards(model, one, 3 if round_ == 0 else 1, latency_repeats))
+                batched[name].append(_time_forwards(model, batch, 2 if round_ == 0 else 1, throughput_repeats))
+        macs = {name: count_macs(model, one) for name, model in models.items()}
+    profiles = {}
+    for name, model in models.items():
+        latency, per_batch = np.concatenate(single[name]), np.concatenate(batched[name])
+        profiles[name] = {
+            "parameters": count_parameters(model),
+            "macs": macs[name],
+            "latency_ms": float(np.median(latency)) * 1e3,
+            "latency_p90_ms": float(np.percentile(latency, 90)) * 1e3,
+            "throughput_ips": throughput_batch / float(np.median(per_batch)),
+            "throughput_batch": throughput_batch,
+        }
+    return profiles
+
+
+def model_profile(model: nn.Module, *, input_shape: tuple, latency_repeats: int = 20,
+                  throughput_batch: int = 64, throughput_repeats: int = 10, device: str = "cpu") -> dict:
+    """`profile_models` of one model in one round: its parameters, MACs, latency and throughput.
+
+    Args and Returns: as `profile_models`, for the single `model`; compare two models with
+    `profile_models`, not with two calls of this.
+    """
+    return profile_models({"model": model}, input_shape=input_shape, rounds=1, latency_repeats=latency_repeats,
+                          throughput_batch=throughput_batch, throughput_repeats=throughput_repeats,
+                          device=device)["model"]
 
 
 def _ratio(numerator: float, denominator: float) -> float:

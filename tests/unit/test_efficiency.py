@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from tlpipe.efficiency import compare_profiles, count_macs, measure_latency, measure_throughput, model_profile
+from tlpipe.efficiency import (
+    compare_profiles,
+    count_macs,
+    measure_latency,
+    measure_throughput,
+    model_profile,
+    profile_models,
+)
 from tlpipe.models import Classifier, build_backbone, count_parameters
 
 TINY = dict(embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1])
@@ -88,6 +95,38 @@ def test_model_profile_of_backbone():
 def test_model_profile_of_plain_module():
     profile = model_profile(nn.Linear(8, 4), input_shape=(8,), latency_repeats=2, throughput_repeats=1)
     assert profile["parameters"] == 36 and profile["macs"] == 32 and profile["throughput_batch"] == 64
+
+
+class Recorder(nn.Module):
+    """Identity that notes its name and batch size on every forward pass."""
+
+    def __init__(self, name: str, calls: list):
+        super().__init__()
+        self.name, self.calls, self.weight = name, calls, nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        self.calls.append((self.name, x.shape[0]))
+        return x * self.weight
+
+
+def test_profile_models_times_the_models_in_turns():
+    calls = []
+    models = {"teacher": Recorder("teacher", calls), "student": Recorder("student", calls)}
+    profiles = profile_models(models, input_shape=(4,), rounds=3, latency_repeats=2, throughput_batch=5,
+                              throughput_repeats=2)
+    timed = [name for name, _ in calls]
+    blocks = [name for i, name in enumerate(timed) if i == 0 or timed[i - 1] != name]
+    assert blocks == ["teacher", "student"] * 3 + ["teacher", "student"]  # 3 rounds, then the MAC count
+    assert set(profiles) == {"teacher", "student"}
+    assert all(p["parameters"] == 1 and p["throughput_batch"] == 5 and finite_positive(p["throughput_ips"])
+               for p in profiles.values())
+
+
+def test_profile_models_needs_a_model():
+    with pytest.raises(ValueError, match="models is empty"):
+        profile_models({}, input_shape=(4,))
+    with pytest.raises(ValueError, match="rounds=0"):
+        profile_models({"m": nn.Linear(4, 4)}, input_shape=(4,), rounds=0)
 
 
 def profile(parameters, macs, latency_ms, throughput_ips):
