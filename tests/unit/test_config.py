@@ -41,9 +41,9 @@ def test_bad_overrides_name_the_key_and_rule(params, override, message):
 
 
 def test_override_sets_value_and_reports_stage(params):
-    updated, touched = config.apply_overrides(params, ["prune.ratio=0.5", "distill.model.depths=[1, 1, 2]"])
+    updated, touched = config.apply_overrides(params, ["prune.ratio=0.5", "distill.model.depths=[2]"])
     assert updated["prune"]["ratio"] == 0.5
-    assert updated["distill"]["model"]["depths"] == [1, 1, 2]
+    assert updated["distill"]["model"]["depths"] == [2]
     assert touched == {"prune", "distill"}
     assert params["prune"]["ratio"] != 0.5 or params is not updated  # the input is not modified
 
