@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from tlpipe import io
 
 DEPLOYMENT_FILE = "prefect.yaml"
 POOLS = ("cpu", "gpu")  # process work pools; GPU workers start with CUDA_VISIBLE_DEVICES=<one GPU>
@@ -30,7 +30,7 @@ def load_deployments(project: Path, names: list[str] | None = None) -> list[dict
     path = Path(project) / DEPLOYMENT_FILE
     if not path.is_file():
         raise ValueError(f"{path} not found: it declares the deployments (see the README, 'Run on a schedule')")
-    declared = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("deployments") or []
+    declared = (io.read_yaml(path) or {}).get("deployments") or []
     for d in declared:
         if d.get("entrypoint") not in FLOWS:
             raise ValueError(f"{path}: deployment {d.get('name')!r} has entrypoint {d.get('entrypoint')!r}; "

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from tlpipe import io
+
 COPIED = ("dvc.yaml", "params", "tasks", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
           "data/.gitignore", "data/metrics/.gitignore")
 
@@ -27,7 +29,7 @@ def copy_project(source: Path, target: Path, overrides: dict[str, dict] | None =
             shutil.copy2(src, dst)
     for stage, values in (overrides or {}).items():
         path = target / "params" / f"{stage}.yaml"
-        merged = _merge(yaml.safe_load(path.read_text(encoding="utf-8")), values)
+        merged = _merge(io.read_yaml(path), values)
         path.write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
     return target
 

@@ -11,8 +11,7 @@ import json
 import os
 from pathlib import Path
 
-import yaml
-
+from tlpipe import io
 from tasks.versioning import cache_object, inside
 
 
@@ -84,7 +83,7 @@ def tracked_data(project: Path) -> dict[str, str]:
     project = Path(project)
     found = {}
     for dvc_file in dvc_files(project):
-        for out in (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", []):
+        for out in (io.read_yaml(dvc_file) or {}).get("outs", []):
             rel = (dvc_file.parent / out["path"]).relative_to(project).as_posix()
             found[rel] = out.get("md5", "")
     return found

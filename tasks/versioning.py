@@ -13,8 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from tlpipe import io
 from tlpipe.io import replace_path
 
 _CHUNK = 1 << 20
@@ -45,7 +44,7 @@ def load_pipeline(project: Path) -> list[StageSpec]:
     path = Path(project) / "dvc.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    document = io.read_yaml(path) or {}
     stages = [_spec(name, body) for name, body in (document.get("stages") or {}).items()]
     return _run_order(stages)
 
@@ -287,4 +286,4 @@ def read_lock(project: Path) -> dict:
     path = Path(project) / "dvc.lock"
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    return io.read_yaml(path) or {}

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from tlpipe import io
+
 STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate")
 
 
@@ -362,7 +364,7 @@ def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return io.read_yaml(path)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
 
@@ -385,7 +387,7 @@ def parse_override(text: str) -> tuple[str, list[str], Any]:
     if parts[0] not in SCHEMA:
         raise ParamsError(f"override {text!r}: unknown stage {parts[0]!r}; stages are {', '.join(STAGES)}")
     try:
-        value = yaml.safe_load(raw)
+        value = io.parse_yaml(raw)
     except yaml.YAMLError:
         value = raw
     return parts[0], parts[1:], value

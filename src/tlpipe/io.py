@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import yaml
 
 _TMP_MARK = ".tmp-"
+# libyaml's parser with the safe constructor when PyYAML was built with it: the same data as
+# yaml.safe_load, about 6x faster on a dvc.lock, which a cached run reads once per stage
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @contextlib.contextmanager
@@ -93,6 +97,16 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> plain data, as `yaml.safe_load` (no arbitrary objects), through libyaml if present."""
+    return yaml.load(text, Loader=_SAFE_LOADER)
+
+
+def read_yaml(path: Path) -> Any:
+    """The plain data of a YAML file (None when it is empty)."""
+    return parse_yaml(Path(path).read_text(encoding="utf-8"))
 
 
 def write_array(path: Path, array) -> None:

@@ -61,3 +61,16 @@ def test_locked_calls_on_wait_only_when_another_holder_has_the_lock(tmp_path):
         assert not entered.wait(0.3)  # blocked while the first holds the lock
     thread.join(5)
     assert entered.is_set() and waits == ["second"]
+
+
+def test_yaml_reads_plain_data_like_safe_load_and_refuses_objects(tmp_path):
+    import yaml
+
+    text = "a: 1\nb: [x, 2.5, null]\nc: {d: true}\n"
+    assert io.parse_yaml(text) == yaml.safe_load(text) == {"a": 1, "b": ["x", 2.5, None], "c": {"d": True}}
+    (tmp_path / "f.yaml").write_text(text, encoding="utf-8")
+    assert io.read_yaml(tmp_path / "f.yaml") == yaml.safe_load(text)
+    (tmp_path / "empty.yaml").write_text("", encoding="utf-8")
+    assert io.read_yaml(tmp_path / "empty.yaml") is None
+    with pytest.raises(yaml.YAMLError):
+        io.parse_yaml("!!python/object/apply:os.system ['true']")
