@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tlpipe import config
+from tlpipe import config, devices
 from tlpipe.io import staged_outputs, write_json
 from tasks import cachekey, inputs, tracking, versioning
 from tasks.context import STAGE_DIRS, StageContext, metrics_file, stage_dir, stage_outputs
@@ -30,18 +30,22 @@ for _key, _value in QUIET.items():
 
 
 def device_name() -> str:
-    """The device stages run on: TLPIPE_DEVICE (auto | cpu | cuda | cuda:N | mps), default auto."""
+    """The device stages run on: TLPIPE_DEVICE (auto | cpu | cuda | cuda:N | mps), default auto.
+
+    "cpu", and "auto" where no accelerator can exist, are answered without importing torch.
+    """
+    name = os.environ.get("TLPIPE_DEVICE", "auto")
+    if name == "cpu" or (name == "auto" and not devices.accelerator_possible()):
+        return "cpu"
     from tlpipe.runtime import resolve_device
 
-    return str(resolve_device(os.environ.get("TLPIPE_DEVICE", "auto")))
+    return str(resolve_device(name))
 
 
 def run_environment(device: str) -> dict[str, str]:
     """The environment part of cache keys for a device ("cpu", "cuda:0", ...)."""
-    from tlpipe.runtime import device_settings
-
     device_type = device.split(":")[0]
-    return cachekey.environment(device_type, device_settings(device_type)["precision"])
+    return cachekey.environment(device_type, devices.PRECISION[device_type])
 
 
 def check_declaration(spec: versioning.StageSpec) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from tlpipe.devices import PRECISION
+
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 
 
@@ -55,7 +57,7 @@ def device_settings(device_type: str) -> dict:
     cuda = device_type == "cuda"
     return {
         "autocast_dtype": torch.bfloat16 if cuda else None,
-        "precision": "bf16" if cuda else "fp32",
+        "precision": PRECISION[device_type],
         # NHWC: cuDNN picks tensor-core kernels. Not on CPU: oneDNN trains the tiny ResNets
         # 1.6-1.9x faster in NHWC, but (torch 2.13) its results then vary from run to run and a
         # single-thread run corrupted the heap; reproducible outputs matter more here.
