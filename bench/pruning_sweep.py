@@ -34,7 +34,8 @@ from flows.workspace import copy_project  # noqa: E402
 SUPERVISED_METHODS = ["lm", "lm_soft", "lm_balanced", "lm_bottom", "random", "random_samples", "el2n", "grand",
                       "moderate", "fm", "fm_samples"]
 SSL_METHODS = ["fm", "fm_samples", "random", "random_samples"]
-SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}}
+# label mapping needs a classifier: the SSL variant's prune default is feature mapping on k-means groups
+SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}, "prune": {"method": "fm", "groups": "kmeans"}}
 QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
          "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
          "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
@@ -49,9 +50,6 @@ def run_sweep(args, work: Path) -> Path:
         for folder in ("tasks", "src", "params"):
             shutil.rmtree(work / folder)
         copy_project(REPO, work, overrides)
-    if args.ssl:  # label mapping needs a classifier; the SSL variant groups the source with k-means
-        (work / "params" / "prune.yaml").write_text(
-            (work / "params" / "prune.yaml").read_text().replace("groups: classes", "groups: kmeans"))
     sweep_file = work / "bench-sweep.json"
     sweep_file.write_text(json.dumps({
         "methods": args.methods or (SSL_METHODS if args.ssl else SUPERVISED_METHODS),
