@@ -331,6 +331,26 @@ def test_save_ignores_history_fingerprints(tmp_path):
     assert _md5s(tmp_path / "out0") == _md5s(tmp_path / "out1")
 
 
+def test_splits_are_tables_of_their_own():
+    # An indices mapping would make saving resolve every row on its own (slow for Array3D).
+    ds = _toy([4, 5])
+    split = data.split_source(ds, val_fraction=0.5, seed=3)
+    assert all(part._indices is None for part in split.values())
+    rows = sorted(int(p[0, 0, 0]) for p in data.to_arrays(split["val"])[0])  # pixel value = source row
+    want = ds.select(rows)
+    for got, expected in zip(data.to_arrays(split["val"]), data.to_arrays(want), strict=True):
+        assert np.array_equal(got, expected)
+
+
+def test_saved_bytes_follow_class_names(tmp_path):
+    ds = _toy([2, 2])
+    renamed = ds.cast_column("label", datasets.ClassLabel(names=["x", "y"]))
+    data.save_prepared(datasets.DatasetDict(train=ds), tmp_path / "a")
+    data.save_prepared(datasets.DatasetDict(train=renamed), tmp_path / "b")
+    assert _md5s(tmp_path / "a")["train/state.json"] != _md5s(tmp_path / "b")["train/state.json"]
+    assert data.load_prepared(tmp_path / "b")["train"].features["label"].names == ["x", "y"]
+
+
 def build_and_save(path):
     """The prepare stage in small; run here and in a second interpreter."""
     glyphs = data.render_glyphs(charset="ascii", images_per_class=4, seed=0, image_size=16)
