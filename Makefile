@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/python bench/pipeline_overhead.py --repeat 5
 
 clean-venv:
 	rm -rf $(VENV)
