@@ -126,10 +126,10 @@ def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     name = tracking.client().get_run(parent_id).info.run_name
     try:
         shared = run_shared(project_path, spec["params"], env, device, parent_id, tags)
-        futures = [sweep_point.submit(str(project_path), point, point_params(spec["params"], point), shared, env,
-                                      device, parent_id, tags, spec["cluster"]["threads_per_worker"])
-                   for point in points]
-        rows = [future.result() for future in futures]
+        futures = {i: sweep_point.submit(str(project_path), points[i], point_params(spec["params"], points[i]),
+                                         shared, env, device, parent_id, tags, spec["cluster"]["threads_per_worker"])
+                   for i in sweeps.submission_order(points)}
+        rows = [futures[i].result() for i in range(len(points))]  # in grid order
         out = write_results(project_path, name, rows, spec)
     except BaseException:
         tracking.end_run(parent_id, failed=True)

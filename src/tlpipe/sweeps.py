@@ -33,6 +33,14 @@ def grid(methods: list[str], ratios: list[float], seeds: list[int], *, full_sour
     return points
 
 
+def submission_order(points: list[dict]) -> list[int]:
+    """Indices of `points`, the largest pretraining first (lowest ratio; the full source is 0).
+
+    Started last, a long point keeps one worker busy while the others idle.
+    """
+    return sorted(range(len(points)), key=lambda i: points[i]["ratio"])
+
+
 def probe_columns(columns) -> list[str]:
     """The probe-accuracy columns (`probe_<k>shot`) in order of k."""
     found = [c for c in columns if re.fullmatch(r"probe_\d+shot", str(c))]

@@ -101,3 +101,11 @@ def test_rank_correlations_skip_missing_values():
     table = pd.DataFrame({"logme": [0.1, np.nan, 0.3], "finetune_accuracy": [0.5, 0.6, 0.7]})
     found = sweeps.rank_correlations(table)
     assert found.iloc[0]["points"] == 2 and found.iloc[0]["tau"] == pytest.approx(1.0)
+
+
+def test_submission_order_starts_with_the_largest_pretrainings():
+    points = sweeps.grid(["lm", "random"], [0.9, 0.5], [0, 1], full_source=True)
+    order = sweeps.submission_order(points)
+    assert sorted(order) == list(range(len(points)))  # every point once
+    ratios = [points[i]["ratio"] for i in order]
+    assert ratios == sorted(ratios) and ratios[:2] == [0.0, 0.0]  # the full source first
