@@ -12,6 +12,7 @@ every finished point through the store), then prints:
     python bench/pruning_sweep.py --charset extended
     python bench/pruning_sweep.py --ssl                             # SimCLR surrogate + teacher, fm vs random
     python bench/pruning_sweep.py --seeds 3 --methods lm random --ratios 0.8   # a smaller grid
+    python bench/pruning_sweep.py --charset extended --report-only A B     # two sweeps' results as one
 """
 
 from __future__ import annotations
@@ -104,6 +105,21 @@ def inference_throughput(work: Path, surrogate_entry: Path, repeats: int = 15) -
     return len(images) / statistics.median(timings["staged"]), len(images) / statistics.median(timings["bare"])
 
 
+def merge_results(folders: list[Path], work: Path) -> Path:
+    """One results folder (table, summary, plots) from several sweeps on the same store: grids that are not
+    one product (a ratio for some methods only) are run as separate sweeps. A point in a later folder
+    replaces the same point in an earlier one."""
+    import pandas as pd
+
+    from flows.sweep import write_results
+    from tlpipe import sweeps
+
+    table = pd.concat([pd.read_parquet(folder / "results.parquet") for folder in folders], ignore_index=True)
+    table = table.drop_duplicates(["method", "ratio", "seed"], keep="last")
+    return write_results(work, f"merged-{time.strftime('%Y%m%d-%H%M%S')}", table.to_dict("records"),
+                         {"full_source": bool((table.method == sweeps.FULL).any())})
+
+
 def report(results: Path, work: Path, ssl: bool) -> None:
     import pandas as pd
 
@@ -162,10 +178,16 @@ def main() -> None:
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.8, 0.9])
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--report-only", type=Path, help="print the report of an existing results folder")
+    parser.add_argument("--report-only", type=Path, nargs="+", metavar="RESULTS",
+                        help="print the report of existing results folders (several: merged into a new one)")
     args = parser.parse_args()
     work = REPO / "bench" / ".work" / f"{args.charset}{'-ssl' if args.ssl else ''}"
-    results = args.report_only or run_sweep(args, work)
+    if not args.report_only:
+        results = run_sweep(args, work)
+    elif len(args.report_only) == 1:
+        results = args.report_only[0]
+    else:
+        results = merge_results(args.report_only, work)
     report(results, work, args.ssl)
 
 
