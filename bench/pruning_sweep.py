@@ -4,7 +4,8 @@ built-in benchmark, with paired differences, cost against the ideal, and the pru
 Runs `tlpipe sweep` on a copy of this project kept in bench/.work/<name>/ (so a second call reuses
 every finished point through the store), then prints:
   - 1- and 3-shot teacher linear-probe accuracy per method and ratio (mean ± std over seeds),
-  - LM - random and LM - full, paired by seed (mean, std, min, max over seeds),
+  - LM - random and LM - full, paired by seed (mean, std, min, max over seeds), and every method - full
+    (mean, min, max),
   - pretraining time and images seen at ratio r over the full source, next to the ideal 1 - r,
   - the end-to-end cost with the surrogate, and surrogate inference in `prune` vs a bare loop.
 
@@ -136,15 +137,19 @@ def report(results: Path, work: Path, ssl: bool) -> None:
                  for c in shots]
         print(f"| {method} | {ratio:.1f} | " + " | ".join(cells) + " |")
     ours = "fm" if ssl else "lm"
-    for baseline in ("random", sweeps.FULL):
-        if baseline not in set(table.method) or ours not in set(table.method):
+    pairs = [(ours, "random"), ("fm_samples", "random_samples"), (ours, sweeps.FULL)] if ssl else \
+        [(ours, "random"), (ours, sweeps.FULL)]
+    for method, baseline in pairs:
+        if not {method, baseline} <= set(table.method):
             continue
-        print(f"\n{ours} - {baseline}, paired by seed")
+        print(f"\n{method} - {baseline}, paired by seed")
         print("| shots | ratio | mean | std | min | max | pairs |\n|---|---|---|---|---|---|---|")
         for c in shots:
-            for _, r in sweeps.paired_differences(table, c, method=ours, baseline=baseline).iterrows():
+            for _, r in sweeps.paired_differences(table, c, method=method, baseline=baseline).iterrows():
                 print(f"| {c} | {r.ratio:.1f} | {r['mean']:+.3f} | {r['std']:.3f} | {r['min']:+.3f} | "
                       f"{r['max']:+.3f} | {int(r.pairs)} |")
+    if sweeps.FULL in set(table.method):
+        print_against_full(table, shots)
     print("\npretraining cost at ratio r over the full source (mean over seeds), ideal = 1 - r")
     print("| method | ratio | time | images seen | ideal | time off ideal |\n|---|---|---|---|---|---|")
     time_costs = sweeps.cost_ratios(table, "pretrain_time_s").set_index(["method", "ratio"])
@@ -167,6 +172,21 @@ def report(results: Path, work: Path, ssl: bool) -> None:
         staged, bare = inference_throughput(work, entry)
         print(f"\nprune-stage surrogate inference: {staged:.0f} img/s vs bare loop {bare:.0f} img/s "
               f"= {staged / bare:.1%} (goal >= 90 %)")
+
+
+def print_against_full(table, shots: list[str]) -> None:
+    """Every method minus the full source, paired by seed: mean [min, max] per ratio and shot count."""
+    from tlpipe import sweeps
+
+    print("\nevery method - full source, paired by seed: mean [min, max] over seeds")
+    print("| method | ratio | " + " | ".join(shots) + " |\n|---|---|" + "---|" * len(shots))
+    for method in sorted(set(table.method) - {sweeps.FULL}):
+        diffs = [sweeps.paired_differences(table, c, method=method, baseline=sweeps.FULL).set_index("ratio")
+                 for c in shots]
+        for ratio in diffs[0].index:
+            cells = [f"{d.loc[ratio, 'mean']:+.3f} [{d.loc[ratio, 'min']:+.3f}, {d.loc[ratio, 'max']:+.3f}]"
+                     for d in diffs]
+            print(f"| {method} | {ratio:.1f} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
