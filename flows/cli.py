@@ -255,8 +255,8 @@ def _headline(stage: str, m: dict) -> str:
         return f"kept {m['kept_classes']}/{m['source_classes']} classes, {m['kept_fraction']:.0%} of source images"
     fit = f"val acc {m['val_accuracy']:.3f}" if "val_accuracy" in m else f"ssl loss {m.get('loss', float('nan')):.3f}"
     if stage == "pretrain":
-        return (f"{fit}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s "
-                f"({m['source_fraction']:.0%} of full source, full est. {m['est_full_source_wall_time_s']:.0f}s)")
+        return (f"{fit}; {m['images_seen']} imgs in {m['train_time_s']:.1f}s of training "
+                f"({m['source_fraction']:.0%} of full source, full est. {m['est_full_source_train_time_s']:.0f}s)")
     if stage == "surrogate":
         return f"{fit}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s"
     if stage == "distill":

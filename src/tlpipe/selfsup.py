@@ -123,9 +123,9 @@ def pretrain_simclr(
         on_metrics: called as on_metrics(epoch, {"loss", "lr", "elapsed_s"}) after each epoch.
 
     Returns:
-        (backbone in eval mode, metrics). The head is discarded. metrics: wall_time_s,
-        images_seen (each image once per epoch), images_per_s, loss (the last epoch's mean)
-        and loss_history (per-epoch means).
+        (backbone in eval mode, metrics). The head is discarded. metrics: wall_time_s
+        (= train_time_s), images_seen (each image once per epoch), images_per_s, loss (the last
+        epoch's mean) and loss_history (per-epoch means).
     """
     _check_args(images, epochs, batch_size, weight_decay, projection_dim, lr=lr, temperature=temperature)
     generator = seed_everything(seed)

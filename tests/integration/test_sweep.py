@@ -67,8 +67,9 @@ def test_every_point_runs_once_and_the_table_is_tidy(swept):
     table = results(project)[0]
     assert len(table) == 2 * 1 * 2 + 2  # methods x ratios x seeds + the full source per seed
     assert set(table["method"]) == {"lm", "random", "full"}
-    assert {"probe_1shot", "probe_3shot", "pretrain_time_s", "images_seen", "kept_classes", "logme", "h_score",
-            "leep", "nce", "finetune_accuracy"} <= set(table.columns)
+    assert {"probe_1shot", "probe_3shot", "pretrain_time_s", "pretrain_wall_s", "images_seen", "kept_classes",
+            "logme", "h_score", "leep", "nce", "finetune_accuracy"} <= set(table.columns)
+    assert (table["pretrain_time_s"] < table["pretrain_wall_s"]).all()  # the stage adds validation, loading, saving
     assert table["finetune_accuracy"].between(0, 1).all() and table["logme"].notna().all()
     assert table["probe_1shot"].between(0, 1).all()
     full = table[table.method == "full"]

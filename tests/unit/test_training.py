@@ -52,6 +52,17 @@ def test_train_classifier_learns_and_reports():
     assert {"train_loss", "train_accuracy"} <= metrics.keys()
 
 
+def test_train_classifier_times_training_apart_from_validation():
+    images, labels = toy_data()
+    with_val = train_classifier(Classifier(tiny_backbone(), 2), images, labels, epochs=2, lr=1e-2,
+                                val_images=images, val_labels=labels, **FAST)
+    assert 0 < with_val["val_time_s"] < with_val["wall_time_s"]
+    assert with_val["train_time_s"] == pytest.approx(with_val["wall_time_s"] - with_val["val_time_s"])
+    assert with_val["images_per_s"] == pytest.approx(with_val["images_seen"] / with_val["train_time_s"])
+    without = train_classifier(Classifier(tiny_backbone(), 2), images, labels, epochs=2, lr=1e-2, **FAST)
+    assert without["val_time_s"] == 0 and without["train_time_s"] == without["wall_time_s"]
+
+
 def test_train_classifier_is_deterministic_given_the_seed():
     images, labels = toy_data()
     runs = []
