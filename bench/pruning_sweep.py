@@ -137,8 +137,8 @@ def report(results: Path, work: Path, ssl: bool) -> None:
                  for c in shots]
         print(f"| {method} | {ratio:.1f} | " + " | ".join(cells) + " |")
     ours = "fm" if ssl else "lm"
-    pairs = [(ours, "random"), ("fm_samples", "random_samples"), (ours, sweeps.FULL)] if ssl else \
-        [(ours, "random"), (ours, sweeps.FULL)]
+    sample_level = [("fm_samples", "random_samples")] if ssl else []
+    pairs = [(ours, "random"), *sample_level, (ours, sweeps.FULL)]
     for method, baseline in pairs:
         if not {method, baseline} <= set(table.method):
             continue
