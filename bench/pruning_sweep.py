@@ -55,7 +55,7 @@ def run_sweep(args, work: Path) -> Path:
     sweep_file = work / "bench-sweep.json"
     sweep_file.write_text(json.dumps({
         "methods": args.methods or (SSL_METHODS if args.ssl else SUPERVISED_METHODS),
-        "ratios": args.ratios, "seeds": list(range(args.seeds)), "full_source": True, "set": {},
+        "ratios": args.ratios, "seeds": list(range(args.seeds)), "full_source": not args.no_full_source, "set": {},
         "cluster": {"address": None, "n_workers": args.workers, "threads_per_worker": args.threads},
     }))
     env = {**os.environ, **QUIET, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
@@ -106,16 +106,28 @@ def inference_throughput(work: Path, surrogate_entry: Path, repeats: int = 15) -
     return len(images) / statistics.median(timings["staged"]), len(images) / statistics.median(timings["bare"])
 
 
-def merge_results(folders: list[Path], work: Path) -> Path:
-    """One results folder (table, summary, plots) from several sweeps on the same store: grids that are not
-    one product (a ratio for some methods only) are run as separate sweeps. A point in a later folder
-    replaces the same point in an earlier one."""
+def load_results(path: Path):
+    """A results table from a sweep's folder (results.parquet) or a results.csv (as kept in bench/results),
+    in the current timing columns."""
+    import pandas as pd
+
+    from tlpipe import sweeps
+
+    table = pd.read_parquet(path / "results.parquet") if path.is_dir() else pd.read_csv(path)
+    return sweeps.upgrade_timing(table)
+
+
+def merge_results(paths: list[Path], work: Path) -> Path:
+    """One results folder (table, summary, plots) from several sweeps: grids that are not one product (a
+    ratio for some methods only) are run as separate sweeps. A point in a later table replaces the same
+    point in an earlier one. Merge only tables from the same code on the same machine: pairing by seed
+    assumes the same pretraining run, and float results differ between CPUs."""
     import pandas as pd
 
     from flows.sweep import write_results
     from tlpipe import sweeps
 
-    table = pd.concat([pd.read_parquet(folder / "results.parquet") for folder in folders], ignore_index=True)
+    table = pd.concat([load_results(path) for path in paths], ignore_index=True)
     table = table.drop_duplicates(["method", "ratio", "seed"], keep="last")
     return write_results(work, f"merged-{time.strftime('%Y%m%d-%H%M%S')}", table.to_dict("records"),
                          {"full_source": bool((table.method == sweeps.FULL).any())})
@@ -126,7 +138,7 @@ def report(results: Path, work: Path, ssl: bool) -> None:
 
     from tlpipe import sweeps
 
-    table = pd.read_parquet(results / "results.parquet")
+    table = load_results(results)
     shots = sweeps.probe_columns(table.columns)
     print(f"\nresults: {results}\n")
     print("teacher few-shot linear-probe accuracy on the target test split, mean ± std over seeds")
@@ -150,9 +162,11 @@ def report(results: Path, work: Path, ssl: bool) -> None:
                       f"{r['max']:+.3f} | {int(r.pairs)} |")
     if sweeps.FULL in set(table.method):
         print_against_full(table, shots)
-    print("\npretraining cost at ratio r over the full source (mean over seeds), ideal = 1 - r")
+    seconds = sweeps.seconds_column(table)
+    print("\npretraining cost at ratio r over the full source (mean over seeds), ideal = 1 - r; time = "
+          + ("the training loop" if seconds == "pretrain_time_s" else "the stage's wall time, validation included"))
     print("| method | ratio | time | images seen | ideal | time off ideal |\n|---|---|---|---|---|---|")
-    time_costs = sweeps.cost_ratios(table, "pretrain_time_s").set_index(["method", "ratio"])
+    time_costs = sweeps.cost_ratios(table, seconds).set_index(["method", "ratio"])
     seen_costs = sweeps.cost_ratios(table, "images_seen").set_index(["method", "ratio"])
     for (method, ratio), r in time_costs.iterrows():
         print(f"| {method} | {ratio:.1f} | {r.relative:.3f} | {seen_costs.loc[(method, ratio), 'relative']:.3f} | "
@@ -196,10 +210,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", nargs="+", help="default: every method of the variant")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.8, 0.9])
+    parser.add_argument("--no-full-source", action="store_true",
+                        help="skip the full-source points (merge with a table that has them to pair)")
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--report-only", type=Path, nargs="+", metavar="RESULTS",
-                        help="print the report of existing results folders (several: merged into a new one)")
+                        help="print the report of existing results (folders or results.csv files; several: "
+                             "merged into a new folder)")
     args = parser.parse_args()
     work = REPO / "bench" / ".work" / f"{args.charset}{'-ssl' if args.ssl else ''}"
     if not args.report_only:

@@ -158,7 +158,8 @@ def write_results(project: Path, name: str, rows: list[dict], spec: dict) -> Pat
         io.write_table(temp / "results.csv", table)
         shots = sweeps.probe_columns(table.columns)
         summary = pd.concat([sweeps.summarise(table, c).assign(metric=c)
-                             for c in shots + [c for c in ("finetune_accuracy", "pretrain_time_s") if c in table]])
+                             for c in shots + [c for c in ("finetune_accuracy", "pretrain_time_s", "pretrain_wall_s")
+                                                    if c in table]])
         io.write_table(temp / "summary.csv", summary)
         if len(table) > 2:  # which transferability score ranks the teachers as fine-tuning does
             io.write_table(temp / "rank_correlation.csv", sweeps.rank_correlations(table))
@@ -170,6 +171,6 @@ def write_results(project: Path, name: str, rows: list[dict], spec: dict) -> Pat
                             plots.plot_metric_vs_ratio(pruned, ylabel=f"teacher {column.removeprefix('probe_')} probe accuracy",
                                                        full=full))
         if spec["full_source"]:
-            io.write_figure(temp / "cost_vs_ratio.png", plots.plot_cost_vs_ratio(sweeps.cost_ratios(table, "pretrain_time_s")))
+            io.write_figure(temp / "cost_vs_ratio.png", plots.plot_cost_vs_ratio(sweeps.cost_ratios(table, sweeps.seconds_column(table))))
     return folder
 

@@ -87,6 +87,23 @@ def cost_ratios(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return out
 
 
+def upgrade_timing(table: pd.DataFrame) -> pd.DataFrame:
+    """A results table in the current timing columns. Tables written before the training loop was timed
+    apart (they have no `pretrain_wall_s`) hold the pretrain stage's wall time, per-epoch validation
+    included, in `pretrain_time_s`: it moves to `pretrain_wall_s` and the training-loop time is unknown."""
+    if "pretrain_wall_s" in table or "pretrain_time_s" not in table:
+        return table
+    return table.assign(pretrain_wall_s=table["pretrain_time_s"], pretrain_time_s=np.nan)
+
+
+def seconds_column(table: pd.DataFrame) -> str:
+    """The pretraining seconds to compare with the full source: the training loop (`pretrain_time_s`)
+    when every full-source row has it, else the stage wall time (`pretrain_wall_s`), so that a ratio
+    never divides one kind of seconds by the other."""
+    full = table.loc[table["method"] == FULL, "pretrain_time_s"] if "pretrain_time_s" in table else None
+    return "pretrain_time_s" if full is not None and len(full) and full.notna().all() else "pretrain_wall_s"
+
+
 SCORES = ("logme", "h_score", "leep", "nce")  # transferability scores, measured before any fine-tuning
 
 

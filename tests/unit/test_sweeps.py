@@ -109,3 +109,24 @@ def test_submission_order_starts_with_the_largest_pretrainings():
     assert sorted(order) == list(range(len(points)))  # every point once
     ratios = [points[i]["ratio"] for i in order]
     assert ratios == sorted(ratios) and ratios[:2] == [0.0, 0.0]  # the full source first
+
+
+def test_upgrade_timing_moves_old_stage_wall_time_out_of_the_training_time_column():
+    old = pd.DataFrame({"method": ["full", "lm"], "ratio": [0.0, 0.8], "seed": [0, 0], "pretrain_time_s": [100.0, 25.0]})
+    upgraded = sweeps.upgrade_timing(old)
+    assert upgraded["pretrain_wall_s"].tolist() == [100.0, 25.0]
+    assert upgraded["pretrain_time_s"].isna().all()
+    current = upgraded.assign(pretrain_time_s=[90.0, 20.0])
+    pd.testing.assert_frame_equal(sweeps.upgrade_timing(current), current)  # already current: untouched
+
+
+@pytest.mark.parametrize("full_train_times, expected", [
+    ([90.0, 80.0], "pretrain_time_s"),
+    ([90.0, np.nan], "pretrain_wall_s"),  # one full-source row from an older table: compare wall times
+    ([], "pretrain_wall_s"),  # no full source at all
+])
+def test_seconds_column_divides_like_by_like(full_train_times, expected):
+    n = len(full_train_times)
+    table = pd.DataFrame({"method": ["full"] * n + ["lm"], "ratio": [0.0] * n + [0.8], "seed": list(range(n)) + [0],
+                          "pretrain_time_s": full_train_times + [20.0], "pretrain_wall_s": [100.0] * n + [25.0]})
+    assert sweeps.seconds_column(table) == expected
