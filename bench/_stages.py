@@ -7,6 +7,20 @@ import importlib
 import time
 from pathlib import Path
 
+# The tools offline and quiet, in the subprocesses a benchmark starts.
+QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+         "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+# A few-second configuration, to try a benchmark script (`--tiny`).
+TINY = {
+    "prepare": {"source": {"images_per_class": 12}, "target": {"shots_per_class": 3}},
+    "surrogate": {"epochs": 1}, "pretrain": {"epochs": 1}, "distill": {"epochs": 1}, "finetune": {"epochs": 2},
+    "evaluate": {"probe_draws": 2},
+}
+# Self-supervised surrogate and teacher (`--ssl`). Label mapping needs a classifier, so the prune
+# method is feature mapping on k-means groups.
+SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}, "prune": {"method": "fm", "groups": "kmeans"}}
+
 
 class Untracked:
     """Stands where the MLflow run would be: records nothing."""
@@ -31,3 +45,40 @@ def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
         metrics["wall_time_s"] = time.perf_counter() - started
         write_json(metrics_path, metrics)
     return metrics
+
+
+def inference_speed(model, images, device, *, batch_size: int = 256, repeats: int = 15) -> tuple[float, float]:
+    """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`training.predict_logits`)
+    and as a bare loop (same batches, autocast and device; logits kept on the device, one copy back).
+    Medians of `repeats` interleaved rounds, after one untimed round of each (allocator, cuDNN choice)."""
+    import copy
+    import statistics
+
+    import torch
+
+    from tlpipe import runtime, training
+
+    device = torch.device(device)
+    plain = copy.deepcopy(model).to(device).eval()  # the stage's copy is reformatted (channels_last on CUDA)
+    pixels = torch.from_numpy(images)
+
+    @torch.inference_mode()
+    def bare() -> None:
+        logits = []
+        for i in range(0, len(pixels), batch_size):
+            with runtime.autocast(device):
+                logits.append(plain(runtime.to_float(pixels[i:i + batch_size].to(device))))
+        torch.cat(logits).float().cpu()
+
+    def staged() -> None:
+        training.predict_logits(model, images, batch_size=batch_size, device=device)
+
+    timings: dict = {bare: [], staged: []}
+    for fn in timings:
+        fn()
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        for fn, seconds in timings.items():
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    return len(images) / statistics.median(timings[staged]), len(images) / statistics.median(timings[bare])

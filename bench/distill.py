@@ -31,16 +31,11 @@ sys.path.insert(0, str(REPO))
 for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_key, _value)
 
-from _stages import run_stage  # noqa: E402
+from _stages import TINY, run_stage  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 UPSTREAM = ("prepare", "surrogate", "prune", "pretrain")
 PER_METHOD = ("distill", "finetune", "evaluate")
-TINY = {
-    "prepare": {"source": {"images_per_class": 12}, "target": {"shots_per_class": 3}},
-    "surrogate": {"epochs": 1}, "pretrain": {"epochs": 1}, "distill": {"epochs": 1}, "finetune": {"epochs": 2},
-    "evaluate": {"probe_draws": 2},
-}
 
 
 def seed_overrides(seed: int, tiny: bool) -> dict:

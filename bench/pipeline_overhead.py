@@ -27,16 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _stages import QUIET, TINY  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
-
-TINY = {
-    "prepare": {"source": {"images_per_class": 12}, "target": {"shots_per_class": 3}},
-    "surrogate": {"epochs": 1}, "pretrain": {"epochs": 1}, "distill": {"epochs": 1}, "finetune": {"epochs": 2},
-    "evaluate": {"probe_draws": 2},
-}
-QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-         "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
 
 def bare_loop(project: Path) -> None:

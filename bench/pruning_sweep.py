@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -31,16 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _stages import QUIET, SSL  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 SUPERVISED_METHODS = ["lm", "lm_soft", "lm_balanced", "lm_bottom", "random", "random_samples", "el2n", "grand",
                       "moderate", "fm", "fm_samples"]
 SSL_METHODS = ["fm", "fm_samples", "random", "random_samples"]
-# label mapping needs a classifier: the SSL variant's prune default is feature mapping on k-means groups
-SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}, "prune": {"method": "fm", "groups": "kmeans"}}
-QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-         "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
 
 def run_sweep(args, work: Path) -> Path:
@@ -77,33 +72,15 @@ def surrogate_cost(work: Path) -> tuple[dict, Path]:
     return json.loads((newest / "metrics.json").read_text()), newest
 
 
-def inference_throughput(work: Path, surrogate_entry: Path, repeats: int = 15) -> tuple[float, float]:
-    """Images/s of the surrogate over the target train split: as `prune` runs it, and as a bare loop."""
-    import torch
-
-    from tlpipe import data, models, runtime, training
+def inference_throughput(work: Path, surrogate_entry: Path) -> tuple[float, float]:
+    """Images/s of the surrogate over the target train split on the CPU: as `prune` runs it, and as a bare loop."""
+    from _stages import inference_speed
+    from tlpipe import data, models
 
     prepare = max((work / ".tlpipe" / "store" / "prepare").glob("*/out"), key=lambda p: p.stat().st_mtime)
     images, _ = data.to_arrays(data.load_prepared(prepare / "target")["train"])
     images = images.repeat(8, axis=0)  # the split alone is a few hundred images: too short to time
-    model = models.load_classifier(surrogate_entry / "out" / "model").eval()
-    pixels = torch.from_numpy(images)
-
-    @torch.inference_mode()
-    def bare() -> None:
-        for i in range(0, len(pixels), 256):
-            model(runtime.to_float(pixels[i:i + 256]))
-
-    def staged() -> None:
-        training.predict_logits(model, images, batch_size=256, device=torch.device("cpu"))
-
-    timings = {"bare": [], "staged": []}
-    for _ in range(repeats):  # interleaved, so drift hits both alike
-        for name, fn in (("bare", bare), ("staged", staged)):
-            start = time.perf_counter()
-            fn()
-            timings[name].append(time.perf_counter() - start)
-    return len(images) / statistics.median(timings["staged"]), len(images) / statistics.median(timings["bare"])
+    return inference_speed(models.load_classifier(surrogate_entry / "out" / "model"), images, "cpu")
 
 
 def load_results(path: Path):
@@ -134,8 +111,6 @@ def merge_results(paths: list[Path], work: Path) -> Path:
 
 
 def report(results: Path, work: Path, ssl: bool) -> None:
-    import pandas as pd
-
     from tlpipe import sweeps
 
     table = load_results(results)

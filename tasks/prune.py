@@ -57,7 +57,7 @@ def _train_and_score(ctx: StageContext, surrogate, images: np.ndarray, labels: n
             per_run.append(training.predict_logits(model, images, batch_size=256, device=device))
         else:
             pixels = runtime.to_float(torch.from_numpy(images))
-            per_run.append(pruning.per_sample_grad_norms(model.cpu().eval(), pixels, labels, batch_size=128))
+            per_run.append(pruning.per_sample_grad_norms(model.eval(), pixels, labels, batch_size=128))
     return per_run
 
 

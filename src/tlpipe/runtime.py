@@ -87,7 +87,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels [..] in 0..255 -> float32 in [-1, 1] (black -> -1, white -> 1)."""
-    return pixels.float().mul_(2.0 / 255.0).sub_(1.0)
+    # always a copy: a float input (or a batch that is a view of the caller's array) is never scaled in place
+    return pixels.to(torch.float32, copy=True).mul_(2.0 / 255.0).sub_(1.0)
 
 
 def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -125,7 +126,8 @@ def iter_batches(
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
     settings = device_settings(device.type)
     for start in range(0, min(stop, n), batch_size):
-        index = order[start : start + batch_size]
+        # in order: a slice (a view, no gather); shuffled: the batch's indices
+        index = slice(start, start + batch_size) if generator is None else order[start : start + batch_size]
         x = pixels[index]
         if settings["pin_memory"]:
             x = x.pin_memory()  # page-locked, so the copy below can overlap compute

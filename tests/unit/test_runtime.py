@@ -61,6 +61,20 @@ def test_to_float_maps_uint8_to_unit_interval():
     torch.testing.assert_close(x, torch.tensor([-1.0, 1.0, -0.6]))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_to_float_never_scales_its_input_in_place(dtype):
+    pixels = torch.tensor([0, 255, 51], dtype=dtype)
+    to_float(pixels[:2])  # a view, as an unshuffled batch is
+    assert pixels.tolist() == [0, 255, 51]
+
+
+def test_iter_batches_in_order_leaves_the_images_untouched():
+    images = np.arange(12, dtype=np.uint8).reshape(3, 1, 2, 2)
+    for _ in iter_batches(images, batch_size=2, device=torch.device("cpu")):
+        pass
+    assert np.array_equal(images, np.arange(12, dtype=np.uint8).reshape(3, 1, 2, 2))
+
+
 @pytest.mark.parametrize(("n", "drop_last", "sizes"), [(10, False, [4, 4, 2]), (10, True, [4, 4]), (3, True, [3])])
 def test_iter_batches_sizes_and_values(n, drop_last, sizes):
     images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1).repeat(2, axis=2).repeat(2, axis=3)

@@ -73,7 +73,7 @@ def test_train_classifier_is_deterministic_given_the_seed():
     assert states_equal(*runs)
 
 
-@pytest.mark.parametrize("n", [1, 17, 40])
+@pytest.mark.parametrize("n", [1, 17, 40, 70])
 def test_predict_and_extract_shapes(n):
     images, _ = toy_data(n)
     model = Classifier(tiny_backbone(), 3)
@@ -84,6 +84,8 @@ def test_predict_and_extract_shapes(n):
     # batching does not change the answer
     np.testing.assert_allclose(features, extract_features(model.backbone, images, batch_size=n, device=CPU),
                                rtol=1e-5, atol=1e-6)
+    # one image a batch: outputs come back to the host in groups of batches, then the remainder (n=70)
+    np.testing.assert_allclose(logits, predict_logits(model, images, batch_size=1, device=CPU), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["linear", "full"])
