@@ -104,7 +104,9 @@ def test_glyphs_are_white_ink_on_black(char, image_size):
     images, _ = _render(char, image_size=image_size, degrade_fraction=0.0)
     border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
     assert border.mean() < 20
-    assert images.reshape(len(images), -1).max(1).min() > 128  # every image has ink
+    # every image has ink; a thin stroke anti-aliased at 16 px can peak near half intensity (127 with
+    # another Pillow/FreeType build), still far above the background
+    assert images.reshape(len(images), -1).max(1).min() > 96
 
 
 def test_fonts_come_from_those_having_the_glyph():
