@@ -47,10 +47,12 @@ def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
     return metrics
 
 
-def inference_speed(model, images, device, *, batch_size: int = 256, repeats: int = 15) -> tuple[float, float]:
+def inference_speed(model, images, device, *, batch_size: int = 256, repeats: int = 15) -> tuple[float, float, int]:
     """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`training.predict_logits`)
-    and as a bare loop (same batches, autocast and device; logits kept on the device, one copy back).
-    Medians of `repeats` interleaved rounds, after one untimed round of each (allocator, cuDNN choice)."""
+    and as a bare loop (same batches, autocast and device; logits kept on the device, one copy back), and
+    the number of images timed. A target train split is a few hundred images, too short to time (more so
+    on a GPU), so it is repeated to 6,400 images (51,200 on CUDA). Medians of `repeats` interleaved
+    rounds, after one untimed round of each (allocator, cuDNN's kernel choice)."""
     import copy
     import statistics
 
@@ -59,6 +61,8 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
     from tlpipe import runtime, training
 
     device = torch.device(device)
+    wanted = 51_200 if device.type == "cuda" else 6_400
+    images = images.repeat(-(-wanted // len(images)), axis=0)
     plain = copy.deepcopy(model).to(device).eval()  # the stage's copy is reformatted (channels_last on CUDA)
     pixels = torch.from_numpy(images)
 
@@ -81,4 +85,5 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
             start = time.perf_counter()
             fn()
             seconds.append(time.perf_counter() - start)
-    return len(images) / statistics.median(timings[staged]), len(images) / statistics.median(timings[bare])
+    n = len(images)
+    return n / statistics.median(timings[staged]), n / statistics.median(timings[bare]), n

@@ -122,12 +122,12 @@ def iter_batches(
     pixels = torch.as_tensor(images)
     targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
     n = pixels.shape[0]
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
     settings = device_settings(device.type)
     for start in range(0, min(stop, n), batch_size):
         # in order: a slice (a view, no gather); shuffled: the batch's indices
-        index = slice(start, start + batch_size) if generator is None else order[start : start + batch_size]
+        index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
         x = pixels[index]
         if settings["pin_memory"]:
             x = x.pin_memory()  # page-locked, so the copy below can overlap compute
