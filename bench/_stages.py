@@ -47,6 +47,16 @@ def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
     return metrics
 
 
+def surrogate_inference_line(model_dir: Path, target_dir: Path, device: str) -> str:
+    """The prune stage's surrogate inference over the target train split against a bare loop, as a report line."""
+    from tlpipe import data, models
+
+    images, _ = data.to_arrays(data.load_prepared(target_dir)["train"])
+    staged, bare, timed = inference_speed(models.load_classifier(model_dir), images, device)
+    return (f"prune-stage surrogate inference on {device}: {staged:.0f} img/s vs bare loop {bare:.0f} img/s "
+            f"= {staged / bare:.1%} (goal >= 90 %; {timed} images, batch 256)")
+
+
 def inference_speed(model, images, device, *, batch_size: int = 256, repeats: int = 15) -> tuple[float, float, int]:
     """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`training.predict_logits`)
     and as a bare loop (same batches, autocast and device; logits kept on the device, one copy back), and

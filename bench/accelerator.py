@@ -31,7 +31,7 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFO
                      "TRANSFORMERS_VERBOSITY": "error"}.items():
     os.environ.setdefault(_key, _value)
 
-from _stages import SSL, TINY, inference_speed, run_stage  # noqa: E402
+from _stages import SSL, TINY, run_stage, surrogate_inference_line  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 # (stage, dotted key in its metrics, label): what a stage produced, compared across devices
@@ -134,15 +134,9 @@ def report(devices: list[str], runs: list[dict[str, dict]], projects: list[Path]
 
 def print_inference(device: str, project: Path) -> None:
     """The prune stage's surrogate inference vs a bare loop, on `device` (supervised surrogates only)."""
-    from tlpipe import data, models
-
     model_dir = project / "data" / "surrogate" / "model"
-    if not model_dir.exists():
-        return
-    images, _ = data.to_arrays(data.load_prepared(project / "data" / "prepared" / "target")["train"])
-    staged, bare, timed = inference_speed(models.load_classifier(model_dir), images, device)
-    print(f"prune-stage surrogate inference on {device}: {staged:.0f} img/s vs bare loop {bare:.0f} img/s "
-          f"= {staged / bare:.1%} (goal >= 90 %; {timed} images, batch 256)")
+    if model_dir.exists():
+        print(surrogate_inference_line(model_dir, project / "data" / "prepared" / "target", device))
 
 
 def main() -> None:

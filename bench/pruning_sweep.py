@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _stages import QUIET, SSL  # noqa: E402
+from _stages import QUIET, SSL, surrogate_inference_line  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 SUPERVISED_METHODS = ["lm", "lm_soft", "lm_balanced", "lm_bottom", "random", "random_samples", "el2n", "grand",
@@ -70,17 +70,6 @@ def surrogate_cost(work: Path) -> tuple[dict, Path]:
     entries = [p for p in (work / ".tlpipe" / "store" / "surrogate").iterdir() if (p / "metrics.json").is_file()]
     newest = max(entries, key=lambda p: p.stat().st_mtime)
     return json.loads((newest / "metrics.json").read_text()), newest
-
-
-def inference_throughput(work: Path, surrogate_entry: Path) -> tuple[float, float, int]:
-    """Images/s of the surrogate over the target train split on the CPU, as `prune` runs it and as a bare
-    loop, and the number of images timed."""
-    from _stages import inference_speed
-    from tlpipe import data, models
-
-    prepare = max((work / ".tlpipe" / "store" / "prepare").glob("*/out"), key=lambda p: p.stat().st_mtime)
-    images, _ = data.to_arrays(data.load_prepared(prepare / "target")["train"])
-    return inference_speed(models.load_classifier(surrogate_entry / "out" / "model"), images, "cpu")
 
 
 def load_results(path: Path):
@@ -158,9 +147,8 @@ def report(results: Path, work: Path, ssl: bool) -> None:
         seen = (group["images_seen"].mean() + surrogate["images_seen"]) / full_seen
         print(f"end to end in images seen, surrogate included, {ours} at {ratio:.1f}: {seen:.2f}x full source")
     if (entry / "out" / "model").exists():
-        staged, bare, timed = inference_throughput(work, entry)
-        print(f"\nprune-stage surrogate inference: {staged:.0f} img/s vs bare loop {bare:.0f} img/s "
-              f"= {staged / bare:.1%} (goal >= 90 %; {timed} images, batch 256)")
+        prepare = max((work / ".tlpipe" / "store" / "prepare").glob("*/out"), key=lambda p: p.stat().st_mtime)
+        print("\n" + surrogate_inference_line(entry / "out" / "model", prepare / "target", "cpu"))
 
 
 def print_against_full(table, shots: list[str]) -> None:
