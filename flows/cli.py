@@ -10,81 +10,19 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows import cli_ops
+from flows.console import bad_input, err, open_project, out, project_root, run_flow, server_timeout
 from flows.server import start_if_needed
 from tlpipe import config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
-err = Console(stderr=True)
-out = Console()
-EXIT_BAD_INPUT = 2
-
-QUIET_DEFAULTS = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}
 
 
 @app.callback()
 def _commands() -> None:
     """Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate."""
-
-
-def find_project(start: Path) -> Path:
-    """The nearest folder at or above `start` holding dvc.yaml."""
-    for folder in (start, *start.parents):
-        if (folder / "dvc.yaml").is_file():
-            return folder
-    raise config.ParamsError(f"no dvc.yaml in {start} or any parent folder; run inside a tlpipe project or pass --project")
-
-
-def open_project(project: Path | None) -> Path:
-    """Quiets the tools (unless the environment says otherwise) and finds the project root."""
-    for key, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    return find_project((project or Path.cwd()).resolve())
-
-
-def project_root(project: Path | None) -> Path:
-    """`open_project`, ending the command with exit code 2 when there is no project."""
-    try:
-        return open_project(project)
-    except config.ParamsError as exc:
-        raise bad_input(str(exc))
-
-
-def bad_input(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_BAD_INPUT)
-
-
-def write_overrides(project: Path, params: dict[str, dict], stages: set[str]) -> None:
-    """Writes overridden values into params/<stage>.yaml, keeping comments and order (like `dvc exp run -S`)."""
-    from ruamel.yaml import YAML
-
-    from tlpipe.io import staged_outputs
-
-    yaml = YAML()
-    for stage in sorted(stages):
-        path = config.params_path(project, stage)
-        document = yaml.load(path.read_text(encoding="utf-8"))
-        _merge(document, params[stage])
-        with staged_outputs(path) as (temp,):
-            with open(temp, "w", encoding="utf-8") as fh:
-                yaml.dump(document, fh)
-
-
-def _merge(document, values: dict) -> None:
-    for key, value in values.items():
-        if isinstance(value, dict):
-            _merge(document[key], value)
-        elif document[key] != value:
-            document[key] = value
 
 
 @app.command()
@@ -97,33 +35,36 @@ def run(
     """Run the pipeline (cached stages are reused); prints a results table and where to look."""
     try:
         root = open_project(project)
-        params, touched = config.apply_overrides(config.load_all_params(root), set_)
         for name in [*refresh, *([until] if until else [])]:
             if name != "all" and name not in config.STAGES:
                 raise config.ParamsError(f"unknown stage {name!r}; stages are {', '.join(config.STAGES)} (or 'all' for --refresh)")
+        config.apply_overrides(config.load_all_params(root), set_)  # a typo fails before anything starts
     except config.ParamsError as exc:
         raise bad_input(str(exc))
     server = start_if_needed()  # boots while the pipeline loads and is checked
     from flows.pipeline import pipeline
-    from tasks import runner, tracking, versioning
+    from runner import keys, snapshot, tracking
+    from runner.lock import project_lock
+    from runner.spec import load_pipeline, select_stages
 
-    try:
-        stages = versioning.select_stages(versioning.load_pipeline(root), until)
-        runner.preflight(root, stages, params)
-    except (config.ParamsError, ValueError, FileNotFoundError) as exc:
-        raise bad_input(str(exc))
-    write_overrides(root, params, touched)
-    try:
-        # Work the flow needs anyway, done while the server boots: the device, the MLflow store.
-        device = runner.device_name()
-        tracking.configure(root)
-        tracking.client()
-        api = server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])) if server else None
-        result = run_flow(pipeline, api_url=api, project=str(root), refresh=refresh, until=until, checked=True,
-                          device=device)
-    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
-        err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
-        raise typer.Exit(1)
+    waiting = lambda: err.print(f"another pipeline run holds {root}; waiting for it", highlight=False)  # noqa: E731
+    with project_lock(root, on_wait=waiting):  # the snapshot is taken, and the run made, under the lock
+        try:
+            stages = select_stages(load_pipeline(root), until)
+            taken = snapshot.take(root, set_, stages)
+        except (config.ParamsError, ValueError, FileNotFoundError) as exc:
+            raise bad_input(str(exc))
+        try:
+            # Work the flow needs anyway, done while the server boots: the device, the MLflow store.
+            device = keys.device_name()
+            tracking.configure(root)
+            tracking.client()
+            api = server.wait(server_timeout()) if server else None
+            result = run_flow(pipeline, api_url=api, project=str(root), snapshot=taken.as_dict(), refresh=refresh,
+                              until=until, device=device)
+        except Exception as exc:  # the stage's own traceback is already in the Prefect log above
+            err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
+            raise typer.Exit(1)
     print_summary(root, result)
 
 
@@ -137,7 +78,7 @@ def lineage_command(
     import json
 
     root = project_root(project)
-    from tasks import lineage, tracking
+    from runner import lineage, tracking
 
     tracking.configure(root)
     try:
@@ -169,16 +110,18 @@ def sweep(
         raise bad_input(str(exc))
     server = start_if_needed()
     from flows.sweep import sweep as sweep_flow, task_runner
-    from tasks import runner, tracking, versioning
+    from runner import keys, tracking
+    from runner.snapshot import preflight
+    from runner.spec import load_pipeline
 
     try:
-        runner.preflight(root, versioning.load_pipeline(root), spec["params"])
+        preflight(root, load_pipeline(root), spec["params"])
     except (config.ParamsError, ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc))
     try:
-        device = runner.device_name()
+        device = keys.device_name()
         tracking.configure(root)
-        api = server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])) if server else None
+        api = server.wait(server_timeout()) if server else None
         if api:  # Dask workers inherit it; without it each worker would start a Prefect server of its own
             os.environ["PREFECT_API_URL"] = api
         configured = sweep_flow.with_options(task_runner=task_runner(spec["cluster"]))
@@ -211,17 +154,6 @@ def print_sweep_summary(folder: Path) -> None:
     out.print(view)
 
 
-def run_flow(flow_fn, api_url: str | None = None, **kwargs) -> dict:
-    """Calls a flow (against `api_url` when given) without the sync engine's one-second heartbeat join."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    if api_url:
-        updates[PREFECT_API_URL] = api_url
-    with temporary_settings(updates=updates):
-        return flow_fn(**kwargs)
-
-
 def print_summary(root: Path, result: dict) -> None:
     table = Table(title="tlpipe run", show_lines=False)
     for column in ("stage", "status", "seconds", "result"):
@@ -229,7 +161,7 @@ def print_summary(root: Path, result: dict) -> None:
     by_stage = {r["stage"]: r for r in result["stages"]}
     for r in result["stages"]:
         status = {"ran": "[green]ran[/]", "cached": "[cyan]cached[/]", "restored": "[cyan]restored[/]"}[r["status"]]
-        table.add_row(r["stage"], status, f"{r['seconds']:.1f}", _headline(r["stage"], r["metrics"]))
+        table.add_row(r["stage"], status, f"{r['seconds']:.1f}", r.get("headline", ""))
     out.print(table)
     if "evaluate" in by_stage:
         out.print(_transfer_table(by_stage["evaluate"]["metrics"]))
@@ -246,26 +178,6 @@ def print_summary(root: Path, result: dict) -> None:
         out.print(f"  model: {state} models:/{reg['model']}/{reg['version']}", highlight=False)
         if "alias" in reg:
             out.print(f"  {reg['alias']}: {reg['reason']}", highlight=False)
-
-
-def _headline(stage: str, m: dict) -> str:
-    if stage == "prepare":
-        return f"source {m['source_train']} train imgs / {m['source_classes']} classes; target {m['target_classes']} classes"
-    if stage == "prune":
-        return f"kept {m['kept_classes']}/{m['source_classes']} classes, {m['kept_fraction']:.0%} of source images"
-    fit = f"val acc {m['val_accuracy']:.3f}" if "val_accuracy" in m else f"ssl loss {m.get('loss', float('nan')):.3f}"
-    if stage == "pretrain":
-        return (f"{fit}; {m['images_seen']} imgs in {m['train_time_s']:.1f}s of training "
-                f"({m['source_fraction']:.0%} of full source, full est. {m['est_full_source_train_time_s']:.0f}s)")
-    if stage == "surrogate":
-        return f"{fit}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s"
-    if stage == "distill":
-        return f"loss {m['loss']:.3f}; student {m['parameters']:,} params vs teacher {m['teacher_parameters']:,}"
-    if stage == "finetune":
-        return f"train acc {m['train_accuracy']:.3f}; {m['parameters']:,} params"
-    if stage == "evaluate":
-        return f"test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
-    return ""
 
 
 def _transfer_table(m: dict) -> Table:
@@ -307,9 +219,10 @@ def main() -> None:
         raise
 
 
-from flows import cli_ops  # noqa: E402,F401  (registers serve, deploy and doctor on `app`)
+app.command()(cli_ops.serve)
+app.command(name="deploy")(cli_ops.deploy_command)
+app.command()(cli_ops.doctor)
 
-if __name__ == "__main__":  # `python -m flows.cli`: run the imported module, the one cli_ops registered on
-    from flows.cli import main as registered_main
 
-    registered_main()
+if __name__ == "__main__":  # python -m flows.cli
+    main()

@@ -1,4 +1,5 @@
-"""The operations commands of `tlpipe`: serve and deploy the deployments of prefect.yaml, and doctor."""
+"""The operations commands of `tlpipe`: serve and deploy the deployments of prefect.yaml, and doctor
+(registered on the app by flows/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flows.cli import app, bad_input, err, out, project_root
+from flows.console import bad_input, err, out, project_root, server_timeout
 
 
 def open_deployments(project: Path | None, names: list[str]) -> Path:
@@ -24,7 +25,6 @@ def open_deployments(project: Path | None, names: list[str]) -> Path:
     return root
 
 
-@app.command()
 def serve(
     deployment: list[str] = typer.Option([], "--deployment", "-d", help="Serve only this deployment of prefect.yaml (repeatable)."),
     interval: Optional[float] = typer.Option(None, "--interval", min=1, help="Run every INTERVAL seconds instead of the declared schedules (for trying it out)."),
@@ -38,13 +38,12 @@ def serve(
         from flows.server import TemporaryServer
 
         server = TemporaryServer(services=True, port=4200)  # stopped when the command ends
-        os.environ["PREFECT_API_URL"] = server.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        os.environ["PREFECT_API_URL"] = server.wait(server_timeout())
         out.print(f"Prefect server for this session: {os.environ['PREFECT_API_URL'].removesuffix('/api')} "
                   "(set PREFECT_API_URL to use a lasting one)", highlight=False)
     deploy.serve(root, deployment or None, interval)
 
 
-@app.command(name="deploy")
 def deploy_command(
     deployment: list[str] = typer.Option([], "--deployment", "-d", help="Deploy only this deployment of prefect.yaml (repeatable)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=0, help="GPUs the gpu pool's workers use (default: the GPUs torch sees here); one concurrency limit each."),
@@ -81,7 +80,6 @@ def deploy_command(
               highlight=False)
 
 
-@app.command()
 def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
     project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),

@@ -54,7 +54,7 @@ def _work_pools() -> dict:
 
 
 def check_mlflow(project: Path) -> list[dict]:
-    from tasks import tracking
+    from runner import tracking
 
     uri = tracking.configure(project)
     if uri.startswith(("http://", "https://")):
@@ -75,9 +75,9 @@ def check_mlflow(project: Path) -> list[dict]:
 def check_dvc(project: Path) -> list[dict]:
     from dvc.repo import Repo
 
-    from tasks import remote
+    from runner.dvc import default_remote
 
-    name = remote.default_remote(project)
+    name = default_remote(project)
     if name is None:
         return [_row("dvc remote", "none", None, "outputs stay in this clone; `dvc remote add -d` shares them")]
     try:
@@ -90,12 +90,11 @@ def check_dvc(project: Path) -> list[dict]:
 
 
 def check_storage(project: Path) -> list[dict]:
-    from flows.pipeline import cache_dir
-    from tasks.context import store_root
+    from runner.workspace import cache_location, store_root
 
-    cache = cache_dir(project)
-    return [_folder_row("prefect cache", "TLPIPE_CACHE_DIR", cache) if isinstance(cache, Path)
-            else _fsspec_row("prefect cache", cache),
+    cache = cache_location(project)
+    return [_folder_row("stage records", "TLPIPE_CACHE_DIR", cache) if isinstance(cache, Path)
+            else _fsspec_row("stage records", cache),
             _folder_row("result store", "TLPIPE_STORE_DIR", store_root(project))]
 
 
@@ -122,7 +121,7 @@ def _fsspec_row(component: str, url: str) -> dict:
 def check_device() -> list[dict]:
     import torch
 
-    from tasks.runner import device_name
+    from runner.keys import device_name
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [_row("device", device_name(), None if count == 0 else True,

@@ -3,7 +3,7 @@ then run the pipeline, where only the stages that the changed data reaches run a
 
 Deployed from prefect.yaml (`tlpipe serve` runs the deployments in one process, `tlpipe deploy`
 registers them for workers). The new model becomes the champion only when it beats the current one
-by `evaluate.promote_margin` (flows/pipeline.py: promote); the run's summary says why either way.
+by `evaluate.promote_margin` (flows/promotion.py); the run's summary says why either way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.pipeline import pipeline
-from tasks import lineage, remote, versioning
+from runner import dvc, lineage
 
 SUMMARY_KEY = "retrain-summary"
 
@@ -28,7 +28,7 @@ def changed_data(before: dict[str, str] | None, now: dict[str, str]) -> dict[str
 def unrecorded_changes(project: Path, tracked: dict[str, str]) -> list[str]:
     """Tracked paths whose files differ from their `.dvc` record (edited without `dvc add`)."""
     return [rel for rel, md5 in tracked.items()
-            if (Path(project) / rel).exists() and versioning.md5_path(Path(project) / rel) != md5]
+            if (Path(project) / rel).exists() and dvc.md5_path(Path(project) / rel) != md5]
 
 
 def summarise(changes: dict, previous: dict | None, result: dict) -> str:
@@ -67,9 +67,9 @@ def retrain(project: str = ".", pull: bool = True, registered_model: str | None 
 
     logger = get_run_logger()
     project_path = Path(project).resolve()
-    if pull and (fetched := remote.pull_tracked(project_path)):
+    if pull and (fetched := dvc.pull_tracked(project_path)):
         logger.info("dvc pull brought %d files of tracked data", fetched)
-    tracked = remote.tracked_data(project_path)
+    tracked = dvc.tracked_data(project_path)
     for rel in unrecorded_changes(project_path, tracked):
         logger.warning("%s differs from %s.dvc: the run uses the files as they are; `dvc add %s` records them",
                        rel, rel, rel)

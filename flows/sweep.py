@@ -1,7 +1,7 @@
 """The pruning sweep as a Prefect flow: methods x ratios x seeds fanned out with the Dask task runner.
 
 The stages upstream of `prune` (prepare, surrogate) run once; every point then runs prune and
-pretrain and probes its teacher. All outputs go to the content-addressed store (tasks/store.py), never
+pretrain and probes its teacher. All outputs go to the store's entries (runner/workspace.py), never
 to the project's data/ or dvc.lock, so points run side by side and a point whose inputs did not
 change is a cache hit in this sweep and in any later one.
 """
@@ -16,12 +16,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.pipeline import start_tracked_run
-from tlpipe import config, io, plots, sweeps
-from tasks import cachekey, probe, runner, store, tracking, versioning
+from runner import keys, tracking
+from runner.core import run_stage
+from runner.progress import ConsoleProgress
+from runner.snapshot import Snapshot, preflight
+from runner.spec import StageSpec, load_pipeline
+from runner.workspace import StoreWorkspace
+from tlpipe import config, io, plots, probe, sweeps
 
 POINT_STAGES = ("prune", "pretrain")
-PROBE_SPEC = versioning.StageSpec(  # the teacher's probe: keyed like a stage, stored as one JSON record
-    name="probe", cmd="python -m tasks.probe", deps=("data/prepared", "data/pretrain"),
+PROBE_SPEC = StageSpec(  # the teacher's probe: keyed like a stage, stored as one JSON record
+    name="probe", cmd="python -m tlpipe.probe", deps=("data/prepared", "data/pretrain"),
     params={"params/evaluate.yaml": ("seed", "probe_shots", "probe_draws", "batch_size"),
             "params/finetune.yaml": ("mode", "seed", "epochs", "batch_size", "lr", "weight_decay")}, outs=(),
 )
@@ -36,43 +41,34 @@ def point_params(base: dict[str, dict], point: dict) -> dict[str, dict]:
     return params
 
 
-def _stage(project: Path, spec, params: dict, known: dict, upstream: dict, env: dict, **execute):
-    deps = runner.dep_hashes(project, spec, known, params, locate=store.locator(project, upstream))
-    key = cachekey.stage_cache_key(spec, params={f"params/{spec.name}.yaml": params}, dep_hashes=deps, env=env)
-    return store.run_stage(project, spec, key=key, upstream=upstream, params=params, deps=deps, **execute)
-
-
-def _probe(project: Path, known: dict, upstream: dict, params: dict, env: dict, device: str) -> tuple[dict, str]:
+def _probe(workspace: StoreWorkspace, params: dict, device: str) -> tuple[dict, str]:
     """The teacher's probe accuracies, transferability scores and fine-tuned accuracy, stored once per key."""
-    deps = {dep: known[dep] for dep in PROBE_SPEC.deps}
-    key = cachekey.stage_cache_key(PROBE_SPEC, params={"params/evaluate.yaml": params["evaluate"],
-                                                       "params/finetune.yaml": params["finetune"]},
-                                   dep_hashes=deps, env=env)
-    return store.cached_json(project, "probe", key, lambda: probe.score_teacher(
-        upstream["prepare"].out, upstream["pretrain"].out, params["evaluate"], device, finetune=params["finetune"]))
+    declared = {file: {key: params[Path(file).stem][key] for key in names} for file, names in PROBE_SPEC.params.items()}
+    key = keys.stage_cache_key(PROBE_SPEC, declared=declared, dep_hashes={d: workspace.known[d] for d in PROBE_SPEC.deps},
+                               env=keys.run_environment(device))
+    return io.cached_file(workspace.store / "probe" / f"{key}.json", lambda: probe.score_teacher(
+        workspace.upstream("prepare"), workspace.upstream("pretrain"), params["evaluate"], device,
+        finetune=params["finetune"]), io.write_json, io.read_json)
 
 
 @task(name="sweep-point", task_run_name="{point[method]}-r{point[ratio]}-s{point[seed]}")
-def sweep_point(project: str, point: dict, params: dict, shared: dict, env: dict, device: str,
+def sweep_point(project: str, point: dict, params: dict, shared: dict[str, str], device: str,
                 parent_id: str, tags: dict, threads: int) -> dict:
-    """prune -> pretrain -> teacher probe for one grid point (inside a Dask worker)."""
+    """prune -> pretrain -> teacher probe for one grid point (inside a Dask worker), in the store."""
     import torch
 
     torch.set_num_threads(threads)
     project_path = Path(project)
-    specs = {s.name: s for s in versioning.load_pipeline(project_path)}
-    known = dict(shared["outs"])
-    upstream = {stage: store.entry(project_path, stage, key) for stage, key in shared["keys"].items()}
+    tracking.configure(project_path)
+    specs = {s.name: s for s in load_pipeline(project_path)}
+    workspace = StoreWorkspace(project_path, shared)
+    recorder = tracking.Recorder(parent_id, {**tags, "tlpipe.sweep_point": json.dumps(point)})
     row = dict(point)
     for stage in POINT_STAGES:
-        manifest, found, how = _stage(project_path, specs[stage], params[stage], known, dict(upstream), env,
-                                      device=device, parent_id=parent_id,
-                                      tags={**tags, "tlpipe.sweep_point": json.dumps(point)}, show_progress=False)
-        known.update(manifest["outs"])
-        upstream[stage] = found
-        row[f"{stage}_status"] = how
-        row.update(_point_figures(stage, manifest["metrics"]))
-    scores, row["probe_status"] = _probe(project_path, known, upstream, params, env, device)
+        outcome = run_stage(specs[stage], params[stage], workspace, device=device, observers=[recorder])
+        row[f"{stage}_status"] = outcome.status
+        row.update(_point_figures(stage, outcome.metrics))
+    scores, row["probe_status"] = _probe(workspace, params, device)
     return {**row, **scores}
 
 
@@ -96,18 +92,15 @@ def task_runner(cluster: dict):
     })
 
 
-def run_shared(project: Path, base: dict, env: dict, device: str, parent_id: str, tags: dict) -> dict:
-    """The stages every point reads (those before prune), once, into the store."""
-    stages = versioning.load_pipeline(project)
-    shared = [s for s in stages[: [s.name for s in stages].index("prune")]]
-    known, upstream, keys = {}, {}, {}
-    for spec in shared:
-        manifest, found, how = _stage(project, spec, base[spec.name], known, dict(upstream), env, device=device,
-                                      parent_id=parent_id, tags=tags, show_progress=True)
-        get_run_logger().info("%s: %s (%s)", spec.name, how, found.key[:12])
-        known.update(manifest["outs"])
-        upstream[spec.name], keys[spec.name] = found, found.key
-    return {"outs": known, "keys": keys}
+def run_shared(project: Path, base: dict, device: str, parent_id: str, tags: dict) -> dict[str, str]:
+    """The stages every point reads (those before prune), once, into the store; {stage: entry key}."""
+    stages = load_pipeline(project)
+    workspace = StoreWorkspace(project)
+    observers = [tracking.Recorder(parent_id, tags), ConsoleProgress()]
+    for spec in stages[: [s.name for s in stages].index("prune")]:
+        outcome = run_stage(spec, base[spec.name], workspace, device=device, observers=observers)
+        get_run_logger().info("%s: %s (%s)", spec.name, outcome.status, outcome.key[:12])
+    return dict(workspace.entries)
 
 
 @flow(name="tlpipe-sweep")
@@ -116,19 +109,16 @@ def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     project_path = Path(project).resolve()
     base = config.load_all_params(project_path)
     spec = config.load_sweep(Path(sweep_file), methods=config.SCHEMA["prune"]["method"].choices, base=base)
-    runner.preflight(project_path, versioning.load_pipeline(project_path), spec["params"])
+    preflight(project_path, load_pipeline(project_path), spec["params"])
     points = sweeps.grid(spec["methods"], spec["ratios"], spec["seeds"], full_source=spec["full_source"])
-    device = device or runner.device_name()
-    env = runner.run_environment(device)
+    device = device or keys.device_name()
     grid = {"sweep": {k: spec[k] for k in ("methods", "ratios", "seeds")}}
-    for stale in store.remove_stale_workspaces(project_path):
-        get_run_logger().info("removed the scratch workspace %s of a process that no longer runs", stale.name)
-    parent_id, flow_run_id, tags = start_tracked_run(project_path, "sweep", grid)
+    parent_id, flow_run_id, tags = start_tracked_run(project_path, "sweep", Snapshot(spec["params"]), params=grid)
     name = tracking.client().get_run(parent_id).info.run_name
     try:
-        shared = run_shared(project_path, spec["params"], env, device, parent_id, tags)
+        shared = run_shared(project_path, spec["params"], device, parent_id, tags)
         futures = {i: sweep_point.submit(str(project_path), points[i], point_params(spec["params"], points[i]),
-                                         shared, env, device, parent_id, tags, spec["cluster"]["threads_per_worker"])
+                                         shared, device, parent_id, tags, spec["cluster"]["threads_per_worker"])
                    for i in sweeps.submission_order(points)}
         rows = [futures[i].result() for i in range(len(points))]  # in grid order
         out = write_results(project_path, name, rows, spec)

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlpipe import data, distill, io, models, runtime, training, transferability
-from tasks.context import StageContext
-from tasks.inputs import OWN_TEACHER, teacher_folder
-from tasks.probe import teacher_backbone
-from tasks.source import write_history
+from tlpipe import data, distill, io, models, runtime
+from tlpipe.probe import teacher_backbone
+from tlpipe.sources import OWN_TEACHER, teacher_folder
+from tasks.common import recorded
 
 
-def unlabeled_images(ctx: StageContext) -> tuple[np.ndarray, dict]:
+def unlabeled_images(ctx) -> tuple[np.ndarray, dict]:
     """Target train-pool images (labels dropped) plus, if asked, the kept source images."""
     prepared = ctx.upstream("prepare")
     target = data.load_prepared(prepared / "target")
@@ -27,7 +26,7 @@ def unlabeled_images(ctx: StageContext) -> tuple[np.ndarray, dict]:
     return np.concatenate(list(parts.values())), counts
 
 
-def load_teachers(ctx: StageContext) -> dict[str, torch.nn.Module]:
+def load_teachers(ctx) -> dict[str, torch.nn.Module]:
     """Every teacher of `distill.teachers` by its entry: this run's, a local folder or a hub id."""
     teachers = {}
     for entry in ctx.params["teachers"]:
@@ -38,22 +37,16 @@ def load_teachers(ctx: StageContext) -> dict[str, torch.nn.Module]:
     return teachers
 
 
-def weigh_teachers(ctx: StageContext, teachers: dict) -> tuple[np.ndarray, dict]:
-    """(weights, per-teacher record): LogME of each teacher on the labeled target train split, turned
-    into weights (Borup et al. 2023); a single teacher gets weight 1 and no score."""
-    if len(teachers) == 1:
-        return np.ones(1), {name: {"weight": 1.0} for name in teachers}
+def weigh_teachers(ctx, teachers: dict) -> tuple[np.ndarray, dict]:
+    """(weights, per-teacher record) from each teacher's LogME on the labeled target train split."""
+    if len(teachers) == 1:  # no scoring needed
+        return distill.weigh_teachers(teachers, None, None)
     images, labels = data.to_arrays(data.load_prepared(ctx.upstream("prepare") / "target")["train"])
-    scores = [transferability.logme(training.extract_features(t, images, batch_size=256,
-                                                               device=torch.device(ctx.device)), labels)
-              for t in teachers.values()]
-    weights = transferability.teacher_weights(np.array(scores), temperature=ctx.params["weighting_temperature"],
-                                              mode=ctx.params["teacher_weighting"])
-    record = {name: {"logme": float(s), "weight": float(w)} for name, s, w in zip(teachers, scores, weights)}
-    return weights, record
+    return distill.weigh_teachers(teachers, images, labels, mode=ctx.params["teacher_weighting"],
+                                  temperature=ctx.params["weighting_temperature"], device=torch.device(ctx.device))
 
 
-def teacher_embeddings(ctx: StageContext, teachers: dict, images: np.ndarray) -> tuple[list | None, dict]:
+def teacher_embeddings(ctx, teachers: dict, images: np.ndarray) -> tuple[list | None, dict]:
     """Each teacher's embeddings of the un-augmented images, from the store when some run made them
     before (keyed by the teacher's weights and the images' bytes); None when training augments."""
     if ctx.params["augment"]:
@@ -70,7 +63,7 @@ def teacher_embeddings(ctx: StageContext, teachers: dict, images: np.ndarray) ->
     return tables, status
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx) -> dict:
     p = ctx.params
     images, counts = unlabeled_images(ctx)
     teachers = load_teachers(ctx)
@@ -79,12 +72,7 @@ def run(ctx: StageContext) -> dict:
     tables, embedding_status = teacher_embeddings(ctx, teachers, images)
     runtime.seed_everything(p["seed"])  # initial weights depend on the seed alone
     student = models.build_backbone(in_channels=images.shape[1], **p["model"])
-    history: list[dict] = []
-    with ctx.progress(p["epochs"], "epochs") as report:
-        def on_metrics(epoch: int, metrics: dict) -> None:
-            history.append({"epoch": epoch, **metrics})
-            report(epoch, metrics)
-
+    with recorded(ctx, p["epochs"], "epochs", ctx.out / "history.csv") as on_metrics:
         student, metrics = distill.distill(
             student, list(teachers.values()), images, method=p["method"], weights=weights, teacher_embeddings=tables,
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
@@ -92,7 +80,6 @@ def run(ctx: StageContext) -> dict:
             device=torch.device(ctx.device), augment=p["augment"], on_metrics=on_metrics,
         )
     models.save_backbone(student, ctx.out / "backbone")
-    write_history(ctx.out / "history.csv", history)
     io.write_json(ctx.out / "teachers.json", [  # a list: the order is the teachers' order in params
         {"teacher": name, **record, "embeddings": embedding_status.get(name, "in loop")}
         for name, record in teacher_record.items()])
@@ -106,7 +93,11 @@ def run(ctx: StageContext) -> dict:
     }
 
 
+def headline(m: dict) -> str:
+    return f"loss {m['loss']:.3f}; student {m['parameters']:,} params vs teacher {m['teacher_parameters']:,}"
+
+
 if __name__ == "__main__":
-    from tasks.runner import main
+    from runner.command import main
 
     main("distill")

@@ -6,15 +6,13 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from tlpipe import data, efficiency, io, metrics, models, plots, report, runtime, training
-from tasks import probe
-from tasks.context import StageContext, metrics_file
+from tlpipe import data, efficiency, io, metrics, models, plots, probe, report, runtime, training
 
 COST_STAGES = ("surrogate", "prune", "pretrain", "distill", "finetune")
 REPORT_TITLE = "tlpipe evaluation"
 
 
-def backbones(ctx: StageContext) -> dict:
+def backbones(ctx) -> dict:
     """Teacher, student, and an untrained copy of the student's architecture as the floor."""
     student = models.load_backbone(ctx.upstream("distill") / "backbone")
     runtime.seed_everything(ctx.params["seed"])
@@ -22,7 +20,7 @@ def backbones(ctx: StageContext) -> dict:
     return {"teacher": probe.teacher_backbone(ctx.upstream("pretrain")), "student": student, "scratch": scratch}
 
 
-def transfer_scores(ctx: StageContext, nets: dict, pool, test) -> pd.DataFrame:
+def transfer_scores(ctx, nets: dict, pool, test) -> pd.DataFrame:
     """Linear-probe accuracy of every backbone on the same few-shot draws (paired), one row per draw."""
     draws = probe.few_shot_draws(pool[1], ctx.params)
     rows = []
@@ -32,10 +30,10 @@ def transfer_scores(ctx: StageContext, nets: dict, pool, test) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def finetuned_models(ctx: StageContext, test, names: list[str]) -> dict[str, dict]:
+def finetuned_models(ctx, test, names: list[str]) -> dict[str, dict]:
     """Test-split classification report of each fine-tuned model, by the backbone it started from."""
     folder = ctx.upstream("finetune")
-    found = {io.read_json(metrics_file(ctx.project, "finetune"))["backbone"]: folder / "model"}
+    found = {ctx.upstream_metrics("finetune")["backbone"]: folder / "model"}
     if (folder / "compare.json").is_file():
         found[io.read_json(folder / "compare.json")["backbone"]] = folder / "compare"
     reports = {}
@@ -47,8 +45,8 @@ def finetuned_models(ctx: StageContext, test, names: list[str]) -> dict[str, dic
     return reports
 
 
-def transferability_scores(ctx: StageContext, nets: dict, train) -> dict[str, dict]:
-    """Transferability of teacher and student before fine-tuning (tasks.probe.transferability_of), plus
+def transferability_scores(ctx, nets: dict, train) -> dict[str, dict]:
+    """Transferability of teacher and student before fine-tuning (probe.transferability_of), plus
     the distillation teachers as distill scored and weighted them."""
     scores = {name: probe.transferability_of(nets[name], train, batch_size=ctx.params["batch_size"],
                                              device=torch.device(ctx.device),
@@ -63,39 +61,28 @@ def transferability_scores(ctx: StageContext, nets: dict, train) -> dict[str, di
 
 def size_and_speed(nets: dict, image_shape: tuple) -> dict[str, dict]:
     """Parameters, MACs, batch-1 latency and batch-64 throughput on this machine; ratios vs the teacher."""
-    profiles = efficiency.profile_models({name: _Pooled(nets[name]) for name in ("teacher", "student")},
+    profiles = efficiency.profile_models({name: models.PooledBackbone(nets[name]) for name in ("teacher", "student")},
                                          input_shape=image_shape)
     ratios = efficiency.compare_profiles(profiles, reference="teacher")
     return {name: {**profiles[name], **ratios[name]} for name in profiles}
 
 
-class _Pooled(torch.nn.Module):
-    """A backbone as deployed for features: float pixels -> pooled embedding."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x):
-        return models.embed(self.backbone, x)
-
-
-def stage_costs(ctx: StageContext) -> dict:
+def stage_costs(ctx) -> dict:
     """Wall time and images seen of each upstream stage, and the end-to-end sum (surrogate included)."""
     costs = {}
     for stage in COST_STAGES:
-        record = io.read_json(metrics_file(ctx.project, stage))
+        record = ctx.upstream_metrics(stage)
         costs[stage] = {"wall_time_s": record["wall_time_s"], "images_seen": record.get("images_seen", 0)}
     costs["end_to_end"] = {key: sum(c[key] for c in costs.values()) for key in ("wall_time_s", "images_seen")}
     return costs
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx) -> dict:
     p = ctx.params
     target = data.load_prepared(ctx.upstream("prepare") / "target")
     names = list(target["test"].features["label"].names)
     test, train = data.to_arrays(target["test"]), data.to_arrays(target["train"])
-    deployed = io.read_json(metrics_file(ctx.project, "finetune"))["backbone"]
+    deployed = ctx.upstream_metrics("finetune")["backbone"]
     finetuned = finetuned_models(ctx, test, names)
     scored = finetuned[deployed]
     io.write_figure(ctx.out / "confusion.png", plots.plot_confusion_matrix(scored["confusion_matrix"], names))
@@ -106,7 +93,7 @@ def run(ctx: StageContext) -> dict:
         name: {f"{shots}shot": metrics.summarise(group["accuracy"]) for shots, group in by_backbone.groupby("shots")}
         for name, by_backbone in scores.groupby("backbone", sort=False)
     }
-    pretrain = io.read_json(metrics_file(ctx.project, "pretrain"))
+    pretrain = ctx.upstream_metrics("pretrain")
     result = {
         "accuracy": scored["accuracy"],
         "macro_f1": scored["macro_f1"],
@@ -137,7 +124,11 @@ def retention(result: dict) -> dict:
     return out
 
 
+def headline(m: dict) -> str:
+    return f"test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+
+
 if __name__ == "__main__":
-    from tasks.runner import main
+    from runner.command import main
 
     main("evaluate")

@@ -6,20 +6,19 @@ import numpy as np
 import torch
 
 from tlpipe import data, io, models, training
-from tasks.context import StageContext
-from tasks.probe import teacher_backbone
-from tasks.source import write_history
+from tlpipe.probe import teacher_backbone
+from tasks.common import recorded
 
 BACKBONES = ("student", "teacher")
 
 
-def load_backbone(ctx: StageContext, which: str):
+def load_backbone(ctx, which: str):
     if which == "student":
         return models.load_backbone(ctx.upstream("distill") / "backbone")
     return teacher_backbone(ctx.upstream("pretrain"))
 
 
-def fit(ctx: StageContext, which: str, images: np.ndarray, labels: np.ndarray, num_classes: int,
+def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: int,
         on_metrics=None):
     """(classifier, metrics) of the configured recipe on one backbone."""
     p = ctx.params
@@ -30,20 +29,14 @@ def fit(ctx: StageContext, which: str, images: np.ndarray, labels: np.ndarray, n
     )
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx) -> dict:
     p = ctx.params
     train = data.load_prepared(ctx.upstream("prepare") / "target")["train"]
     images, labels = data.to_arrays(train)
     num_classes = train.features["label"].num_classes
-    history: list[dict] = []
-    with ctx.progress(p["epochs"], f"{p['mode']} on {p['backbone']}") as report:
-        def on_metrics(epoch: int, metrics: dict) -> None:
-            history.append({"epoch": epoch, **metrics})
-            report(epoch, metrics)
-
+    with recorded(ctx, p["epochs"], f"{p['mode']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
         model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)
     models.save_classifier(model.cpu(), ctx.out / "model")
-    write_history(ctx.out / "history.csv", history)
     result = {**metrics, "parameters": models.count_parameters(model), "train_images": len(images),
               "backbone": p["backbone"]}
     if p["compare"]:  # the other backbone, same recipe: evaluate reports both fine-tuned accuracies
@@ -58,7 +51,11 @@ def run(ctx: StageContext) -> dict:
     return result
 
 
+def headline(m: dict) -> str:
+    return f"train acc {m['train_accuracy']:.3f}; {m['parameters']:,} params"
+
+
 if __name__ == "__main__":
-    from tasks.runner import main
+    from runner.command import main
 
     main("finetune")

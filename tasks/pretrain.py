@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from tlpipe import data
-from tasks.context import StageContext
-from tasks.source import kept_source, train_source_model
+from tlpipe import data, io, splits
+from tasks.common import fit_summary, train_source
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx) -> dict:
     source = data.load_prepared(ctx.upstream("prepare") / "source")
-    train, val, classes = kept_source(ctx, source)
-    metrics = train_source_model(ctx, train, val, len(classes), ctx.params["label_smoothing"])
+    kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
+    train, val, classes = splits.pruned_split(data.to_arrays(source["train"]), data.to_arrays(source["val"]), kept)
+    metrics = train_source(ctx, train, val, len(classes), ctx.params["label_smoothing"])
     full_images = len(source["train"])
     return {
         **metrics,
@@ -23,7 +23,12 @@ def run(ctx: StageContext) -> dict:
     }
 
 
+def headline(m: dict) -> str:
+    return (f"{fit_summary(m)}; {m['images_seen']} imgs in {m['train_time_s']:.1f}s of training "
+            f"({m['source_fraction']:.0%} of full source, full est. {m['est_full_source_train_time_s']:.0f}s)")
+
+
 if __name__ == "__main__":
-    from tasks.runner import main
+    from runner.command import main
 
     main("pretrain")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from tlpipe import data
-from tasks.context import StageContext
-from tasks.source import train_source_model
+from tasks.common import fit_summary, train_source
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx) -> dict:
     source = data.load_prepared(ctx.upstream("prepare") / "source")
     num_classes = source["train"].features["label"].num_classes
-    return train_source_model(ctx, data.to_arrays(source["train"]), data.to_arrays(source["val"]), num_classes)
+    return train_source(ctx, data.to_arrays(source["train"]), data.to_arrays(source["val"]), num_classes)
+
+
+def headline(m: dict) -> str:
+    return f"{fit_summary(m)}; {m['images_seen']} imgs in {m['wall_time_s']:.1f}s"
 
 
 if __name__ == "__main__":
-    from tasks.runner import main
+    from runner.command import main
 
     main("surrogate")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from tlpipe import io
+from tlpipe import io, registry
 
 STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate")
 
@@ -148,10 +148,8 @@ OPTIM = {
 }
 
 SSL = {"temperature": Positive(), "projection_dim": Int(1, 65_536)}  # SimCLR/BYOL heads (unused when supervised)
-# prune methods (tlpipe.pruning.CLASS_METHODS / SAMPLE_METHODS; listed here so checking params imports no torch)
-CLASS_METHODS = ("lm", "lm_bottom", "lm_soft", "lm_balanced", "random", "fm")
-SAMPLE_METHODS = ("random_samples", "fm_samples", "el2n", "grand", "moderate")
-NEEDS_CLASSIFIER = ("lm", "lm_bottom", "lm_soft", "lm_balanced")
+NEEDS_CLASSIFIER = tuple(name for name, m in registry.PRUNING.items() if "logits" in m.needs)
+SURROGATE_MODES = tuple(name for name, m in registry.SOURCE_MODES.items() if m.surrogate)
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "prepare": {
@@ -178,9 +176,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "label_column": STR,
         },
     },
-    "surrogate": {"mode": Choice("supervised", "simclr"), "seed": SEED, "model": MODEL, **OPTIM, **SSL},
+    "surrogate": {"mode": Choice(*SURROGATE_MODES), "seed": SEED, "model": MODEL, **OPTIM, **SSL},
     "prune": {
-        "method": Choice(*CLASS_METHODS, *SAMPLE_METHODS),
+        "method": Choice(*registry.PRUNING),
         "ratio": RATIO,
         "seed": SEED,
         "groups": Choice("classes", "kmeans"),
@@ -188,7 +186,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "scores": {"runs": Int(1, 100), "epochs": Int(1, 10_000), "batch_size": Int(1, 65_536), "lr": Positive()},
     },
     "pretrain": {
-        "mode": Choice("supervised", "simclr", "byol"),
+        "mode": Choice(*registry.SOURCE_MODES),
         "seed": SEED,
         "model": MODEL,
         **OPTIM,
@@ -198,7 +196,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "base_momentum": Float(0.0, 1.0),
     },
     "distill": {
-        "method": Choice("seed", "compress", "mse"),
+        "method": Choice(*registry.DISTILLATION),
         "teachers": Field("str_list"),
         "teacher_weighting": Choice("nearest", "weighted"),
         "weighting_temperature": Positive(),

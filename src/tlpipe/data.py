@@ -23,7 +23,7 @@ from tlpipe.io import remove_path, replace_path
 
 __all__ = [
     "GLYPH_CHARSETS", "glyph_charset", "render_glyphs", "load_digits_dataset", "load_image_dataset",
-    "split_source", "split_target", "to_arrays", "save_prepared", "load_prepared",
+    "labels_of", "to_arrays", "save_prepared", "load_prepared",
     "prepared_features",
 ]  # fmt: skip
 
@@ -213,30 +213,7 @@ def load_image_dataset(
     return _build_dataset(_images_to_array(raw, image_column, image_size, channels), labels, names)
 
 
-def _labels(ds: datasets.Dataset) -> np.ndarray:
-    labels = ds.with_format("numpy", columns=[LABEL])[:][LABEL] if len(ds) else []
-    return np.asarray(labels, dtype=np.int64)
-
-
-def _class_permutations(ds: datasets.Dataset, seed: int) -> list[np.ndarray]:
-    """Row indices of each class (class-id order), each shuffled by one seeded generator."""
-    labels = _labels(ds)
-    rng = np.random.default_rng(seed)
-    classes = range(ds.features[LABEL].num_classes)
-    return [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
-
-
-def _select(ds: datasets.Dataset, parts: list[np.ndarray]) -> datasets.Dataset:
-    # Sorted rows keep the prepared order (class by class); training shuffles on its own.
-    rows = np.sort(np.concatenate([np.zeros(0, dtype=np.int64), *parts]))
-    # Arrow's take copies the rows into a table of their own. `Dataset.select` would keep an
-    # indices mapping instead, which datasets resolves row by row (one Array3D deserialisation
-    # each) when the split is hashed and saved: 16 of the stage's 19 s for the built-in source.
-    table = _table(ds).take(pa.array(rows, type=pa.int64()))
-    return datasets.Dataset(InMemoryTable(table), info=ds.info.copy(), fingerprint=_table_fingerprint(table))
-
-
-def _table(ds: datasets.Dataset) -> pa.Table:
+def as_table(ds: datasets.Dataset) -> pa.Table:
     """The rows of `ds` as one Arrow table (resolving an indices mapping if `ds` has one)."""
     if ds._indices is not None:  # noqa: SLF001 (datasets has no public "is this a view" test)
         ds = ds.flatten_indices()
@@ -245,82 +222,22 @@ def _table(ds: datasets.Dataset) -> pa.Table:
     return ds.data.table.combine_chunks().replace_schema_metadata({"huggingface": features})
 
 
-def split_source(ds: datasets.Dataset, *, val_fraction: float, seed: int) -> datasets.DatasetDict:
-    """A fixed, stratified train/val split of the source.
-
-    Args:
-        ds: A prepared dataset.
-        val_fraction: Share of each class held out, in [0, 1); with > 0 every class keeps at least
-            one validation and one training image (when it has two).
-        seed: Seed of the split.
-
-    Returns:
-        A DatasetDict with `train` and `val`.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
-    train, val = [], []
-    for rows in _class_permutations(ds, seed):
-        n_val = max(round(val_fraction * len(rows)), 1) if val_fraction else 0
-        n_val = max(min(n_val, len(rows) - 1), 0)  # a class keeps at least one training image
-        val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return datasets.DatasetDict(train=_select(ds, train), val=_select(ds, val))
-
-
-def split_target(
-    ds: datasets.Dataset, *, shots_per_class: int, test_fraction: float, seed: int,
-    test: datasets.Dataset | None = None,
-) -> datasets.DatasetDict:  # fmt: skip
-    """A fixed few-shot split of the target.
-
-    Args:
-        ds: A prepared dataset (the train pool, plus the test images when `test` is None).
-        shots_per_class: Labeled `train` images per class.
-        test_fraction: Share of each class held out as `test`, in (0, 1); unused with `test`.
-        seed: Seed of the split.
-        test: The dataset's own test split, used as `test` as it is.
-
-    Returns:
-        A DatasetDict with `train` (exactly `shots_per_class` per class), `unlabeled` (the rest of
-        the pool, labels kept but not for training) and `test`.
-    """
-    names = ds.features[LABEL].names
-    if test is not None and test.features[LABEL].names != names:
-        raise ValueError("the test split's class names differ from the train split's")
-    if test is None and not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction} must be in (0, 1)")
-    if shots_per_class < 1:
-        raise ValueError(f"shots_per_class={shots_per_class} must be >= 1")
-    permutations = _class_permutations(ds, seed)
-    fraction = 0.0 if test is not None else test_fraction
-    n_tests = [max(round(fraction * len(rows)), 1) if fraction else 0 for rows in permutations]
-    pools = [rows[n_test:] for rows, n_test in zip(permutations, n_tests, strict=True)]
-    smallest = min(range(len(pools)), key=lambda c: len(pools[c]))
-    if shots_per_class > len(pools[smallest]):
-        raise ValueError(
-            f"shots_per_class={shots_per_class} but class {names[smallest]!r} has only "
-            f"{len(pools[smallest])} images in the train pool (max {len(pools[smallest])})"
-        )
-    held_out = [rows[:n_test] for rows, n_test in zip(permutations, n_tests, strict=True)]
-    return datasets.DatasetDict(
-        train=_select(ds, [pool[:shots_per_class] for pool in pools]),
-        unlabeled=_select(ds, [pool[shots_per_class:] for pool in pools]),
-        test=test if test is not None else _select(ds, held_out),
-    )
+def labels_of(ds: datasets.Dataset) -> np.ndarray:
+    labels = ds.with_format("numpy", columns=[LABEL])[:][LABEL] if len(ds) else []
+    return np.asarray(labels, dtype=np.int64)
 
 
 def to_arrays(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared dataset."""
     if len(ds) == 0:
-        return np.zeros((0, *ds.features[PIXELS].shape), dtype=np.uint8), _labels(ds)
+        return np.zeros((0, *ds.features[PIXELS].shape), dtype=np.uint8), labels_of(ds)
     # The numpy formatter widens integers to int64 unless told otherwise.
     pixels = ds.with_format("numpy", columns=[PIXELS], dtype=np.uint8)[:][PIXELS]
-    return pixels, _labels(ds)
+    return pixels, labels_of(ds)
 
 
-def _table_fingerprint(table: pa.Table) -> str:
-    """A hash of the schema and every value of a table from `_table`: the same data gives it in any process."""
+def table_fingerprint(table: pa.Table) -> str:
+    """A hash of the schema and every value of a table from `as_table`: the same data gives it in any process."""
     digest = hashlib.sha256(table.schema.serialize().to_pybytes())  # its metadata holds the features alone
     for name in table.column_names:
         digest.update(name.encode())
@@ -354,9 +271,9 @@ def save_prepared(dsdict: datasets.DatasetDict, path: str | os.PathLike) -> None
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     fixed = {}
     for split, ds in dsdict.items():
-        table = _table(ds)
+        table = as_table(ds)
         fixed[split] = datasets.Dataset(InMemoryTable(table), info=ds.info.copy(), split=ds.split,
-                                        fingerprint=_table_fingerprint(table))
+                                        fingerprint=table_fingerprint(table))
     # An empty split would get zero shards, which load_from_disk cannot read back.
     shards = {split: 1 if len(ds) == 0 else None for split, ds in fixed.items()}
     try:

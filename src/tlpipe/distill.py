@@ -30,10 +30,12 @@ from tlpipe.losses.mse import feature_regression_loss
 from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
 from tlpipe.models import ProjectionHead, embed, feature_dim
+from tlpipe.registry import DISTILLATION
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
-from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
+from tlpipe.training import LossLog, MetricsCallback, extract_features, make_optimizer, param_groups, steps_per_epoch
+from tlpipe.transferability import logme, teacher_weights
 
-METHODS = ("seed", "compress", "mse")
+METHODS = tuple(DISTILLATION)
 
 
 class MultiHeadStudent(nn.Module):
@@ -100,6 +102,19 @@ def _check_inputs(method: str, teachers: Sequence[nn.Module], weights, teacher_e
                 raise ValueError(f"teacher_embeddings[{k}] has shape {tuple(table.shape)}; "
                                  f"expected ({len(images)}, {feature_dim(teacher)})")
     return weights
+
+
+def weigh_teachers(teachers: dict[str, nn.Module], images: np.ndarray | None, labels: np.ndarray | None, *,
+                   mode: str = "weighted", temperature: float = 1.0,
+                   device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, dict]:
+    """(weights, {teacher: {"logme", "weight"}}): each teacher's LogME on the labeled target images,
+    turned into weights (Borup et al. 2023, `transferability.teacher_weights`). A single teacher gets
+    weight 1 and no score (`images` and `labels` are then not read)."""
+    if len(teachers) == 1:
+        return np.ones(1), {name: {"weight": 1.0} for name in teachers}
+    scores = [logme(extract_features(t, images, batch_size=256, device=device), labels) for t in teachers.values()]
+    weights = teacher_weights(np.array(scores), temperature=temperature, mode=mode)
+    return weights, {name: {"logme": float(s), "weight": float(w)} for name, s, w in zip(teachers, scores, weights)}
 
 
 def teacher_embeddings_of(teacher: nn.Module, images: np.ndarray, *, batch_size: int,

@@ -124,6 +124,14 @@ def write_table(path: Path, frame) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
+def write_history(path: Path, history: list[dict]) -> None:
+    """Per-epoch metrics ({"epoch": ..., metric: value}) as CSV for `dvc plots`; wall-clock columns
+    are left out so the file is reproducible."""
+    import pandas as pd
+
+    write_table(path, pd.DataFrame(history).drop(columns=["elapsed_s"], errors="ignore"))
+
+
 def write_figure(path: Path, figure) -> None:
     """Saves a matplotlib Figure as PNG without timestamps in the metadata (stable bytes)."""
     figure.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})

@@ -218,6 +218,17 @@ class PixelClassifier(nn.Module):
         return self.classifier(to_float(pixels))
 
 
+class PooledBackbone(nn.Module):
+    """A backbone as deployed for features: float pixels [B, C, H, W] -> pooled embedding [B, D]."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return embed(self.backbone, x)
+
+
 def weights_digest(module: nn.Module) -> str:
     """sha256 of a module's config (for transformers models) and state (names, shapes, bytes): equal
     for equal weights wherever they came from, so it can key results computed from the module."""

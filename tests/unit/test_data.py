@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe import data
+from tlpipe import data, splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,29 +225,29 @@ def test_unknown_hub_id_offline_gives_clear_error(monkeypatch):
 )
 def test_split_source_is_stratified(counts, val_fraction):
     ds = _toy(counts)
-    split = data.split_source(ds, val_fraction=val_fraction, seed=0)
+    split = splits.split_source(ds, val_fraction=val_fraction, seed=0)
     train_labels, val_labels = data.to_arrays(split["train"])[1], data.to_arrays(split["val"])[1]
     for c, n in enumerate(counts):
         n_val = (val_labels == c).sum()
         assert 1 <= n_val <= max(1, round(val_fraction * n))
         assert n_val + (train_labels == c).sum() == n
     assert _rows(split["train"]).isdisjoint(_rows(split["val"]))
-    again = data.split_source(ds, val_fraction=val_fraction, seed=0)
-    other = data.split_source(ds, val_fraction=val_fraction, seed=1)
+    again = splits.split_source(ds, val_fraction=val_fraction, seed=0)
+    other = splits.split_source(ds, val_fraction=val_fraction, seed=1)
     assert _rows(again["val"]) == _rows(split["val"]) != _rows(other["val"])
 
 
 def test_split_source_without_val():
-    split = data.split_source(_toy([4, 4]), val_fraction=0.0, seed=0)
+    split = splits.split_source(_toy([4, 4]), val_fraction=0.0, seed=0)
     assert (len(split["train"]), len(split["val"])) == (8, 0)
     with pytest.raises(ValueError, match="val_fraction"):
-        data.split_source(_toy([4, 4]), val_fraction=1.0, seed=0)
+        splits.split_source(_toy([4, 4]), val_fraction=1.0, seed=0)
 
 
 @pytest.mark.parametrize(("shots", "test_fraction"), [(1, 0.3), (5, 0.2), (7, 0.25)])
 def test_split_target_sizes(shots, test_fraction):
     counts = [10, 12, 30]
-    split = data.split_target(
+    split = splits.split_target(
         _toy(counts), shots_per_class=shots, test_fraction=test_fraction, seed=0
     )
     assert list(split) == ["train", "unlabeled", "test"]
@@ -263,7 +263,7 @@ def test_split_target_sizes(shots, test_fraction):
 
 def test_split_target_uses_given_test():
     test = _toy([2, 2])
-    split = data.split_target(_toy([5, 6]), shots_per_class=5, test_fraction=0.0, seed=0, test=test)
+    split = splits.split_target(_toy([5, 6]), shots_per_class=5, test_fraction=0.0, seed=0, test=test)
     assert split["test"] is test
     assert (len(split["train"]), len(split["unlabeled"])) == (10, 1)
 
@@ -279,7 +279,7 @@ def test_split_target_uses_given_test():
 )
 def test_split_target_errors(shots, test_fraction, match):
     with pytest.raises(ValueError, match=match):
-        data.split_target(
+        splits.split_target(
             _toy([20, 10]), shots_per_class=shots, test_fraction=test_fraction, seed=0
         )
 
@@ -287,7 +287,7 @@ def test_split_target_errors(shots, test_fraction, match):
 def test_split_target_names_the_smallest_pool():
     # 10 images, 3 held out for test: 7 are left for shots.
     with pytest.raises(ValueError) as error:
-        data.split_target(_toy([20, 10]), shots_per_class=50, test_fraction=0.3, seed=0)
+        splits.split_target(_toy([20, 10]), shots_per_class=50, test_fraction=0.3, seed=0)
     expected = "shots_per_class=50 but class 'c1' has only 7 images in the train pool (max 7)"
     assert str(error.value) == expected
 
@@ -302,7 +302,7 @@ def test_to_arrays_types():
 
 
 def test_save_and_load_round_trip(tmp_path, glyph_ds):
-    split = data.split_source(glyph_ds, val_fraction=0.34, seed=0)
+    split = splits.split_source(glyph_ds, val_fraction=0.34, seed=0)
     data.save_prepared(split, tmp_path / "prepared")
     loaded = data.load_prepared(tmp_path / "prepared")
     for name in ("train", "val"):
@@ -334,7 +334,7 @@ def test_save_ignores_history_fingerprints(tmp_path):
 def test_splits_are_tables_of_their_own():
     # An indices mapping would make saving resolve every row on its own (slow for Array3D).
     ds = _toy([4, 5])
-    split = data.split_source(ds, val_fraction=0.5, seed=3)
+    split = splits.split_source(ds, val_fraction=0.5, seed=3)
     assert all(part._indices is None for part in split.values())
     rows = sorted(int(p[0, 0, 0]) for p in data.to_arrays(split["val"])[0])  # pixel value = source row
     want = ds.select(rows)
@@ -354,8 +354,8 @@ def test_saved_bytes_follow_class_names(tmp_path):
 def build_and_save(path):
     """The prepare stage in small; run here and in a second interpreter."""
     glyphs = data.render_glyphs(charset="ascii", images_per_class=4, seed=0, image_size=16)
-    source = data.split_source(glyphs, val_fraction=0.25, seed=0)
-    target = data.split_target(source["train"], shots_per_class=1, test_fraction=0.5, seed=0)
+    source = splits.split_source(glyphs, val_fraction=0.25, seed=0)
+    target = splits.split_target(source["train"], shots_per_class=1, test_fraction=0.5, seed=0)
     data.save_prepared(datasets.DatasetDict({**source, **target}), path)
 
 

@@ -11,6 +11,8 @@ and moderate coreset (Xia et al., ICLR 2023).
 
 from __future__ import annotations
 
+from tlpipe.registry import CLASS, CLASS_METHODS, SAMPLE_METHODS, pruning_method
+from tlpipe.pruning.apply import class_table, kept_indices, ranks_source_classes
 from tlpipe.pruning.feature_mapping import (
     FeatureMapping,
     group_centroids,
@@ -52,10 +54,6 @@ from tlpipe.pruning.selection import (
     select_top_samples,
 )
 
-# The DP4TL method and its baseline; the original pair, kept for existing callers.
-METHODS = ("lm", "random")
-CLASS_METHODS = ("lm", "lm_bottom", "lm_soft", "lm_balanced", "random", "fm")
-SAMPLE_METHODS = ("random_samples", "fm_samples", "el2n", "grand", "moderate")
 _LOGIT_METHODS = {
     "lm": select_classes_label_mapping,
     "lm_bottom": select_classes_least_voted,
@@ -67,6 +65,15 @@ def _require(method: str, **inputs) -> None:
     missing = [name for name, value in inputs.items() if value is None]
     if missing:
         raise ValueError(f"method {method!r} needs {', '.join(missing)}")
+
+
+def select(method: str, *, ratio: float, seed: int, **inputs) -> ClassSelection | SampleSelection:
+    """The selection of `method`, a name of `registry.PRUNING` (whose `needs` lists the inputs it
+    reads): `select_classes` for class-level methods, `select_samples` for sample-level ones, each
+    given `inputs` as it takes them."""
+    if pruning_method(method).level == CLASS:
+        return select_classes(method, ratio=ratio, seed=seed, **inputs)
+    return select_samples(method, ratio=ratio, seed=seed, **inputs)
 
 
 def select_classes(
@@ -170,11 +177,11 @@ def select_samples(
 
 
 __all__ = [
-    "CLASS_METHODS", "METHODS", "SAMPLE_METHODS", "ClassSelection", "FeatureMapping", "SampleSelection",
+    "CLASS_METHODS", "SAMPLE_METHODS", "ClassSelection", "FeatureMapping", "SampleSelection", "class_table", "kept_indices", "ranks_source_classes",
     "count_label_votes", "el2n_scores", "grand_scores", "group_centroids", "kept_sample_indices", "kmeans",
     "map_features_to_groups", "moderate_scores", "nearest", "nearest_target_scores", "num_kept",
     "num_kept_samples", "per_sample_grad_norms", "rank_classes", "rank_classes_by_psum",
-    "rank_classes_least_voted", "select_by_votes", "select_classes", "select_classes_balanced",
+    "rank_classes_least_voted", "select", "select_by_votes", "select_classes", "select_classes_balanced",
     "select_classes_label_mapping", "select_classes_least_voted", "select_classes_random",
     "select_classes_soft_votes", "select_groups_feature_mapping", "select_samples", "select_samples_el2n",
     "select_samples_feature_mapping", "select_samples_grand", "select_samples_moderate",

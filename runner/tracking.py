@@ -1,18 +1,22 @@
-"""The one module that imports mlflow: pipeline parent runs, stage child runs, cached-stage records."""
+"""The one module that records runs in MLflow: the parent run of a pipeline run or sweep, and the
+`Recorder` that observes the stage runner and gives every stage a child run (a cached stage too,
+pointing at the run that produced its outputs)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import subprocess
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from runner.events import Observer, Outcome, StageRun
+from runner.spec import stage_outputs
 
 EXPERIMENT = "tlpipe"
 TAG_STAGE = "tlpipe.stage"
@@ -21,6 +25,8 @@ TAG_CACHE_KEY = "tlpipe.cache_key"
 TAG_PRODUCED_BY = "tlpipe.produced_by_run"
 TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_GIT = "mlflow.source.git.commit"
+TAG_PIPELINE_RUN = "tlpipe.pipeline_run"
+REPORT_SUFFIXES = {".csv", ".json", ".md", ".png", ".html"}  # logged as artifacts; models and data stay in DVC
 MODEL_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy")
 
 
@@ -188,35 +194,9 @@ class StageTracker:
         return info.model_uri
 
 
-@contextlib.contextmanager
-def stage_run(stage: str, *, parent_id: str | None, tags: dict[str, str]) -> Iterator[StageTracker]:
-    """A child run of `parent_id` (a top-level run when None, e.g. under `dvc repro`)."""
-    mlf = client()
-    all_tags = {TAG_STAGE: stage, TAG_CACHED: "false", **tags}
-    if parent_id:
-        all_tags["mlflow.parentRunId"] = parent_id
-    run = mlf.create_run(_experiment_id(mlf), run_name=stage, tags=all_tags)
-    tracker = StageTracker(run.info.run_id)
-    try:
-        yield tracker
-    except BaseException:
-        mlf.set_terminated(run.info.run_id, "FAILED")
-        raise
-    mlf.set_terminated(run.info.run_id, "FINISHED")
-
-
 def log_sweep(run_id: str, folder: Path) -> None:
     """The sweep's results table, summary and plots as artifacts of its parent run."""
     client().log_artifacts(run_id, str(folder), "sweep")
-
-
-def record_cached_stage(stage: str, *, parent_id: str, params: dict, manifest: dict, tags: dict[str, str]) -> str:
-    """A child run for a stage whose outputs came from the cache, pointing at the run that produced them."""
-    produced_by = manifest.get("mlflow_run_id", "")
-    with stage_run(stage, parent_id=parent_id, tags={**tags, TAG_CACHED: "true", TAG_PRODUCED_BY: produced_by}) as t:
-        t.log_params(params)
-        t.log_metrics(manifest.get("metrics", {}))
-        return t.run_id
 
 
 def find_runs(filter_string: str) -> list:
@@ -225,40 +205,67 @@ def find_runs(filter_string: str) -> list:
     return mlf.search_runs([_experiment_id(mlf)], filter_string=filter_string, order_by=["start_time DESC"])
 
 
-TAG_PIPELINE_RUN = "tlpipe.pipeline_run"
 
 
-def register_model(name: str, model_uri: str, *, run_id: str, tags: dict[str, str], identity: str) -> tuple[str, bool]:
-    """(version, created): the model at `model_uri` as a version of the registered model `name`.
+class Recorder(Observer):
+    """The MLflow side of stage runs: a child run of `parent_id` per stage (a top-level run when None,
+    e.g. under `dvc repro`) with params, input data sets and their DVC digests, per-epoch metrics,
+    reports, the model, and the output hashes that lineage looks runs up by."""
 
-    `identity` (e.g. the cache keys of the stages that made the model) makes registration idempotent:
-    a version that already carries it is returned instead of registering the same model twice.
-    """
-    mlf = client()
-    try:
-        mlf.create_registered_model(name, description="tlpipe target models; lineage in each version's tags")
-    except mlflow.exceptions.MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-            raise
-    for version in mlf.search_model_versions(f"name = '{name}' and tags.`tlpipe.identity` = '{identity}'"):
-        return version.version, False
-    # A tracking server checks that a `models:/m-<id>` source belongs to the logged model it names.
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    version = mlf.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
-                                       tags={**tags, "tlpipe.identity": identity})
-    return version.version, True
+    def __init__(self, parent_id: str | None, tags: dict[str, str] | None = None, project: Path | None = None):
+        self.parent_id = parent_id
+        self.tags = dict(tags or {})
+        if TAG_GIT not in self.tags and project is not None:
+            self.tags[TAG_GIT] = git_commit(project)
+        self._trackers: dict[str, StageTracker] = {}
 
+    def _open(self, run: StageRun, **tags: str) -> StageTracker:
+        mlf = client()
+        all_tags = {TAG_STAGE: run.spec.name, TAG_CACHED: "false", TAG_CACHE_KEY: run.key, **self.tags, **tags}
+        if self.parent_id:
+            all_tags["mlflow.parentRunId"] = self.parent_id
+        tracker = StageTracker(mlf.create_run(_experiment_id(mlf), run_name=run.spec.name, tags=all_tags).info.run_id)
+        tracker.log_params(run.params)
+        return tracker
 
-def alias_holder(name: str, alias: str) -> tuple[str, float] | None:
-    """(version, its test accuracy tag) holding `alias` of the registered model, or None."""
-    try:
-        version = client().get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return version.version, float(version.tags.get("test_accuracy", "nan"))
+    def stage_started(self, run: StageRun) -> None:
+        tracker = self._trackers[run.key] = self._open(run)
+        run.record["mlflow_run_id"] = tracker.run_id
+        for dep, path in run.inputs.items():
+            tracker.log_dataset(dep, path, run.deps[dep], context="input")
 
+    def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
+        self._trackers[run.key].log_metrics(metrics, step=step)
 
-def set_alias(name: str, alias: str, version: str, *, reason: str) -> None:
-    mlf = client()
-    mlf.set_registered_model_alias(name, alias, version)
-    mlf.set_model_version_tag(name, version, f"tlpipe.{alias}_reason", reason)
+    def stage_metrics(self, run: StageRun, metrics: dict, step: int | None) -> None:
+        self._trackers[run.key].log_metrics(metrics, step=step)
+
+    def stage_artifact(self, run: StageRun, path: Path, artifact_path: str | None) -> None:
+        self._trackers[run.key].log_artifact(path, artifact_path)
+
+    def stage_model(self, run: StageRun, model, input_example) -> str:
+        return self._trackers[run.key].log_model(model, input_example=input_example)
+
+    def stage_finished(self, run: StageRun, outcome: Outcome) -> None:
+        tracker = self._trackers.pop(run.key)
+        tracker.log_summary(outcome.metrics)
+        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec.name))
+        tracker.log_artifact(metrics_file)
+        for report in sorted(folder.iterdir()):
+            if report.is_file() and report.suffix in REPORT_SUFFIXES:
+                tracker.log_artifact(report, run.spec.name)
+        tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outcome.outs.items()})
+        client().set_terminated(tracker.run_id, "FINISHED")
+
+    def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
+        tracker = self._open(run, **{TAG_CACHED: "true", TAG_PRODUCED_BY: outcome.produced_by or ""})
+        tracker.log_metrics(outcome.metrics)
+        client().set_terminated(tracker.run_id, "FINISHED")
+
+    stage_restored = stage_cached
+
+    def stage_failed(self, run: StageRun, error: BaseException) -> None:
+        client().set_terminated(self._trackers.pop(run.key).run_id, "FAILED")
+
+    def stage_interrupted(self, run: StageRun) -> None:
+        client().set_terminated(self._trackers.pop(run.key).run_id, "KILLED")

@@ -3,7 +3,9 @@
 sha256 over the stage name and cmd, the content hash of every data and code dependency (upstream
 outputs enter by their hash, so keys chain), the values of the params the stage declares, the code
 the stage runs (its task module and every project module it imports, found by reading the imports),
-and the environment that changes results. Absolute paths never enter the key.
+and the environment that changes results (library versions, device type, precision). Absolute paths
+never enter the key. The runner's own code does not either: it decides where results go, not what
+they are.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import functools
 import hashlib
 import importlib.util
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
-from tasks.versioning import StageSpec
+from tlpipe import devices
+
+from runner.spec import StageSpec
 
 PROJECT_PACKAGES = ("tlpipe", "tasks")
 RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
+DEVICE_VARIABLE = "TLPIPE_DEVICE"
 
 
 def module_file(module: str) -> Path | None:
@@ -62,20 +68,22 @@ def _walk(node: ast.AST):
             yield from _walk(child)
 
 
-def _imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, *, main_guard: bool = False) -> set[str]:
     """Every module an import statement in `path` names, including `from pkg import submodule`.
 
-    Imports under the `__main__` guard are left out: they start the stage, they do not compute it.
+    Imports under the `__main__` guard are left out unless `main_guard`: they start the stage, they
+    do not compute it.
     """
     stat = path.stat()
-    return set(_imports_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+    return set(_imports_of(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, main_guard))
 
 
 @functools.lru_cache(maxsize=512)
-def _imports_of(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+def _imports_of(path: str, mtime_ns: int, size: int, main_guard: bool) -> frozenset[str]:
     """Parses a file once per version (every stage of a run walks the same library files)."""
     found: set[str] = set()
-    for node in _walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    for node in ast.walk(tree) if main_guard else _walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -101,16 +109,8 @@ def code_closure(module: str) -> dict[str, Path]:
             if path is None:
                 continue
             seen[prefix] = path
-            todo.extend(_imported_modules(path))
+            todo.extend(imported_modules(path))
     return dict(sorted(seen.items()))
-
-
-def stage_module(spec: StageSpec) -> str:
-    """The module a stage's cmd runs (`python -m tasks.prune` -> tasks.prune)."""
-    words = spec.cmd.split()
-    if "-m" in words and words.index("-m") + 1 < len(words):
-        return words[words.index("-m") + 1]
-    raise ValueError(f"stage {spec.name}: cmd {spec.cmd!r} must run `python -m tasks.<stage>`")
 
 
 def environment(device_type: str, precision: str) -> dict[str, str]:
@@ -129,18 +129,32 @@ def environment(device_type: str, precision: str) -> dict[str, str]:
     }
 
 
-def stage_cache_key(
-    spec: StageSpec,
-    *,
-    params: dict[str, dict],
-    dep_hashes: dict[str, str],
-    env: dict[str, str],
-) -> str:
-    """sha256 hex of everything the stage's outputs depend on (see the module docstring)."""
-    code = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in code_closure(stage_module(spec)).items()}
-    declared = {
-        file: {key: params[file][key] for key in keys} for file, keys in sorted(spec.params.items())
-    }
+def device_name() -> str:
+    """The device stages run on: TLPIPE_DEVICE (auto | cpu | cuda | cuda:N | mps), default auto.
+
+    "cpu", and "auto" where no accelerator can exist, are answered without importing torch.
+    """
+    name = os.environ.get(DEVICE_VARIABLE, "auto")
+    if name == "cpu" or (name == "auto" and not devices.accelerator_possible()):
+        return "cpu"
+    from tlpipe.runtime import resolve_device
+
+    return str(resolve_device(name))
+
+
+def run_environment(device: str) -> dict[str, str]:
+    """The environment part of cache keys for a device ("cpu", "cuda:0", ...)."""
+    device_type = device.split(":")[0]
+    return environment(device_type, devices.PRECISION[device_type])
+
+
+def stage_cache_key(spec: StageSpec, *, declared: dict[str, dict], dep_hashes: dict[str, str],
+                    env: dict[str, str]) -> str:
+    """sha256 hex of everything the stage's outputs depend on (see the module docstring).
+
+    `declared` holds the values of the params the stage declares, by file (`StageSpec.declared`).
+    """
+    code = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in code_closure(spec.module).items()}
     record = {
         "stage": spec.name,
         "cmd": spec.cmd,
@@ -152,23 +166,30 @@ def stage_cache_key(
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-if __name__ == "__main__":
-    # `python -m tasks.cachekey` prints the code each stage runs; `--write` puts it into dvc.yaml's deps.
-    import sys
-
+def write_code_deps(root: Path, *, write: bool) -> str:
+    """The code each stage of dvc.yaml runs, as text; with `write`, also put into dvc.yaml's deps
+    (comments and layout of the file kept)."""
     from ruamel.yaml import YAML
 
-    root = Path.cwd().resolve()
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
     document = yaml.load((root / "dvc.yaml").read_text())
+    lines = []
     for name, stage in document["stages"].items():
-        module = stage_module(StageSpec(name, stage["cmd"], (), {}, ()))
+        module = StageSpec(name, stage["cmd"], (), {}, ()).module
         code = [p.resolve().relative_to(root).as_posix() for p in code_closure(module).values()]
-        print(f"{name}:\n" + "".join(f"  - {f}\n" for f in code))
+        lines += [f"{name}:"] + [f"  - {f}" for f in code]
         data = [d for d in stage["deps"] if not str(d).endswith(".py")]
         stage["deps"].clear()
         stage["deps"].extend(data + code)
-    if "--write" in sys.argv:
+    if write:
         with open(root / "dvc.yaml", "w") as fh:
             yaml.dump(document, fh)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # `python -m runner.keys` prints the code each stage runs; `--write` puts it into dvc.yaml's deps.
+    import sys
+
+    print(write_code_deps(Path.cwd().resolve(), write="--write" in sys.argv))

@@ -16,12 +16,35 @@ import re
 from pathlib import Path
 
 from tlpipe.io import read_json, staged_outputs, write_json
-from tasks import versioning
+
+from runner.dvc import read_lock
+from runner.events import RAN, Observer, Outcome, StageRun
+from runner.spec import is_within, producer_of
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 FLOW_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MODEL_REF = re.compile(r"^(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 ARTIFACT_KEY = "lineage"
+
+
+class Collector(Observer):
+    """Gathers the outcome of every stage of a pipeline run, in order, for its lineage document.
+    A stage that a worker of an agent pool ran (`ran_on`) counts as ran, by that agent's run."""
+
+    def __init__(self):
+        self.stages: list[dict] = []
+        self.agents: dict[str, str] = {}
+
+    def ran_on(self, stage: str, pool: str) -> None:
+        self.agents[stage] = pool
+
+    def _add(self, run: StageRun, outcome: Outcome) -> None:
+        summary = outcome.summary()
+        if run.spec.name in self.agents:
+            summary.update(status=RAN, agent=self.agents[run.spec.name])
+        self.stages.append(summary)
+
+    stage_finished = stage_cached = stage_restored = _add
 
 
 def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], params: dict,
@@ -38,7 +61,7 @@ def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], 
             "produced_by_run": s["mlflow_run_id"], "params": params.get(s["stage"], {}),
             "inputs": s.get("deps", {}), "outputs": s["outs"],
             "metrics": {k: v for k, v in s["metrics"].items() if isinstance(v, (int, float, str))},
-            "upstream": sorted({p for d in s.get("deps", {}) if (p := versioning.producer_of(d, producer))} - {s["stage"]},
+            "upstream": sorted({p for d in s.get("deps", {}) if (p := producer_of(d, producer))} - {s["stage"]},
                                key=[x["stage"] for x in stages].index),
         })
     return {"pipeline_run": parent_id, "flow_run": flow_run_id, "git_commit": git, "registered_model": registered,
@@ -124,9 +147,9 @@ def classify(ref: str, project: Path) -> str:
 
 def current_output(project: Path, ref: str) -> tuple[str, str]:
     """(stage output path, its md5 in dvc.lock) of the output that holds `ref`."""
-    for entry in versioning.read_lock(project).get("stages", {}).values():
+    for entry in read_lock(project).get("stages", {}).values():
         for out in entry.get("outs", []) + entry.get("metrics", []):
-            if versioning.is_within(ref, out["path"]):
+            if is_within(ref, out["path"]):
                 return out["path"], out["md5"]
     raise LookupError(f"{ref}: no stage output in dvc.lock holds it (run the pipeline first)")
 
@@ -149,7 +172,7 @@ def mlflow_reachable() -> tuple[bool, str]:
 
 
 def _from_mlflow(kind: str, ref: str, project: Path) -> tuple[dict, str | None]:
-    from tasks import tracking
+    from runner import tracking
 
     mlf = tracking.client()
     focus = None

@@ -1,0 +1,66 @@
+"""What every `tlpipe` command shares: the consoles, finding the project, one-line errors, calling a flow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tlpipe import config
+
+err = Console(stderr=True)
+out = Console()
+EXIT_BAD_INPUT = 2
+
+QUIET_DEFAULTS = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def find_project(start: Path) -> Path:
+    """The nearest folder at or above `start` holding dvc.yaml."""
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise config.ParamsError(f"no dvc.yaml in {start} or any parent folder; run inside a tlpipe project or pass --project")
+
+
+def open_project(project: Path | None) -> Path:
+    """Quiets the tools (unless the environment says otherwise) and finds the project root."""
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return find_project((project or Path.cwd()).resolve())
+
+
+def project_root(project: Path | None) -> Path:
+    """`open_project`, ending the command with exit code 2 when there is no project."""
+    try:
+        return open_project(project)
+    except config.ParamsError as exc:
+        raise bad_input(str(exc))
+
+
+def bad_input(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def server_timeout() -> float:
+    return float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+
+
+def run_flow(flow_fn, api_url: str | None = None, **kwargs) -> dict:
+    """Calls a flow (against `api_url` when given) without the sync engine's one-second heartbeat join."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    if api_url:
+        updates[PREFECT_API_URL] = api_url
+    with temporary_settings(updates=updates):
+        return flow_fn(**kwargs)

@@ -1,0 +1,57 @@
+"""What a stage's `run(ctx)` receives: its params, where its inputs are, where to write, how to report.
+
+Everything a stage reports (per-epoch metrics, artifacts, its model) leaves as an event; the
+observers of the run decide what to do with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tlpipe.io import read_json
+
+from runner.events import Events, StageRun
+
+MetricsCallback = Callable[[int, dict], None]
+
+
+class StageContext:
+    """Handed to `tasks.<stage>.run`; `out` is a temporary folder that becomes the stage's output on
+    success. `project` is the user's project, against which local paths in params are resolved."""
+
+    def __init__(self, run: StageRun, out: Path, workspace, events: Events):
+        self.stage = run.spec.name
+        self.params = run.params
+        self.device = run.device
+        self.out = out
+        self.project = workspace.project
+        self.store = workspace.store  # for intermediate results shared across runs (e.g. prune scores)
+        self._run, self._workspace, self._events = run, workspace, events
+
+    def upstream(self, stage: str) -> Path:
+        """The (already verified) output folder of an upstream stage."""
+        return self._workspace.upstream(stage)
+
+    def upstream_metrics(self, stage: str) -> dict:
+        """The metrics an upstream stage recorded."""
+        return read_json(self._workspace.locate(f"data/metrics/{stage}.json"))
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self._events.emit("stage_metrics", self._run, metrics, step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._events.emit("stage_artifact", self._run, Path(path), artifact_path)
+
+    def log_model(self, model, *, input_example) -> str | None:
+        """Hands the deployable model to the observers; returns its URI where one stored it."""
+        return self._events.first("stage_model", self._run, model, input_example)
+
+    @contextlib.contextmanager
+    def progress(self, total: int, label: str) -> Iterator[MetricsCallback]:
+        """A per-epoch callback: each call reports the epoch's metrics to the observers."""
+        def on_metrics(step: int, metrics: dict) -> None:
+            self._events.emit("stage_progress", self._run, step, total, label, metrics)
+
+        yield on_metrics

@@ -1,0 +1,107 @@
+"""The one stage runner: every path that runs a stage (`tlpipe run`, `dvc repro`, sweep points, GPU
+agents) calls `run_stage`.
+
+It keys the stage, reuses an earlier run with the same key when its outputs are (or can be put back)
+in place, and otherwise runs the stage's `run(ctx)` into temporary outputs that replace the old ones
+only when the stage succeeds. So a failure or an interruption leaves the previous outputs as they
+were and nothing half-written; this module is the one place that decides it. The rest (MLflow, DVC,
+lineage, the console) observes the events.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+
+from tlpipe.io import staged_outputs, write_json
+
+from runner import inputs, keys
+from runner.context import StageContext
+from runner.dvc import md5_path
+from runner.events import RAN, Events, Observer, Outcome, StageRun
+from runner.spec import StageSpec
+
+QUIET = {  # per-file progress bars of datasets/transformers would drown the stage's own progress
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+for _key, _value in QUIET.items():
+    os.environ.setdefault(_key, _value)
+
+
+class MissingInput(FileNotFoundError):
+    """A dependency of the stage is not there (its upstream stage has not run)."""
+
+
+def dep_hashes(workspace, spec: StageSpec, params: dict) -> dict[str, str]:
+    """Content hash of every dependency; upstream outputs reuse the hash already recorded for them.
+
+    External data sets the stage reads (a local folder named in its params) count as dependencies too.
+    """
+    hashes = {name: md5_path(path) for name, path in inputs.external_inputs(spec.name, params, workspace.project).items()}
+    for dep in spec.deps:
+        if dep in workspace.known:
+            hashes[dep] = workspace.known[dep]
+        elif (path := workspace.locate(dep)).exists():  # code, or a part of an upstream output
+            hashes[dep] = md5_path(path)
+        else:
+            raise MissingInput(f"stage {spec.name}: dependency {dep} does not exist (run its stage first)")
+    return hashes
+
+
+def run_stage(spec: StageSpec, params: dict, workspace, *, device: str, observers: list[Observer] = (),
+              refresh: bool = False) -> Outcome:
+    """Runs (or reuses) one stage with `params` (its section of the run's snapshot) in `workspace`.
+
+    `refresh` runs the stage even when an earlier run with the same key exists.
+    """
+    started = time.perf_counter()
+    events = Events(observers)
+    deps = dep_hashes(workspace, spec, params)
+    key = keys.stage_cache_key(spec, declared=spec.declared(params), dep_hashes=deps, env=keys.run_environment(device))
+    external = inputs.external_inputs(spec.name, params, workspace.project)
+    run = StageRun(spec, params, key, deps, device,
+                   inputs={dep: external.get(dep) or workspace.locate(dep) for dep in deps if not dep.endswith(".py")})
+    with workspace.claim(spec, key):
+        found = None if refresh else workspace.lookup(spec, key)
+        if found is None:
+            outcome = _compute(run, workspace, events, started)
+        else:
+            record, status = found
+            outcome = Outcome(spec.name, status, key, deps, record["outs"], record["metrics"],
+                              record.get("mlflow_run_id"), time.perf_counter() - started, record.get("headline", ""))
+            run.outputs = {rel: workspace.locate(rel) for rel in record["outs"]}
+            events.emit(f"stage_{status}", run, outcome)
+    workspace.known.update(outcome.outs)
+    return outcome
+
+
+def _compute(run: StageRun, workspace, events: Events, started: float) -> Outcome:
+    spec = run.spec
+    module = importlib.import_module(spec.module)
+    out, metrics_path = workspace.outputs(spec, run.key)
+    run.outputs = {rel: workspace.locate(rel) for rel in spec.outs}
+    events.emit("stage_started", run)
+    try:
+        with staged_outputs(out, metrics_path) as (tmp_out, tmp_metrics):
+            tmp_out.mkdir()
+            metrics = module.run(StageContext(run, tmp_out, workspace, events))
+            metrics["wall_time_s"] = time.perf_counter() - started
+            write_json(tmp_metrics, metrics)
+    except KeyboardInterrupt:
+        events.emit("stage_interrupted", run)
+        raise
+    except BaseException as exc:
+        events.emit("stage_failed", run, exc)
+        raise
+    outs = {rel: md5_path(path) for rel, path in run.outputs.items()}
+    run.record["headline"] = module.headline(metrics) if hasattr(module, "headline") else ""
+    outcome = Outcome(spec.name, RAN, run.key, run.deps, outs, metrics, run.record.get("mlflow_run_id"),
+                      time.perf_counter() - started, run.record["headline"])
+    events.emit("stage_finished", run, outcome)
+    workspace.save(spec, run.key, {"stage": spec.name, "cache_key": run.key, "outs": outs, "metrics": metrics,
+                                   **run.record})
+    return outcome
+

@@ -1,0 +1,106 @@
+"""What happens to a stage run, as events, and the observers that act on them.
+
+The runner decides whether a stage is reused or computed and what a failure leaves behind; everything
+around it (the MLflow child run, the DVC commit, lineage, the console) is an `Observer` that the
+caller hands to the runner, in the manner of Kedro's node hooks. An observer defines the hooks it
+needs; the others do nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.spec import StageSpec
+
+RAN, CACHED, RESTORED = "ran", "cached", "restored"
+
+
+@dataclass
+class StageRun:
+    """One stage on its way through the runner. Observers may note ids in `record` (for example the
+    MLflow run id); the record is stored with the outputs, so a later reuse can point back at it."""
+
+    spec: StageSpec
+    params: dict
+    key: str
+    deps: dict[str, str]
+    device: str
+    inputs: dict[str, Path] = field(default_factory=dict)  # data dependencies -> where they are
+    outputs: dict[str, Path] = field(default_factory=dict)  # declared outputs -> where they are
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """How a stage ended: ran, or reused (cached: outputs in place; restored: put back from DVC)."""
+
+    stage: str
+    status: str
+    key: str
+    deps: dict[str, str]
+    outs: dict[str, str]
+    metrics: dict
+    produced_by: str | None  # MLflow run id of the run that computed these outputs
+    seconds: float = 0.0
+    headline: str = ""  # the stage's result in one line, for people
+
+    def summary(self) -> dict:
+        """The plain record the flows return and lineage stores."""
+        return {"stage": self.stage, "status": self.status, "cache_key": self.key, "deps": self.deps,
+                "seconds": self.seconds, "outs": self.outs, "metrics": self.metrics,
+                "mlflow_run_id": self.produced_by, "headline": self.headline}
+
+
+class Observer:
+    """Hooks around stage runs; each does nothing unless an observer overrides it."""
+
+    def stage_started(self, run: StageRun) -> None:
+        """Before the stage computes (not called when its outputs are reused)."""
+
+    def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
+        """Once per epoch (or other step) of a computing stage."""
+
+    def stage_metrics(self, run: StageRun, metrics: dict, step: int | None) -> None:
+        """Figures a computing stage reports outside its epochs."""
+
+    def stage_artifact(self, run: StageRun, path: Path, artifact_path: str | None) -> None:
+        """A file the stage wants people to see beside its outputs."""
+
+    def stage_model(self, run: StageRun, model: Any, input_example: Any) -> str | None:
+        """The stage's deployable model; an observer that stores it returns its URI."""
+
+    def stage_finished(self, run: StageRun, outcome: Outcome) -> None:
+        """The stage computed its outputs, which are in place and hashed."""
+
+    def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
+        """The outputs of an earlier run with the same key were found in place."""
+
+    def stage_restored(self, run: StageRun, outcome: Outcome) -> None:
+        """The outputs of an earlier run with the same key were put back from the DVC cache or remote."""
+
+    def stage_failed(self, run: StageRun, error: BaseException) -> None:
+        """The stage raised; nothing it wrote was kept."""
+
+    def stage_interrupted(self, run: StageRun) -> None:
+        """The stage was stopped (Ctrl-C or a termination signal); nothing it wrote was kept."""
+
+
+class Events:
+    """Delivers each event to every observer, in order."""
+
+    def __init__(self, observers=()):
+        self.observers: list[Observer] = list(observers)
+
+    def emit(self, hook: str, *args) -> None:
+        for observer in self.observers:
+            getattr(observer, hook)(*args)
+
+    def first(self, hook: str, *args):
+        """The first answer an observer gives to `hook` (None when none answers)."""
+        for observer in self.observers:
+            answer = getattr(observer, hook)(*args)
+            if answer is not None:
+                return answer
+        return None

@@ -1,0 +1,49 @@
+"""Progress of computing stages on the console: a live bar on a terminal, one line per epoch otherwise
+(CI logs), nothing when turned off."""
+
+from __future__ import annotations
+
+import sys
+
+from runner.events import Observer, StageRun
+
+
+class ConsoleProgress(Observer):
+    def __init__(self, show: bool = True, console=None):
+        from rich.console import Console
+
+        self.show = show
+        self.console = console or Console(file=sys.stderr)
+        self.live = show and self.console.is_terminal
+        self._bars: dict[str, tuple] = {}  # label -> (rich Progress, its task)
+
+    def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
+        if not self.show:
+            return
+        summary = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        if not self.live:
+            self.console.print(f"{run.spec.name} {label} {step}/{total}  {summary}", highlight=False)
+            return
+        bar, task = self._bars.get(label) or self._open(run, total, label)
+        bar.update(task, completed=step, summary=summary)
+        if step >= total:
+            self._close(label)
+
+    def _open(self, run: StageRun, total: int, label: str) -> tuple:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn(f"[bold]{run.spec.name}[/] {label}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TextColumn("{task.fields[summary]}"), console=self.console)
+        bar.start()
+        self._bars[label] = bar, bar.add_task(label, total=total, summary="")
+        return self._bars[label]
+
+    def _close(self, label: str) -> None:
+        bar, _ = self._bars.pop(label)
+        bar.stop()
+
+    def _close_all(self, run: StageRun, *_) -> None:
+        for label in list(self._bars):
+            self._close(label)
+
+    stage_finished = stage_failed = stage_interrupted = _close_all

@@ -1,0 +1,118 @@
+"""The params of one run, resolved once: params/*.yaml plus the `-s` overrides, validated as a whole
+and against the data, then handed to every stage. No stage reads a params file during a run.
+
+`take` is called holding the project lock (runner.lock). The overrides are written back into the
+params files, as `dvc exp run -S` does, only after every check has passed, so a rejected value never
+lands in a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlpipe import config
+from tlpipe.io import staged_outputs
+
+from runner import inputs
+from runner.dvc import read_lock
+from runner.spec import STAGE_DIRS, StageSpec, stage_outputs
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every stage's validated params for one run, and the overrides that made them."""
+
+    params: dict[str, dict]
+    overrides: tuple[str, ...] = ()
+
+    def stage(self, name: str) -> dict:
+        """A copy of one stage's params (a stage cannot change what the next one sees)."""
+        return copy.deepcopy(self.params[name])
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the params: equal snapshots, equal digests."""
+        return hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()
+
+    def as_dict(self) -> dict:
+        return {"params": self.params, "overrides": list(self.overrides)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Snapshot":
+        return cls(params=data["params"], overrides=tuple(data.get("overrides", ())))
+
+
+def resolve(project: Path, overrides=()) -> tuple[Snapshot, set[str]]:
+    """(snapshot of the files plus `overrides`, the stages the overrides touch); validated, no data read."""
+    params, touched = config.apply_overrides(config.load_all_params(project), list(overrides))
+    return Snapshot(params, tuple(overrides)), touched
+
+
+def check_declaration(spec: StageSpec) -> None:
+    """dvc.yaml and the stage code must agree on the stage's outputs and params file."""
+    if spec.name not in STAGE_DIRS:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name!r} has no task module; known: {', '.join(STAGE_DIRS)}")
+    expected = set(stage_outputs(spec.name))
+    if set(spec.outs) != expected:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare outputs {sorted(expected)}, not {sorted(spec.outs)}")
+    file = f"params/{spec.name}.yaml"
+    declared = set(spec.params.get(file, ()))
+    schema = set(config.SCHEMA[spec.name])
+    if set(spec.params) != {file} or declared != schema:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
+
+
+def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -> None:
+    """Every check that can fail on bad input, run before any stage computes anything."""
+    config.check_combination(params)
+    for spec in stages:
+        check_declaration(spec)
+        if spec.name in inputs.CHECKS and not _already_ran_on(project, spec, params[spec.name]):
+            inputs.CHECKS[spec.name](params[spec.name], Path(project))
+
+
+def _already_ran_on(project: Path, spec: StageSpec, params: dict) -> bool:
+    """True when dvc.lock shows the stage completed with these params and it reads no external data
+    (built-in data only change with the code): its checks passed then and would pass now."""
+    if inputs.external_inputs(spec.name, params, project):
+        return False
+    entry = read_lock(project).get("stages", {}).get(spec.name, {})
+    return bool(entry) and entry.get("params") == spec.declared(params)
+
+
+def take(project: Path, overrides, stages: list[StageSpec]) -> Snapshot:
+    """The run's snapshot, checked for `stages`; the overrides are then written to the params files.
+
+    Call it holding the project lock. Raises ParamsError, ValueError or FileNotFoundError (bad
+    input) before anything is written.
+    """
+    snapshot, touched = resolve(project, overrides)
+    preflight(project, stages, snapshot.params)
+    write_overrides(project, snapshot.params, touched)
+    return snapshot
+
+
+def write_overrides(project: Path, params: dict[str, dict], stages: set[str]) -> None:
+    """Writes overridden values into params/<stage>.yaml, keeping comments and order."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    for stage in sorted(stages):
+        path = config.params_path(project, stage)
+        document = yaml.load(path.read_text(encoding="utf-8"))
+        _merge(document, params[stage])
+        with staged_outputs(path) as (temp,):
+            with open(temp, "w", encoding="utf-8") as fh:
+                yaml.dump(document, fh)
+
+
+def _merge(document, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _merge(document[key], value)
+        elif document[key] != value:
+            document[key] = value

@@ -1,0 +1,176 @@
+"""Where a stage's inputs are found, where its outputs go, and how a finished run is found again.
+
+`ProjectWorkspace` is the project as `dvc.yaml` describes it: outputs at their fixed paths under
+data/, records of completed runs in the cache folder (TLPIPE_CACHE_DIR, which a team shares; any
+fsspec URL such as s3://bucket/tlpipe-cache works too), outputs that went missing put back from the
+DVC cache or remote. Only the default pipeline run works here, so only it updates dvc.lock.
+
+`StoreWorkspace` keeps each stage's outputs in an entry of their own, `<store>/<stage>/<key>/`,
+written once and never changed: sweep points run side by side there, and two points (or two sweeps,
+or two team members) that need the same stage with the same inputs share its entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+from tlpipe.io import locked, read_json, staged_outputs, write_json
+
+from runner import dvc
+from runner.events import CACHED, RESTORED
+from runner.spec import STAGE_DIRS, StageSpec, is_within, metrics_file, stage_dir, stage_outputs
+
+log = logging.getLogger(__name__)
+
+
+def cache_location(project: Path) -> Path | str:
+    """Where records of completed stage runs live: TLPIPE_CACHE_DIR (a folder, or an fsspec URL such
+    as s3://bucket/tlpipe-cache), else .tlpipe/cache in the project."""
+    value = os.environ.get("TLPIPE_CACHE_DIR")
+    if value and value.startswith("file://"):  # a local or mounted folder written as a URL
+        value = urllib.parse.unquote(urllib.parse.urlsplit(value).path)
+    if value and "://" in value:
+        return value
+    return Path(value or Path(project) / ".tlpipe" / "cache").resolve()
+
+
+def store_root(project: Path) -> Path:
+    """Where store entries (and results shared across runs) live: TLPIPE_STORE_DIR (shared storage
+    for a team), else .tlpipe/store in the project."""
+    return Path(os.environ.get("TLPIPE_STORE_DIR") or Path(project) / ".tlpipe" / "store").resolve()
+
+
+class Records:
+    """One JSON record per completed stage run, at `<location>/<stage>/<key>.json`."""
+
+    def __init__(self, location: Path | str):
+        self.location = location
+
+    def get(self, stage: str, key: str) -> dict | None:
+        if isinstance(self.location, Path):
+            path = self.location / stage / f"{key}.json"
+            return read_json(path) if path.is_file() else None
+        fs, path = self._fs(stage, key)
+        return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+    def put(self, stage: str, key: str, record: dict) -> None:
+        if isinstance(self.location, Path):
+            with staged_outputs(self.location / stage / f"{key}.json") as (temp,):
+                write_json(temp, record)
+            return
+        fs, path = self._fs(stage, key)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, json.dumps(record, sort_keys=True).encode())  # one object: whole or absent
+
+    def _fs(self, stage: str, key: str):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.location)
+        return fs, f"{root.rstrip('/')}/{stage}/{key}.json"
+
+
+class ProjectWorkspace:
+    """The project's own data/ folder (see the module docstring)."""
+
+    def __init__(self, project: Path, records: Records | None = None):
+        self.project = Path(project).resolve()
+        self.records = records or Records(cache_location(self.project))
+        self.store = store_root(self.project)
+        self.known: dict[str, str] = {}  # hashes of the outputs this run has produced or reused
+
+    def locate(self, rel: str) -> Path:
+        return self.project / rel
+
+    def upstream(self, stage: str) -> Path:
+        return stage_dir(self.project, stage)
+
+    def claim(self, spec: StageSpec, key: str):
+        return contextlib.nullcontext()  # the pipeline run holds the project lock
+
+    def outputs(self, spec: StageSpec, key: str) -> tuple[Path, Path]:
+        return stage_dir(self.project, spec.name), metrics_file(self.project, spec.name)
+
+    def lookup(self, spec: StageSpec, key: str) -> tuple[dict, str] | None:
+        """(record, CACHED or RESTORED) of an earlier run with this key whose outputs are in place or
+        could be put back; None when there is none (the stage then runs)."""
+        record = self.records.get(spec.name, key)
+        if record is None:
+            return None
+        stale = {rel: md5 for rel, md5 in record["outs"].items() if not dvc.outputs_match(self.project, {rel: md5})}
+        if not stale:
+            return record, CACHED
+        if all(dvc.restore_output(self.project, rel, md5) for rel, md5 in stale.items()):
+            return record, RESTORED
+        log.warning("%s: cached outputs %s are gone from the DVC cache; running again", spec.name, sorted(stale))
+        return None
+
+    def save(self, spec: StageSpec, key: str, record: dict) -> None:
+        self.records.put(spec.name, key, record)
+
+
+class StoreWorkspace:
+    """Entries of the store; `entries` ({stage: key}) are the upstream stages' entries to read from,
+    and each stage run adds its own."""
+
+    def __init__(self, project: Path, entries: dict[str, str] | None = None):
+        self.project = Path(project).resolve()
+        self.store = store_root(self.project)
+        self.entries: dict[str, str] = {}
+        self.known: dict[str, str] = {}
+        for stage, key in (entries or {}).items():
+            self._add(stage, key, read_json(self.entry(stage, key) / "manifest.json"))
+
+    def entry(self, stage: str, key: str) -> Path:
+        return self.store / stage / key
+
+    def _add(self, stage: str, key: str, record: dict) -> None:
+        self.entries[stage] = key
+        self.known.update(record["outs"])
+
+    def locate(self, rel: str) -> Path:
+        """An upstream output (or a part of one) inside its entry; anything else (code) in the project."""
+        for stage, key in self.entries.items():
+            out, metrics = stage_outputs(stage)
+            if rel == metrics:
+                return self.entry(stage, key) / "metrics.json"
+            if is_within(rel, out):
+                return self.entry(stage, key) / "out" / rel[len(out) + 1:]
+        return self.project / rel
+
+    def upstream(self, stage: str) -> Path:
+        return self.locate(f"data/{STAGE_DIRS[stage]}")
+
+    @contextlib.contextmanager
+    def claim(self, spec: StageSpec, key: str) -> Iterator[None]:
+        """Two processes that need the same entry: one computes it, the other waits and reuses it."""
+        path = self.entry(spec.name, key)
+        with locked(path.with_name(path.name + ".lock")):
+            yield
+
+    def outputs(self, spec: StageSpec, key: str) -> tuple[Path, Path]:
+        self.entries[spec.name] = key  # outputs of this stage now resolve to its entry
+        return self.entry(spec.name, key) / "out", self.entry(spec.name, key) / "metrics.json"
+
+    def lookup(self, spec: StageSpec, key: str) -> tuple[dict, str] | None:
+        """The entry's record when it is complete and its outputs still have the recorded hashes."""
+        manifest = self.entry(spec.name, key) / "manifest.json"
+        if not manifest.is_file():
+            return None
+        record = read_json(manifest)
+        self.entries[spec.name] = key
+        if {rel: dvc.md5_path(self.locate(rel)) for rel in record["outs"]} != record["outs"]:
+            del self.entries[spec.name]
+            return None
+        self._add(spec.name, key, record)
+        return record, CACHED
+
+    def save(self, spec: StageSpec, key: str, record: dict) -> None:
+        with staged_outputs(self.entry(spec.name, key) / "manifest.json") as (temp,):  # written last: complete
+            write_json(temp, record)
+        self._add(spec.name, key, record)

@@ -1,0 +1,37 @@
+"""The short trainings behind EL2N and GraNd (Paul et al., "Deep Learning on a Data Diet", NeurIPS
+2021): fresh copies of an architecture trained a few epochs from different seeds, then asked for
+each source image's logits (EL2N) or loss-gradient norm (GraNd)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlpipe import models, runtime, training
+from tlpipe.pruning.scores import per_sample_grad_norms
+
+SCORED = {"el2n": "logits", "grand": "grad_norms"}  # what each method reads from a trained model
+
+
+def early_training_scores(architecture: nn.Module, images: np.ndarray, labels: np.ndarray, *, method: str,
+                          num_classes: int, runs: int, epochs: int, batch_size: int, lr: float, seed: int,
+                          device: torch.device) -> np.ndarray:
+    """One score array per run, stacked: [runs, N, C] logits for "el2n", [runs, N] gradient norms for
+    "grand". Run r trains `type(architecture)(architecture.config)` plus a linear head, drawn and
+    shuffled from seed `seed + r`."""
+    if method not in SCORED:
+        raise ValueError(f"method={method!r} has no early-training scores; valid options: {', '.join(SCORED)}")
+    per_run = []
+    for run in range(runs):
+        run_seed = seed + run
+        runtime.seed_everything(run_seed)  # fresh weights of the architecture, drawn from the seed
+        model = models.Classifier(type(architecture)(architecture.config), num_classes)
+        training.train_classifier(model, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                                  weight_decay=0.0005, seed=run_seed, device=device, label_smoothing=0.0)
+        if SCORED[method] == "logits":
+            per_run.append(training.predict_logits(model, images, batch_size=256, device=device))
+        else:
+            pixels = runtime.to_float(torch.from_numpy(images))
+            per_run.append(per_sample_grad_norms(model.eval(), pixels, labels, batch_size=128))
+    return np.stack(per_run)

@@ -1,0 +1,72 @@
+"""The families of methods, each declared once: params validation, the stage code and the library's
+dispatch all read these tables. Plain data, so checking params imports no torch.
+
+A pruning method also names the inputs it reads (keywords of `tlpipe.pruning.select`), so the `prune`
+stage computes exactly those: `logits` (the supervised surrogate's source-class logits on the target
+train images), `target_labels`, `target_features` / `source_features` (the surrogate's embeddings),
+and `logits_per_model` / `grad_norms_per_model` (short trainings of the surrogate's architecture on the
+source, Paul et al. 2021).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLASS, SAMPLE = "class", "sample"
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    level: str  # CLASS: keeps whole source classes (or groups); SAMPLE: keeps single images
+    needs: tuple[str, ...]
+    summary: str
+
+
+PRUNING: dict[str, PruningMethod] = {
+    "lm": PruningMethod(CLASS, ("logits",), "label mapping (DP4TL): the classes the target images vote for"),
+    "lm_bottom": PruningMethod(CLASS, ("logits",), "the least-voted classes (ablation)"),
+    "lm_soft": PruningMethod(CLASS, ("logits",), "label mapping with softmax votes"),
+    "lm_balanced": PruningMethod(CLASS, ("logits", "target_labels"),
+                                   "label mapping, round robin over target classes"),
+    "random": PruningMethod(CLASS, (), "random classes (baseline)"),
+    "fm": PruningMethod(CLASS, ("target_features", "source_features"),
+                                   "feature mapping (DP4TL): groups nearest to the target features"),
+    "random_samples": PruningMethod(SAMPLE, (), "random images (baseline)"),
+    "fm_samples": PruningMethod(SAMPLE, ("target_features", "source_features"),
+                                   "images nearest to the target features"),
+    "el2n": PruningMethod(SAMPLE, ("logits_per_model",), "EL2N: the hardest images early in training"),
+    "grand": PruningMethod(SAMPLE, ("grad_norms_per_model",),
+                                   "GraNd: the largest gradient norms early in training"),
+    "moderate": PruningMethod(SAMPLE, ("source_features",),
+                                   "moderate coreset: images at the median distance"),
+}
+CLASS_METHODS = tuple(name for name, m in PRUNING.items() if m.level == CLASS)
+SAMPLE_METHODS = tuple(name for name, m in PRUNING.items() if m.level == SAMPLE)
+
+
+def pruning_method(name: str) -> PruningMethod:
+    if name not in PRUNING:
+        raise ValueError(f"method must be one of {', '.join(PRUNING)}, got {name!r}")
+    return PRUNING[name]
+
+
+# Self-supervised distillation objectives between the student and a teacher (tlpipe.distill).
+DISTILLATION: dict[str, str] = {
+    "seed": "SEED (Fang et al., ICLR 2021): the teacher's similarity distribution over a queue",
+    "compress": "CompRess (Abbasi Koohpayegani et al., NeurIPS 2020): two memory banks",
+    "mse": "regression of the teacher's normalised embedding",
+}
+
+
+@dataclass(frozen=True)
+class SourceMode:
+    labels: bool  # trains a classifier on the source labels (else self-supervised, labels unused)
+    surrogate: bool  # available to the surrogate (pruning needs its classifier or its features)
+    summary: str
+
+
+SOURCE_MODES: dict[str, SourceMode] = {
+    "supervised": SourceMode(True, True, "a classifier on the source labels"),
+    "simclr": SourceMode(False, True, "SimCLR (Chen et al., ICML 2020): contrastive, two views per image"),
+    "byol": SourceMode(False, False, "BYOL (Grill et al., NeurIPS 2020): a target network, no negatives"),
+}

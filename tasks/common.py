@@ -1,0 +1,51 @@
+"""What several stages share: per-epoch history with progress, and the source models of surrogate
+and pretrain."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from tlpipe import io, models
+from tlpipe.pretraining import fit_source_model
+
+
+@contextlib.contextmanager
+def recorded(ctx, total: int, label: str, history: Path) -> Iterator:
+    """A per-epoch callback that reports progress; the epochs are written to `history` (CSV) after."""
+    rows: list[dict] = []
+    with ctx.progress(total, label) as report:
+        def on_metrics(epoch: int, metrics: dict) -> None:
+            rows.append({"epoch": epoch, **metrics})
+            report(epoch, metrics)
+
+        yield on_metrics
+    io.write_history(history, rows)
+
+
+def train_source(ctx, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                 num_classes: int, label_smoothing: float = 0.0) -> dict:
+    """Trains the stage's source model in its `mode`; saves `backbone/` (what every downstream stage
+    reads), `model/` (the classifier, when supervised) and the history."""
+    p = ctx.params
+    label = "epochs" if p["mode"] == "supervised" else f"{p['mode']} epochs"
+    ssl = {k: p[k] for k in ("temperature", "projection_dim", "predictor_hidden", "base_momentum") if k in p}
+    with recorded(ctx, p["epochs"], label, ctx.out / "history.csv") as on_metrics:
+        backbone, classifier, metrics = fit_source_model(
+            p["mode"], *train, val_images=val[0], val_labels=val[1], num_classes=num_classes,
+            model_config=p["model"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+            weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
+            label_smoothing=label_smoothing, on_metrics=on_metrics, **ssl)
+    if classifier is not None:
+        models.save_classifier(classifier, ctx.out / "model")
+    models.save_backbone(backbone, ctx.out / "backbone")
+    return metrics
+
+
+def fit_summary(m: dict) -> str:
+    """How well a source model fits: validation accuracy when supervised, else the final SSL loss."""
+    return f"val acc {m['val_accuracy']:.3f}" if "val_accuracy" in m else f"ssl loss {m.get('loss', float('nan')):.3f}"
