@@ -121,10 +121,23 @@ def test_bad_sweep_files_are_named(tmp_path, params, changes, message):
     assert message in str(info.value)
 
 
-def test_prune_method_choices_are_the_library_methods():
-    from tlpipe import pruning
+def test_method_choices_are_the_registries():
+    from tlpipe import distill, pruning, registry
 
-    assert config.CLASS_METHODS == pruning.CLASS_METHODS and config.SAMPLE_METHODS == pruning.SAMPLE_METHODS
+    assert config.SCHEMA["prune"]["method"].choices == tuple(registry.PRUNING)
+    assert pruning.CLASS_METHODS + pruning.SAMPLE_METHODS == tuple(registry.PRUNING)
+    assert config.SCHEMA["distill"]["method"].choices == tuple(registry.DISTILLATION) == distill.METHODS
+    assert config.SCHEMA["pretrain"]["mode"].choices == tuple(registry.SOURCE_MODES)
+    assert set(config.SCHEMA["surrogate"]["mode"].choices) < set(registry.SOURCE_MODES)
+
+
+def test_checking_params_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from tlpipe import config, registry; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_label_mapping_needs_a_supervised_surrogate(params):

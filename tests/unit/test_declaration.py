@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import cachekey, runner, versioning
-from tasks.context import STAGE_DIRS
+from runner import keys
+from runner.snapshot import check_declaration
+from runner.spec import STAGE_DIRS, load_pipeline, select_stages
 from tlpipe import config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -13,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def stages():
-    return versioning.load_pipeline(REPO)
+    return load_pipeline(REPO)
 
 
 def test_stage_order_follows_the_data(stages):
@@ -23,28 +24,28 @@ def test_stage_order_follows_the_data(stages):
 @pytest.mark.parametrize("name", config.STAGES)
 def test_outputs_and_params_match_the_code(stages, name):
     spec = next(s for s in stages if s.name == name)
-    runner.check_declaration(spec)  # raises on any disagreement
+    check_declaration(spec)  # raises on any disagreement
 
 
 @pytest.mark.parametrize("name", config.STAGES)
 def test_code_deps_are_exactly_what_the_stage_imports(stages, name):
     spec = next(s for s in stages if s.name == name)
-    closure = {p.relative_to(REPO).as_posix() for p in cachekey.code_closure(cachekey.stage_module(spec)).values()}
+    closure = {p.relative_to(REPO).as_posix() for p in keys.code_closure(spec.module).values()}
     declared = {d for d in spec.deps if d.endswith(".py")}
-    assert declared == closure, f"dvc.yaml {name}.deps should list exactly {sorted(closure)} (python -m tasks.cachekey)"
+    assert declared == closure, f"dvc.yaml {name}.deps should list exactly {sorted(closure)} (python -m runner.keys --write)"
 
 
 def test_select_stages_takes_only_what_until_needs(stages):
-    assert [s.name for s in versioning.select_stages(stages, "prune")] == ["prepare", "surrogate", "prune"]
-    assert len(versioning.select_stages(stages, None)) == len(STAGE_DIRS)
+    assert [s.name for s in select_stages(stages, "prune")] == ["prepare", "surrogate", "prune"]
+    assert len(select_stages(stages, None)) == len(STAGE_DIRS)
     with pytest.raises(ValueError, match="unknown stage 'nope'"):
-        versioning.select_stages(stages, "nope")
+        select_stages(stages, "nope")
 
 
 def test_main_guard_imports_stay_out_of_the_code_hash():
-    closure = {p.name for p in cachekey.code_closure("tasks.prune").values()}
-    assert "runner.py" not in closure and "tracking.py" not in closure
-    assert {"prune.py", "label_mapping.py", "feature_mapping.py", "context.py"} <= closure
+    closure = {p.relative_to(REPO).as_posix() for p in keys.code_closure("tasks.prune").values()}
+    assert not any(path.startswith("runner/") for path in closure)  # `python -m tasks.prune` ends in runner.command
+    assert {"tasks/prune.py", "src/tlpipe/pruning/label_mapping.py", "src/tlpipe/pruning/feature_mapping.py"} <= closure
 
 
 def test_plain_yaml_reading_agrees_with_dvc(stages):

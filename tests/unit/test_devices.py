@@ -37,7 +37,7 @@ def test_a_cpu_device_name_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import os, sys; os.environ['TLPIPE_DEVICE'] = 'cpu'; from tasks import runner; "
-            "print(runner.device_name(), runner.run_environment('cpu')['precision'], 'torch' in sys.modules)")
+    code = ("import os, sys; os.environ['TLPIPE_DEVICE'] = 'cpu'; from runner import keys; "
+            "print(keys.device_name(), keys.run_environment('cpu')['precision'], 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["cpu", "fp32", "False"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tlpipe import pruning
+from tlpipe import pruning, registry
 from tlpipe.pruning import CLASS_METHODS, SAMPLE_METHODS, select_classes, select_samples
 
 RNG = np.random.default_rng(0)
@@ -14,10 +14,10 @@ NORMS = [RNG.random(30), RNG.random(30)]
 SOURCE_LOGITS = [RNG.normal(size=(30, 5)) for _ in range(2)]
 
 
-def test_method_lists():
+def test_method_lists_come_from_the_registry():
     assert CLASS_METHODS == ("lm", "lm_bottom", "lm_soft", "lm_balanced", "random", "fm")
     assert SAMPLE_METHODS == ("random_samples", "fm_samples", "el2n", "grand", "moderate")
-    assert pruning.METHODS == ("lm", "random")
+    assert set(CLASS_METHODS) | set(SAMPLE_METHODS) == set(registry.PRUNING)
 
 
 CLASS_CALLS = {
@@ -112,3 +112,21 @@ def test_unknown_sample_method_and_missing_inputs():
         select_samples("el2n", ratio=0.5, logits_per_model=SOURCE_LOGITS)
     with pytest.raises(ValueError, match="grad_norms_per_model"):
         select_samples("grand", ratio=0.5)
+
+
+ALL_INPUTS = {"logits": LOGITS, "target_labels": TARGET_LABELS, "target_features": TARGET_FEATURES,
+              "source_features": SOURCE_FEATURES, "logits_per_model": SOURCE_LOGITS, "grad_norms_per_model": NORMS}
+
+
+@pytest.mark.parametrize("method", list(registry.PRUNING))
+def test_select_reads_what_the_registry_says_a_method_needs(method):
+    """The prune stage computes exactly `needs` (plus the source's labels and sizes): that must suffice."""
+    needed = {name: ALL_INPUTS[name] for name in registry.PRUNING[method].needs}
+    base = ({"num_classes": 6, "num_clusters": 5} if method in CLASS_METHODS
+            else {"num_samples": 30, "source_labels": SOURCE_LABELS})
+    got = pruning.select(method, ratio=0.5, seed=4, **needed, **base)
+    kwargs, direct = (CLASS_CALLS if method in CLASS_METHODS else SAMPLE_CALLS)[method]
+    np.testing.assert_array_equal(got.kept, direct().kept)
+    for name in needed:  # and every input it names is needed
+        with pytest.raises(ValueError, match=name):
+            pruning.select(method, ratio=0.5, seed=4, **{k: v for k, v in needed.items() if k != name}, **base)

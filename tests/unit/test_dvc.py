@@ -1,16 +1,16 @@
-"""Content hashes must equal DVC's own, so cache records and dvc.lock agree."""
+"""Content hashes must equal DVC's own, so stage records and dvc.lock agree; the stage graph of dvc.yaml."""
 
 import json
 
 from dvc_data.hashfile.hash import file_md5
 
-from tasks import versioning
+from runner import dvc, spec
 
 
 def test_file_hash_matches_dvc(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(bytes(range(256)) * 1000 + b"\r\n")
-    assert versioning.md5_path(path) == file_md5(str(path))
+    assert dvc.md5_path(path) == file_md5(str(path))
 
 
 def test_dir_hash_matches_dvc_listing_rule(tmp_path):
@@ -25,25 +25,25 @@ def test_dir_hash_matches_dvc_listing_rule(tmp_path):
         key=lambda e: e["relpath"],
     )
     expected = hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
-    assert versioning.md5_path(tmp_path / "d") == expected
+    assert dvc.md5_path(tmp_path / "d") == expected
 
 
 def test_outputs_match_detects_changes(tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("1")
-    recorded = {"o": versioning.md5_path(tmp_path / "o")}
-    assert versioning.outputs_match(tmp_path, recorded)
+    recorded = {"o": dvc.md5_path(tmp_path / "o")}
+    assert dvc.outputs_match(tmp_path, recorded)
     (tmp_path / "o" / "x").write_text("2")
-    assert not versioning.outputs_match(tmp_path, recorded)
-    assert not versioning.outputs_match(tmp_path, {"missing": "0" * 32})
+    assert not dvc.outputs_match(tmp_path, recorded)
+    assert not dvc.outputs_match(tmp_path, {"missing": "0" * 32})
 
 
 def test_a_dependency_inside_an_output_belongs_to_its_producer():
     producers = {"data/prepared": "prepare", "data/metrics/prepare.json": "prepare", "data/prune": "prune"}
-    assert versioning.producer_of("data/prepared", producers) == "prepare"
-    assert versioning.producer_of("data/prepared/source", producers) == "prepare"
-    assert versioning.producer_of("data/prepared_other", producers) is None
-    assert versioning.producer_of("tasks/prune.py", producers) is None
+    assert spec.producer_of("data/prepared", producers) == "prepare"
+    assert spec.producer_of("data/prepared/source", producers) == "prepare"
+    assert spec.producer_of("data/prepared_other", producers) is None
+    assert spec.producer_of("tasks/prune.py", producers) is None
 
 
 def test_run_order_and_selection_follow_dependencies_on_parts_of_outputs(tmp_path):
@@ -52,9 +52,9 @@ def test_run_order_and_selection_follow_dependencies_on_parts_of_outputs(tmp_pat
         "  train:\n    cmd: t\n    deps: [data/prepared/source]\n    outs: [data/train]\n"
         "  prepare:\n    cmd: p\n    outs: [data/prepared]\n"
         "  other:\n    cmd: o\n    outs: [data/other]\n")
-    stages = versioning.load_pipeline(tmp_path)
+    stages = spec.load_pipeline(tmp_path)
     assert [s.name for s in stages] == ["prepare", "train", "other"]  # train waits for prepare only
-    assert [s.name for s in versioning.select_stages(stages, "train")] == ["prepare", "train"]
+    assert [s.name for s in spec.select_stages(stages, "train")] == ["prepare", "train"]
 
 
 def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
@@ -82,12 +82,12 @@ def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
         reader = threading.Thread(target=read_all)
         reader.start()
         try:
-            with versioning.BackgroundCommits(tmp_path) as commits:
+            with dvc.Commits(tmp_path) as commits:
                 commits.submit("make")
         finally:
             done.set()
             reader.join()
             done.clear()
     assert not missing
-    recorded = {o["path"]: o["md5"] for o in versioning.read_lock(tmp_path)["stages"]["make"]["outs"]}
-    assert versioning.outputs_match(tmp_path, recorded)
+    recorded = {o["path"]: o["md5"] for o in dvc.read_lock(tmp_path)["stages"]["make"]["outs"]}
+    assert dvc.outputs_match(tmp_path, recorded)
