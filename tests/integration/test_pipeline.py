@@ -6,9 +6,11 @@ import pytest
 from dvc.repo import Repo
 from mlflow.tracking import MlflowClient
 
-from flows.cli import run_flow, write_overrides
+from flows.console import run_flow
 from flows.pipeline import pipeline
-from tasks import tracking, versioning
+from runner import dvc, tracking
+from runner.snapshot import preflight
+from runner.spec import load_pipeline
 from tlpipe import config
 from tests.integration.conftest import make_project
 
@@ -42,7 +44,7 @@ def project_run(tmp_path_factory, prefect_harness):
 def test_first_run_versions_every_output(project_run):
     project, result = project_run
     assert statuses(result) == {stage: "ran" for stage in config.STAGES}
-    lock = versioning.read_lock(project)["stages"]
+    lock = dvc.read_lock(project)["stages"]
     for stage in result["stages"]:
         recorded = {o["path"]: o["md5"] for o in lock[stage["stage"]]["outs"] + lock[stage["stage"]].get("metrics", [])}
         assert recorded == stage["outs"], stage["stage"]  # dvc.lock describes exactly what ran
@@ -94,7 +96,7 @@ def test_first_run_is_tracked_in_mlflow(project_run):
     pretrain = client.get_run(children["pretrain"].info.run_id)
     digests = {d.dataset.digest for d in pretrain.inputs.dataset_inputs}
     # inputs carry their DVC hashes; pretrain reads only the source part of the prepared data
-    assert versioning.md5_path(project / "data" / "prepared" / "source") in digests
+    assert dvc.md5_path(project / "data" / "prepared" / "source") in digests
     assert len(client.get_metric_history(pretrain.info.run_id, "train_loss")) == 2  # one point per epoch
     def artifacts(stage):
         return {a.path for a in client.list_artifacts(children[stage].info.run_id, stage)}
@@ -158,7 +160,7 @@ def test_second_run_is_all_cache_hits_and_points_at_the_producers(project_run):
 
 
 def test_lineage_of_every_kind_of_reference(project_run):
-    from tasks import lineage
+    from runner import lineage
 
     project, first = project_run
     cached = run(project)  # all hits: its document must point at the runs that produced each output
@@ -184,7 +186,7 @@ def test_lineage_of_every_kind_of_reference(project_run):
     for name, s in by_stage.items():
         assert s["produced_by_run"] == stages[name]["mlflow_run_id"] and s["cache_key"] == stages[name]["cache_key"]
     assert by_stage["pretrain"]["upstream"] == ["prepare", "prune"]
-    assert by_stage["pretrain"]["inputs"]["data/prepared/source"] == versioning.md5_path(project / "data" / "prepared" / "source")
+    assert by_stage["pretrain"]["inputs"]["data/prepared/source"] == dvc.md5_path(project / "data" / "prepared" / "source")
     assert by_stage["prune"]["inputs"]["data/prepared"] == stages["prepare"]["outs"]["data/prepared"]
     assert by_stage["prune"]["params"]["ratio"] == 0.5
     assert len(doc["git_commit"]) >= 40 and doc["registered_model"]["model"] == "tlpipe-digits"
@@ -222,10 +224,9 @@ def test_lineage_with_mlflow_down_reads_the_stored_document(project_run):
 
 def test_changed_finetune_params_rerun_only_finetune_and_evaluate(project_run):
     project, _ = project_run
-    params, touched = config.apply_overrides(config.load_all_params(project), ["finetune.epochs=3"])
-    write_overrides(project, params, touched)
     champion = MlflowClient().get_model_version_by_alias("tlpipe-digits", "champion")
-    result = run(project)
+    result = run(project, overrides=["finetune.epochs=3"])
+    assert config.load_stage_params(project, "finetune")["epochs"] == 3  # written back, as dvc exp run -S does
     assert [s for s, how in statuses(result).items() if how == "ran"] == ["finetune", "evaluate"]
     registered = result["registered"]  # a new model: promoted only if it beats the champion by the margin
     accuracy, best = result["stages"][-1]["metrics"]["accuracy"], float(champion.tags["test_accuracy"])
@@ -271,9 +272,7 @@ def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_r
     other = tmp_path / "other-teacher"
     shutil.copytree(project / "data" / "pretrain", other)  # a teacher from elsewhere: a saved pretrain output
     overrides = [f"distill.teachers=[pretrain, {other}]", "distill.augment=false", "distill.method=compress"]
-    params, touched = config.apply_overrides(config.load_all_params(project), overrides)
-    write_overrides(project, params, touched)
-    first = run(project)
+    first = run(project, overrides=overrides)
     assert [s for s, how in statuses(first).items() if how == "ran"] == ["distill", "finetune", "evaluate"]
     teachers = json.loads((project / "data" / "distill" / "teachers.json").read_text())
     assert [t["teacher"] for t in teachers] == ["pretrain", str(other)]
@@ -291,8 +290,6 @@ def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_r
 
 def test_an_unknown_teacher_is_rejected_before_any_compute(project_run):
     project, _ = project_run
-    from tasks import runner
-
     params, _ = config.apply_overrides(config.load_all_params(project), ["distill.teachers=[pretrain, no/such/teacher]"])
     with pytest.raises(ValueError, match="no/such/teacher"):
-        runner.preflight(project, versioning.load_pipeline(project), params)
+        preflight(project, load_pipeline(project), params)

@@ -1,17 +1,19 @@
 """Every pruning method and every pretraining mode through the real stage code on tiny data.
 
 prepare and surrogate run once through the flow (Prefect test harness, DVC, MLflow sqlite); then each
-prune method and pretrain mode runs through `runner.execute_stage`, as `dvc repro` and the flow do.
+prune method and pretrain mode runs through the stage runner (`runner.core.run_stage`), as every path does.
 """
 
 import numpy as np
 import pytest
 
-from flows.cli import run_flow
+from flows.console import run_flow
 from flows.pipeline import pipeline
-from tasks import cachekey, runner, versioning
-from tasks.context import stage_dir
-from tlpipe import config, data, io
+from runner import core
+from runner.snapshot import preflight
+from runner.spec import load_pipeline, stage_dir
+from runner.workspace import ProjectWorkspace, store_root
+from tlpipe import config, data, io, registry
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,18 +34,14 @@ def project(tmp_path_factory, prefect_harness):
 
 def run_stage(project, stage: str, also: tuple = (), **changes) -> dict:
     """Runs one stage with `changes` to its params (and `also`, overrides of other stages)."""
-    spec = next(s for s in versioning.load_pipeline(project) if s.name == stage)
+    spec = next(s for s in load_pipeline(project) if s.name == stage)
     base = config.load_all_params(project)
     params, _ = config.apply_overrides(base, [*also, *(f"{stage}.{k}={v}" for k, v in changes.items())])
-    runner.preflight(project, [spec], params)
-    deps = runner.dep_hashes(project, spec, {}, params[stage])
-    key = cachekey.stage_cache_key(spec, params={f"params/{stage}.yaml": params[stage]}, dep_hashes=deps,
-                                   env=runner.run_environment("cpu"))
-    return runner.execute_stage(project, spec, params=params[stage], deps=deps, cache_key=key, device="cpu",
-                                show_progress=False)
+    preflight(project, [spec], params)
+    return core.run_stage(spec, params[stage], ProjectWorkspace(project), device="cpu", refresh=True).summary()
 
 
-@pytest.mark.parametrize("method", config.CLASS_METHODS)
+@pytest.mark.parametrize("method", registry.CLASS_METHODS)
 def test_class_methods_keep_whole_classes(project, method):
     manifest = run_stage(project, "prune", method=method, ratio=0.5, scores=SCORES)
     out = stage_dir(project, "prune")
@@ -57,7 +55,7 @@ def test_class_methods_keep_whole_classes(project, method):
     assert (out / "votes.png").stat().st_size > 0 and (out / "classes.csv").stat().st_size > 0
 
 
-@pytest.mark.parametrize("method", config.SAMPLE_METHODS)
+@pytest.mark.parametrize("method", registry.SAMPLE_METHODS)
 def test_sample_methods_keep_the_asked_share_of_images(project, method):
     manifest = run_stage(project, "prune", method=method, ratio=0.75, scores=SCORES)
     out = stage_dir(project, "prune")
@@ -95,8 +93,6 @@ def test_pretrain_modes_write_a_backbone(project, mode):
 
 @pytest.mark.parametrize("method", ["el2n", "grand"])
 def test_sample_scores_are_computed_once_per_seed_for_every_ratio(project, method):
-    from tasks.context import store_root
-
     scores_dir = store_root(project) / "prune_scores"
     before = set(scores_dir.glob("*.npy")) if scores_dir.exists() else set()
     kept = {}
