@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.stages import run_one
 from runner import dvc, tracking
 from runner.progress import ConsoleProgress
 from runner.spec import StageSpec, is_within, load_pipeline
@@ -33,7 +34,6 @@ def needed_upstream(spec: StageSpec, known: dict[str, str]) -> dict[str, str]:
 def stage(stage: str, params: dict, known: dict[str, str], device: str, project: str = ".", refresh: bool = False,
           parent_id: str | None = None, tags: dict[str, str] | None = None) -> dict:
     """Runs one stage of a pipeline run on this worker; returns its status, cache key and outputs."""
-    from flows.pipeline import run_one
     from tlpipe.runtime import resolve_device
 
     project_path = Path(project).resolve()

@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from flows.cli import run_flow
+from flows.console import run_flow
 from flows.pipeline import pipeline
-from tasks import versioning
+from runner import dvc
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,7 +23,7 @@ def test_dvc_repro_matches_the_flow(tmp_path, prefect_harness, mlflow_store, ven
     by_dvc = make_project(tmp_path / "repro")
     done = subprocess.run(["dvc", "repro", "--quiet"], cwd=by_dvc, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    lock = versioning.read_lock(by_dvc)["stages"]
+    lock = dvc.read_lock(by_dvc)["stages"]
     dvc_outs = {o["path"]: o["md5"] for stage in lock.values() for o in stage["outs"]}
 
     assert set(dvc_outs) == set(flow_outs)

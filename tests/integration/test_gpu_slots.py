@@ -7,8 +7,8 @@ import time
 import pytest
 
 from flows import deploy
-from flows.pipeline import accelerator_slot
-from tasks.versioning import StageSpec
+from flows.stages import accelerator_slot
+from runner.spec import StageSpec
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import versioning
+from runner.dvc import read_lock
 from tests.integration.conftest import TINY, git, make_project
 from tests.integration.servers import BIN, prefect_server, stop_leader, tool_env
 
@@ -170,9 +170,9 @@ def test_training_stages_run_on_workers_of_the_gpu_pool(tmp_path, api, monkeypat
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import run_flow
+    from flows.console import run_flow
     from flows.pipeline import pipeline
-    from tasks import tracking
+    from runner import tracking
 
     repo = Path(__file__).resolve().parents[2]
     project = make_project(tmp_path / "proj")
@@ -205,6 +205,6 @@ def test_training_stages_run_on_workers_of_the_gpu_pool(tmp_path, api, monkeypat
         run = tracking.client().get_run(by_stage[name]["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
         assert run.data.tags[tracking.TAG_CACHED] == "false"
-    lock = versioning.read_lock(project)["stages"]  # the agents' outputs are committed to DVC
+    lock = read_lock(project)["stages"]  # the agents' outputs are committed to DVC
     for name in ("surrogate", "prune", "pretrain"):
         assert {o["path"]: o["md5"] for o in lock[name]["outs"] + lock[name].get("metrics", [])} == by_stage[name]["outs"]

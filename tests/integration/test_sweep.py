@@ -12,7 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows.server import TemporaryServer
-from tasks import store, tracking
+from runner import tracking
+from runner.workspace import store_root
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -88,7 +89,7 @@ def test_every_point_runs_once_and_the_table_is_tidy(swept):
 
 def test_shared_stages_ran_once_and_nothing_touched_the_pipeline_outputs(swept):
     project, *_ = swept
-    root = store.store_root(project)
+    root = store_root(project)
     for stage in ("prepare", "surrogate"):
         assert len([p for p in (root / stage).iterdir() if p.is_dir()]) == 1, stage
     assert len([p for p in (root / "pretrain").iterdir() if p.is_dir()]) == 6

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import versioning
+from runner import dvc
 from tlpipe import config
 from tests.integration.conftest import git, make_project
 from tests.integration.servers import BIN, mlflow_server, prefect_server, tool_env
@@ -65,7 +65,7 @@ def test_second_member_run_is_all_cache_hits_restored_from_the_remote(team):
     for a, b in zip(alice["lineage"]["stages"], bob["lineage"]["stages"]):
         assert a["cache_key"] == b["cache_key"] and a["outputs"] == b["outputs"]
         assert b["produced_by_run"] == a["produced_by_run"]
-        assert versioning.outputs_match(bob["workspace"], b["outputs"])
+        assert dvc.outputs_match(bob["workspace"], b["outputs"])
     assert any(team["remote"].rglob("*.dir"))
     assert "restored" in bob["run"].stdout
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from flows import deploy
-from flows.pipeline import gpu_index
+from flows.stages import gpu_index
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,49 @@
+"""A stage of a flow run as a Prefect task: the stage runner inside, the GPU's slot around it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from runner.core import run_stage
+from runner.spec import StageSpec
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def stage_task(spec: StageSpec, params: dict, workspace, *, device: str, observers: list, refresh: bool) -> dict:
+    """One stage through the runner (reused when an earlier run with the same key is found)."""
+    return run_stage(spec, params, workspace, device=device, observers=observers, refresh=refresh).summary()
+
+
+def gpu_index(device: str) -> int | None:
+    """The physical GPU a CUDA device name means (through CUDA_VISIBLE_DEVICES); None off CUDA."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    local = int(index or 0)
+    return int(visible[local]) if local < len(visible) and visible[local].isdigit() else local
+
+
+def accelerator_slot(spec: StageSpec, device: str):
+    """The GPU's 1-slot global concurrency limit, held while a stage marked `meta.accelerator: gpu`
+    runs on CUDA (two workers on one GPU take turns); nothing for CPU stages or devices."""
+    from prefect.concurrency.sync import concurrency
+
+    from flows.deploy import gpu_slot
+
+    index = gpu_index(device)
+    if index is None or spec.meta.get("accelerator") != "gpu":
+        return contextlib.nullcontext()
+    return concurrency(gpu_slot(index), occupy=1)
+
+
+def run_one(spec: StageSpec, params: dict, workspace, *, device: str, observers: list, refresh: bool,
+            slot: bool = True) -> dict:
+    """The stage as a Prefect task named after it, holding its GPU slot when it trains on CUDA."""
+    configured = stage_task.with_options(name=spec.name, task_run_name=spec.name)
+    with accelerator_slot(spec, device) if slot else contextlib.nullcontext():
+        return configured(spec, params, workspace, device=device, observers=observers, refresh=refresh)
