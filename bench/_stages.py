@@ -22,26 +22,28 @@ TINY = {
 SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}, "prune": {"method": "fm", "groups": "kmeans"}}
 
 
-class Untracked:
-    """Stands where the MLflow run would be: records nothing."""
+def stage_context(project: Path, stage: str, params: dict, device: str, out: Path):
+    """What the runner hands `tasks.<stage>.run`, with no observer: nothing is tracked or shown."""
+    from runner.context import StageContext
+    from runner.events import Events, StageRun
+    from runner.spec import load_pipeline
+    from runner.workspace import ProjectWorkspace
 
-    run_id = ""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+    spec = next(s for s in load_pipeline(project) if s.name == stage)
+    return StageContext(StageRun(spec, params, key="", deps={}, device=device), out, ProjectWorkspace(project), Events())
 
 
 def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
-    """Runs `tasks.<stage>.run` with the same atomic writes as the runner; returns its metrics."""
-    from tasks.context import StageContext, metrics_file, stage_dir
+    """Runs `tasks.<stage>.run` with the same atomic writes as the runner, but no keys, hashes or
+    records; returns its metrics."""
+    from runner.spec import metrics_file, stage_dir
     from tlpipe.io import staged_outputs, write_json
 
     module = importlib.import_module(f"tasks.{stage}")
     started = time.perf_counter()
     with staged_outputs(stage_dir(project, stage), metrics_file(project, stage)) as (out, metrics_path):
         out.mkdir()
-        ctx = StageContext(stage, Path(project), params, out, Untracked(), device, show_progress=False)
-        metrics = module.run(ctx)
+        metrics = module.run(stage_context(project, stage, params, device, out))
         metrics["wall_time_s"] = time.perf_counter() - started
         write_json(metrics_path, metrics)
     return metrics

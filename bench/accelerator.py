@@ -75,7 +75,7 @@ def parse_overrides(texts: list[str]) -> dict:
 
 def run_chain(project: Path, overrides: dict, device: str, until: str | None, *, quiet: bool = False) -> dict[str, dict]:
     """Runs the stages in dvc.yaml order (through `until`) in a fresh copy of the project; {stage: metrics}."""
-    from tasks import versioning
+    from runner.spec import load_pipeline
     from tlpipe import config
 
     if project.exists():
@@ -83,7 +83,7 @@ def run_chain(project: Path, overrides: dict, device: str, until: str | None, *,
     copy_project(REPO, project, overrides)
     params = config.load_all_params(project)
     metrics = {}
-    for spec in versioning.load_pipeline(project):
+    for spec in load_pipeline(project):
         metrics[spec.name] = run_stage(project, spec.name, params[spec.name], device)
         if not quiet:
             print(f"  {device}: {spec.name} {metrics[spec.name]['wall_time_s']:.1f} s", flush=True)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_key, _value)
 
-from _stages import TINY, run_stage  # noqa: E402
+from _stages import TINY, run_stage, stage_context  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 UPSTREAM = ("prepare", "surrogate", "prune", "pretrain")
@@ -73,7 +73,7 @@ def scratch_accuracy(project: Path, params: dict, device: str) -> float:
     """Test accuracy of the student's architecture, randomly initialised, fine-tuned like the student."""
     import torch
 
-    from tasks.probe import finetuned_accuracy
+    from tlpipe.probe import finetuned_accuracy
     from tlpipe import data, models, runtime
 
     target = data.load_prepared(project / "data" / "prepared" / "target")
@@ -130,12 +130,10 @@ def loop_speed(project: Path, params: dict, device: str, repeats: int) -> tuple[
     import torch
 
     from tasks.distill import unlabeled_images
-    from tasks.context import StageContext
     from tlpipe import distill, models, runtime
-    from _stages import Untracked
 
     p = {**params["distill"], "method": "seed"}
-    ctx = StageContext("distill", project, p, project / "data" / "distill", Untracked(), device, show_progress=False)
+    ctx = stage_context(project, "distill", p, device, project / "data" / "distill")
     images, _ = unlabeled_images(ctx)
     teacher = models.load_backbone(project / "data" / "pretrain" / "backbone")
     runtime.seed_everything(p["seed"])
@@ -205,10 +203,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a minute-long configuration")
     parser.add_argument("--speed-repeats", type=int, default=3, help="alternating runs of the loop comparison")
     args = parser.parse_args()
-    from tasks import runner
+    from runner.keys import device_name
     from tlpipe import config
 
-    device = runner.device_name()
+    device = device_name()
     work = REPO / "bench" / ".work" / ("distill-tiny" if args.tiny else "distill")
     started = time.perf_counter()
     results = {seed: run_seed(work, seed, args.methods, args.tiny, device) for seed in range(args.seeds)}

@@ -34,11 +34,12 @@ from flows.workspace import copy_project  # noqa: E402
 def bare_loop(project: Path) -> None:
     """Every stage function, in dvc.yaml order, with the same atomic writes but no Prefect, DVC or MLflow."""
     from _stages import run_stage
-    from tasks import runner, versioning
+    from runner.keys import device_name
+    from runner.spec import load_pipeline
     from tlpipe import config
 
-    device = runner.device_name()
-    for spec in versioning.load_pipeline(project):
+    device = device_name()
+    for spec in load_pipeline(project):
         run_stage(project, spec.name, config.load_stage_params(project, spec.name), device)
 
 
@@ -51,13 +52,13 @@ def create_databases(env: dict) -> None:
 
 
 def stage_names(project: Path) -> list[str]:
-    from tasks import versioning
+    from runner.spec import load_pipeline
 
-    return [spec.name for spec in versioning.load_pipeline(project)]
+    return [spec.name for spec in load_pipeline(project)]
 
 
 def stage_seconds(project: Path, stage: str) -> float:
-    from tasks.context import metrics_file
+    from runner.spec import metrics_file
 
     return json.loads(metrics_file(project, stage).read_text())["wall_time_s"]
 

@@ -7,15 +7,21 @@ import os
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from runner.core import run_stage
+from runner.events import RAN
 from runner.spec import StageSpec
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def stage_task(spec: StageSpec, params: dict, workspace, *, device: str, observers: list, refresh: bool) -> dict:
-    """One stage through the runner (reused when an earlier run with the same key is found)."""
-    return run_stage(spec, params, workspace, device=device, observers=observers, refresh=refresh).summary()
+def stage_task(spec: StageSpec, params: dict, workspace, *, device: str, observers: list, refresh: bool):
+    """One stage through the runner; a reused stage ends in Prefect's `Cached` state, as the UI shows it."""
+    outcome = run_stage(spec, params, workspace, device=device, observers=observers, refresh=refresh)
+    if outcome.status == RAN:
+        return outcome.summary()
+    return Completed(name="Cached", data=outcome.summary(),
+                     message=f"{outcome.status}: outputs of run {outcome.produced_by}, key {outcome.key[:12]}")
 
 
 def gpu_index(device: str) -> int | None:
@@ -46,4 +52,6 @@ def run_one(spec: StageSpec, params: dict, workspace, *, device: str, observers:
     """The stage as a Prefect task named after it, holding its GPU slot when it trains on CUDA."""
     configured = stage_task.with_options(name=spec.name, task_run_name=spec.name)
     with accelerator_slot(spec, device) if slot else contextlib.nullcontext():
-        return configured(spec, params, workspace, device=device, observers=observers, refresh=refresh)
+        state = configured(spec, params, workspace, device=device, observers=observers, refresh=refresh,
+                           return_state=True)
+    return state.result()

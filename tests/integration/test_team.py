@@ -125,7 +125,7 @@ def test_doctor_sees_every_shared_backend(team):
     assert by["prefect"]["ok"] is True and by["prefect"]["setting"] == team["api"]
     assert by["mlflow"]["ok"] is True and by["mlflow artifacts"]["ok"] is True
     assert by["dvc remote"]["setting"].startswith("shared: ")
-    assert by["prefect cache"]["ok"] is True and by["result store"]["ok"] is True
+    assert by["stage records"]["ok"] is True and by["result store"]["ok"] is True
 
 
 def test_doctor_fails_on_an_unreachable_backend(team, tmp_path):
