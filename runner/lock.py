@@ -9,11 +9,12 @@ took the snapshot under the lock also runs the flow, which takes the lock again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
+
+from tlpipe.io import lock_exclusive
 
 _HELD: dict[Path, int] = {}
 _GUARD = threading.Lock()
@@ -36,12 +37,7 @@ def project_lock(project: Path, on_wait: Callable[[], None] | None = None) -> It
         return
     handle = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        lock_exclusive(handle, on_wait)
         with _GUARD:
             _HELD[path] = 1
         try:

@@ -144,6 +144,19 @@ def write_text(path: Path, text: str) -> None:
 RAN, CACHED = "ran", "cached"
 
 
+def lock_exclusive(handle, on_wait: Callable[[], None] | None = None) -> None:
+    """Takes an exclusive flock on an open file (object or descriptor, a folder's too), waiting for it;
+    `on_wait` is called once first when another process holds it. Closing the handle releases it."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is not None:
+            on_wait()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
 @contextlib.contextmanager
 def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive lock across processes (flock on `path`, created if missing), held for the block.
@@ -155,12 +168,7 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        lock_exclusive(handle, on_wait)
         try:
             yield
         finally:
