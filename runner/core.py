@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from pathlib import Path
 
 from tlpipe.io import staged_outputs, write_json
 
@@ -35,12 +36,13 @@ class MissingInput(FileNotFoundError):
     """A dependency of the stage is not there (its upstream stage has not run)."""
 
 
-def dep_hashes(workspace, spec: StageSpec, params: dict) -> dict[str, str]:
+def dep_hashes(workspace, spec: StageSpec, external: dict[str, Path]) -> dict[str, str]:
     """Content hash of every dependency; upstream outputs reuse the hash already recorded for them.
 
-    External data sets the stage reads (a local folder named in its params) count as dependencies too.
+    `external` ({name: path}) are the data sets outside the pipeline that the stage reads (a local
+    folder named in its params): they count as dependencies too.
     """
-    hashes = {name: md5_path(path) for name, path in inputs.external_inputs(spec.name, params, workspace.project).items()}
+    hashes = {name: md5_path(path) for name, path in external.items()}
     for dep in spec.deps:
         if dep in workspace.known:
             hashes[dep] = workspace.known[dep]
@@ -59,9 +61,9 @@ def run_stage(spec: StageSpec, params: dict, workspace, *, device: str, observer
     """
     started = time.perf_counter()
     events = Events(observers)
-    deps = dep_hashes(workspace, spec, params)
-    key = keys.stage_cache_key(spec, declared=spec.declared(params), dep_hashes=deps, env=keys.run_environment(device))
     external = inputs.external_inputs(spec.name, params, workspace.project)
+    deps = dep_hashes(workspace, spec, external)
+    key = keys.stage_cache_key(spec, declared=spec.declared(params), dep_hashes=deps, env=keys.run_environment(device))
     run = StageRun(spec, params, key, deps, device,
                    inputs={dep: external.get(dep) or workspace.locate(dep) for dep in deps if not dep.endswith(".py")})
     with workspace.claim(spec, key):
@@ -78,9 +80,12 @@ def run_stage(spec: StageSpec, params: dict, workspace, *, device: str, observer
     return outcome
 
 
-def _compute(run: StageRun, workspace, events: Events, started: float) -> Outcome:
+def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
+    """Runs the stage into temporary outputs; `wall_time_s` counts from its start event to its metrics
+    (its keys and lookup are the runner's; `Outcome.seconds` counts those too, from `began`)."""
     spec = run.spec
     module = importlib.import_module(spec.module)
+    started = time.perf_counter()
     out, metrics_path = workspace.outputs(spec, run.key)
     run.outputs = {rel: workspace.locate(rel) for rel in spec.outs}
     events.emit("stage_started", run)
@@ -99,7 +104,7 @@ def _compute(run: StageRun, workspace, events: Events, started: float) -> Outcom
     outs = {rel: md5_path(path) for rel, path in run.outputs.items()}
     run.record["headline"] = module.headline(metrics) if hasattr(module, "headline") else ""
     outcome = Outcome(spec.name, RAN, run.key, run.deps, outs, metrics, run.record.get("mlflow_run_id"),
-                      time.perf_counter() - started, run.record["headline"])
+                      time.perf_counter() - began, run.record["headline"])
     events.emit("stage_finished", run, outcome)
     workspace.save(spec, run.key, {"stage": spec.name, "cache_key": run.key, "outs": outs, "metrics": metrics,
                                    **run.record})
