@@ -1,4 +1,4 @@
-"""Tolerances of the distillation-loss fixtures (../shared/fixtures/README.md, section 2), in one place."""
+"""Tolerances of the distillation-loss fixtures (tests/fixtures/distill_losses.json, `tolerances`), in one place."""
 
 import numpy as np
 import torch
