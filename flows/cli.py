@@ -50,13 +50,13 @@ def run(
     waiting = lambda: err.print(f"another pipeline run holds {root}; waiting for it", highlight=False)  # noqa: E731
     with project_lock(root, on_wait=waiting):  # the snapshot is taken, and the run made, under the lock
         try:
+            device = keys.device_name()
             stages = select_stages(load_pipeline(root), until)
             taken = snapshot.take(root, set_, stages)
         except (config.ParamsError, ValueError, FileNotFoundError) as exc:
             raise bad_input(str(exc))
         try:
-            # Work the flow needs anyway, done while the server boots: the device, the MLflow store.
-            device = keys.device_name()
+            # Work the flow needs anyway, done while the server boots: the MLflow store.
             tracking.configure(root)
             tracking.client()
             api = server.wait(server_timeout()) if server else None
@@ -115,11 +115,11 @@ def sweep(
     from runner.spec import load_pipeline
 
     try:
+        device = keys.device_name()
         preflight(root, load_pipeline(root), spec["params"])
     except (config.ParamsError, ValueError, FileNotFoundError) as exc:
         raise bad_input(str(exc))
     try:
-        device = keys.device_name()
         tracking.configure(root)
         api = server.wait(server_timeout()) if server else None
         if api:  # Dask workers inherit it; without it each worker would start a Prefect server of its own

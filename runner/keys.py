@@ -133,13 +133,19 @@ def device_name() -> str:
     """The device stages run on: TLPIPE_DEVICE (auto | cpu | cuda | cuda:N | mps), default auto.
 
     "cpu", and "auto" where no accelerator can exist, are answered without importing torch.
+
+    Raises:
+        ValueError: naming the variable, when it names no device or one this machine lacks.
     """
     name = os.environ.get(DEVICE_VARIABLE, "auto")
     if name == "cpu" or (name == "auto" and not devices.accelerator_possible()):
         return "cpu"
     from tlpipe.runtime import resolve_device
 
-    return str(resolve_device(name))
+    try:
+        return str(resolve_device(name))
+    except ValueError as exc:
+        raise ValueError(f"{DEVICE_VARIABLE}: {exc}") from None
 
 
 def run_environment(device: str) -> dict[str, str]:

@@ -71,3 +71,14 @@ def test_overrides_are_written_keeping_comments(project):
     assert text == ("# how much to prune\nmethod: lm  # or random\nratio: 0.3\nseed: 0\n"
                     + rest.replace("runs: 1", "runs: 2"))
     assert config.load_stage_params(project, "prune")["ratio"] == 0.3
+
+
+@pytest.mark.parametrize("value, message", [("bogus", "TLPIPE_DEVICE: device='bogus' is not one of"),
+                                            ("cuda:99", "TLPIPE_DEVICE: device='cuda:99' is unavailable")])
+def test_a_bad_device_variable_exits_2_naming_it(project, monkeypatch, value, message):
+    monkeypatch.setenv("TLPIPE_DEVICE", value)
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project)])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert snapshot(project) == before
