@@ -1,5 +1,5 @@
-"""What stages read from outside the pipeline: the checks made on it before any compute, and its
-content hashes, which enter the cache keys (a path string never does).
+"""What stages read from outside the pipeline, and the checks of a run against its data: made before
+any compute, each failure one message naming the params file and key, and what is allowed.
 
 Kept apart from the stage modules, so checking a run does not import what the stages train with.
 """
@@ -10,34 +10,98 @@ from pathlib import Path
 
 from tlpipe import sources
 
+from runner.dvc import read_lock
+from runner.spec import StageSpec, stage_dir
 
-def check_prepare(params: dict, project: Path) -> None:
-    """Loads the target (cheap) and makes its split, so a bad data set, column or shot count fails first."""
-    pool, test = sources.load_target(params, project)
-    sources.split_target(params, pool, test)
+
+class DataCheck:
+    """The data the checks of one run look at; the target is loaded and split at most once."""
+
+    def __init__(self, project: Path, stages: list[StageSpec], params: dict[str, dict]):
+        self.project, self.params = Path(project), params
+        self.specs = {spec.name: spec for spec in stages}
+        self._target = None
+
+    def ran_before(self, *names: str) -> bool:
+        """True when these stages (all of this run) last ran with these params."""
+        return all(n in self.specs and ran_with(self.project, self.specs[n], self.params[n]) for n in names)
+
+    def target(self):
+        """The target split the `prepare` params describe (train, unlabeled, test): the prepared one
+        when `prepare` last ran with these params, else loaded and split now."""
+        if self._target is None:
+            prepared = stage_dir(self.project, "prepare") / "target"
+            if self.ran_before("prepare") and (prepared / "dataset_dict.json").is_file():
+                from tlpipe import data
+
+                self._target = data.load_prepared(prepared)
+            else:
+                params = self.params["prepare"]
+                pool, test = _named(f"params/prepare.yaml: target.name={params['target']['name']!r}: ",
+                                    lambda: sources.load_target(params, self.project))
+                self._target = _named("params/prepare.yaml: target.", lambda: sources.split_target(params, pool, test))
+        return self._target
+
+
+def _named(prefix: str, load):
+    """Runs `load`; a data error it raises gets `prefix` (the params file and key) in front."""
+    try:
+        return load()
+    except ValueError as exc:
+        raise ValueError(prefix + str(exc)) from None
+
+
+def check_prepare(check: DataCheck) -> None:
+    """The target loads and splits with at least two classes; a source other than the built-in loads."""
+    params = check.params["prepare"]
+    names = check.target()["train"].features["label"].names
+    if len(names) < 2:
+        raise ValueError(f"params/prepare.yaml: target.name={params['target']['name']!r} has {len(names)} class "
+                         f"({', '.join(names)}); a target needs at least 2")
     if params["source"]["name"] != sources.BUILTIN["source"]:
-        sources.load_source(params, project)
+        _named(f"params/prepare.yaml: source.name={params['source']['name']!r}: ",
+               lambda: sources.load_source(params, check.project))
     elif params["channels"] != 1:
-        raise ValueError("prepare.channels: the built-in glyphs source is grayscale; use channels: 1")
+        raise ValueError("params/prepare.yaml: channels=3, but the built-in glyphs source is grayscale; use channels: 1")
 
 
-def check_distill(params: dict, project: Path) -> None:
+def check_distill(check: DataCheck) -> None:
     """Every teacher can be found: no duplicates, local folders hold a backbone, hub ids resolve."""
-    teachers = params["teachers"]
+    teachers = check.params["distill"]["teachers"]
     if len(set(teachers)) != len(teachers):
-        raise ValueError(f"distill.teachers lists a teacher twice: {teachers}")
+        raise ValueError(f"params/distill.yaml: teachers lists a teacher twice: {teachers}")
     for entry in teachers:
-        if entry != sources.OWN_TEACHER and sources.teacher_folder(entry, project) is None:
+        if entry != sources.OWN_TEACHER and _named("params/distill.yaml: ", lambda: sources.teacher_folder(
+                entry, check.project)) is None:
             import transformers
 
             try:
                 transformers.AutoConfig.from_pretrained(entry)
             except (OSError, ValueError) as exc:
-                raise ValueError(f"distill.teachers: {entry!r} is neither {sources.OWN_TEACHER!r}, a local "
-                                 f"folder nor a reachable hub id ({type(exc).__name__})") from None
+                raise ValueError(f"params/distill.yaml: teachers: {entry!r} is neither {sources.OWN_TEACHER!r}, "
+                                 f"a local folder nor a reachable hub id ({type(exc).__name__})") from None
 
 
-CHECKS = {"prepare": check_prepare, "distill": check_distill}
+def check_evaluate(check: DataCheck) -> None:
+    """Every probe shot count fits the labeled images of the smallest class of the target's pool."""
+    import numpy as np
+
+    from tlpipe import data
+
+    target, shots = check.target(), check.params["evaluate"]["probe_shots"]
+    labels = np.concatenate([data.labels_of(target[split]) for split in ("train", "unlabeled")])
+    counts = np.bincount(labels[labels >= 0], minlength=target["train"].features["label"].num_classes)
+    smallest = int(np.argmin(counts))
+    if max(shots) > counts[smallest]:
+        name = target["train"].features["label"].names[smallest]
+        raise ValueError(f"params/evaluate.yaml: probe_shots={shots}: class {name!r} has {counts[smallest]} labeled "
+                         f"images in the target's train pool; each shot count must be at most {counts[smallest]}")
+
+
+# Each check, and the stages whose params it reads: it is skipped when all of them last ran with
+# these params (its data passed it then and has not changed since).
+CHECKS = {"prepare": (check_prepare, ("prepare",)), "distill": (check_distill, ("distill",)),
+          "evaluate": (check_evaluate, ("prepare", "evaluate"))}
 _EXTERNAL = {"prepare": sources.prepare_inputs, "distill": sources.distill_inputs}
 
 
@@ -45,3 +109,21 @@ def external_inputs(stage: str, params: dict, project: Path) -> dict[str, Path]:
     """{name: local path} of the data outside the pipeline that the stage reads with these params."""
     found = _EXTERNAL.get(stage)
     return found(params, Path(project)) if found else {}
+
+
+def ran_with(project: Path, spec: StageSpec, params: dict) -> bool:
+    """True when dvc.lock shows the stage completed with these params and it reads no external data
+    (built-in data only change with the code)."""
+    if external_inputs(spec.name, params, project):
+        return False
+    entry = read_lock(project).get("stages", {}).get(spec.name, {})
+    return bool(entry) and entry.get("params") == spec.declared(params)
+
+
+def check_data(project: Path, stages: list[StageSpec], params: dict[str, dict]) -> None:
+    """Runs the checks of `stages` against their data (see CHECKS)."""
+    check = DataCheck(project, stages, params)
+    for spec in stages:
+        found = CHECKS.get(spec.name)
+        if found and not check.ran_before(*found[1]):
+            found[0](check)

@@ -18,7 +18,6 @@ from tlpipe import config
 from tlpipe.io import staged_outputs
 
 from runner import inputs
-from runner.dvc import read_lock
 from runner.spec import STAGE_DIRS, StageSpec, stage_outputs
 
 
@@ -71,17 +70,7 @@ def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -
     config.check_combination(params)
     for spec in stages:
         check_declaration(spec)
-        if spec.name in inputs.CHECKS and not _already_ran_on(project, spec, params[spec.name]):
-            inputs.CHECKS[spec.name](params[spec.name], Path(project))
-
-
-def _already_ran_on(project: Path, spec: StageSpec, params: dict) -> bool:
-    """True when dvc.lock shows the stage completed with these params and it reads no external data
-    (built-in data only change with the code): its checks passed then and would pass now."""
-    if inputs.external_inputs(spec.name, params, project):
-        return False
-    entry = read_lock(project).get("stages", {}).get(spec.name, {})
-    return bool(entry) and entry.get("params") == spec.declared(params)
+    inputs.check_data(project, stages, params)
 
 
 def take(project: Path, overrides, stages: list[StageSpec]) -> Snapshot:

@@ -1,6 +1,7 @@
-"""Prepared image datasets: the built-in glyph source and digits target, other datasets, splits.
+"""Prepared image data sets: the built-in glyph source and digits target, saving and loading them
+(data sets from outside: `tlpipe.external`; splits: `tlpipe.splits`).
 
-Every dataset leaves this module in one format: `pixels` = Array3D (C, H, W) uint8, `label` =
+Every data set is turned into one format: `pixels` = Array3D (C, H, W) uint8, `label` =
 ClassLabel, and for glyphs a `font` string column. Built-in images are white ink on black; other
 datasets keep the polarity they come with (MNIST-like data already matches).
 """
@@ -22,7 +23,7 @@ from tlpipe.glyphs import GLYPH_CHARSETS, glyph_charset, render_class, upsample_
 from tlpipe.io import remove_path, replace_path
 
 __all__ = [
-    "GLYPH_CHARSETS", "glyph_charset", "render_glyphs", "load_digits_dataset", "load_image_dataset",
+    "GLYPH_CHARSETS", "glyph_charset", "render_glyphs", "load_digits_dataset", "build_dataset",
     "labels_of", "to_arrays", "save_prepared", "load_prepared",
     "prepared_features",
 ]  # fmt: skip
@@ -44,7 +45,7 @@ def prepared_features(
     return datasets.Features(features)
 
 
-def _build_dataset(
+def build_dataset(
     pixels: np.ndarray, labels: np.ndarray, label_names: list[str], fonts: list[str] | None = None
 ) -> datasets.Dataset:
     """A prepared in-memory dataset from uint8 [N, C, H, H] pixels and int [N] label ids."""
@@ -63,7 +64,7 @@ def _build_dataset(
     return datasets.Dataset.from_dict(mapping, features=features)
 
 
-def _check_image_size(image_size: int) -> None:
+def check_image_size(image_size: int) -> None:
     if image_size < _MIN_IMAGE_SIZE:
         raise ValueError(f"image_size={image_size} is too small; it must be >= {_MIN_IMAGE_SIZE}")
 
@@ -91,13 +92,13 @@ def render_glyphs(
         raise ValueError(f"seed={seed} must be >= 0")
     if not 0.0 <= degrade_fraction <= 1.0:
         raise ValueError(f"degrade_fraction={degrade_fraction} must be in [0, 1]")
-    _check_image_size(image_size)
+    check_image_size(image_size)
     options = dict(seed=seed, image_size=image_size, degrade_fraction=degrade_fraction)
     rendered = [render_class(char, count=images_per_class, **options) for char in chars]
     pixels = np.concatenate([images for images, _ in rendered])[:, None]
     labels = np.repeat(np.arange(len(chars)), images_per_class)
     fonts = [name for _, names in rendered for name in names]
-    return _build_dataset(pixels, labels, chars, fonts)
+    return build_dataset(pixels, labels, chars, fonts)
 
 
 def load_digits_dataset(*, image_size: int = 32) -> datasets.Dataset:
@@ -107,110 +108,10 @@ def load_digits_dataset(*, image_size: int = 32) -> datasets.Dataset:
     """
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
-    _check_image_size(image_size)
+    check_image_size(image_size)
     digits = load_digits()
     pixels = upsample_levels(digits.images, image_size)[:, None]
-    return _build_dataset(pixels, digits.target, [str(d) for d in range(10)])
-
-
-def _looks_like_path(name: str) -> bool:
-    first = Path(name).expanduser().parts[0] if name else ""
-    return name.startswith((".", "/", "~")) or name.endswith(".parquet") or Path(first).exists()
-
-
-def _open_split(name: str, split: str) -> datasets.Dataset:
-    """One split of a local save_to_disk/imagefolder/parquet dataset or of a hub dataset."""
-    path = Path(name).expanduser()
-    if not path.exists():
-        if _looks_like_path(name):
-            raise ValueError(f"dataset path {name!r} does not exist")
-        try:
-            return datasets.load_dataset(name, split=split)
-        except (ConnectionError, FileNotFoundError) as e:  # incl. DatasetNotFoundError
-            raise ValueError(
-                f"dataset {name!r} is not a local path and could not be loaded from the Hugging"
-                f" Face hub: {str(e).splitlines()[0]}"
-            ) from e
-    if path.is_file():  # a lone parquet file is its own only split
-        return datasets.load_dataset("parquet", data_files=str(path), split="train")
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-    elif next(path.rglob("*.parquet"), None) is not None:
-        loaded = datasets.load_dataset("parquet", data_dir=str(path))
-    else:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-    if isinstance(loaded, datasets.Dataset):  # a single saved Dataset is its own only split
-        return loaded
-    if split not in loaded:
-        raise ValueError(f"split={split!r} not in dataset {name!r}; available: {', '.join(loaded)}")
-    return loaded[split]
-
-
-def _label_ids(raw: datasets.Dataset, column: str) -> tuple[np.ndarray, list[str]]:
-    """int64 label ids and class names: a ClassLabel's own, else the sorted unique values."""
-    values = np.asarray(raw.with_format("numpy", columns=[column])[:][column])
-    feature = raw.features[column]
-    if isinstance(feature, datasets.ClassLabel):
-        return values.astype(np.int64), list(feature.names)
-    if values.dtype.kind not in "iuUSO" or values.ndim != 1:
-        raise ValueError(f"label column {column!r} holds {feature}; use ints, strings, ClassLabel")
-    uniques, ids = np.unique(values, return_inverse=True)
-    return ids.astype(np.int64), [str(value) for value in uniques]
-
-
-def _images_to_array(raw: datasets.Dataset, column: str, size: int, channels: int) -> np.ndarray:
-    """Decode, convert ('L' or 'RGB') and resize every image: uint8 [N, C, size, size]."""
-    from PIL import Image
-
-    if not isinstance(raw.features[column], datasets.Image):
-        try:  # e.g. a {bytes, path} struct from a parquet file written without datasets' metadata
-            raw = raw.cast_column(column, datasets.Image())
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"column {column!r} holds {raw.features[column]}, not images") from err
-    mode = "L" if channels == 1 else "RGB"
-    pixels = np.empty((len(raw), size, size, channels), dtype=np.uint8)
-    row = 0
-    for batch in raw.select_columns([column]).iter(batch_size=256):
-        for image in batch[column]:
-            resized = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            pixels[row] = np.asarray(resized).reshape(size, size, channels)
-            row += 1
-    return pixels.transpose(0, 3, 1, 2).copy()
-
-
-def load_image_dataset(
-    name: str | os.PathLike, *, split: str = "train", image_column: str = "image",
-    label_column: str = "label", image_size: int = 32, channels: int = 1,
-) -> datasets.Dataset:  # fmt: skip
-    """Any image classification dataset, converted to the prepared format.
-
-    Args:
-        name: A `save_to_disk` folder, an imagefolder folder (one subfolder per class), a parquet
-            file or folder of parquet files, or else a Hugging Face hub id.
-        split: Split to read; a saved single `Dataset` or a lone parquet file is its only split.
-        image_column: Column holding the images.
-        label_column: Column holding the labels (ClassLabel, ints or strings).
-        image_size: Output height and width (images are resized, not cropped).
-        channels: 1 (grayscale) or 3 (RGB). Polarity is kept as it is in the data.
-
-    Returns:
-        A prepared dataset; class names are the ClassLabel's or the sorted unique label values.
-
-    Raises:
-        ValueError: On a missing path, split or column, or invalid `channels`/`image_size`.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels={channels} is not supported; valid: 1 (grayscale), 3 (RGB)")
-    _check_image_size(image_size)
-    name = os.fspath(name)
-    raw = _open_split(name, split)
-    for role, column in (("image_column", image_column), ("label_column", label_column)):
-        if column not in raw.column_names:
-            raise ValueError(
-                f"{role}={column!r} not in dataset {name!r}; columns: {', '.join(raw.column_names)}"
-            )
-    labels, names = _label_ids(raw, label_column)
-    return _build_dataset(_images_to_array(raw, image_column, image_size, channels), labels, names)
+    return build_dataset(pixels, digits.target, [str(d) for d in range(10)])
 
 
 def as_table(ds: datasets.Dataset) -> pa.Table:

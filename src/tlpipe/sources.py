@@ -44,9 +44,9 @@ def load_target(params: dict, base: Path):
 
 
 def _load_named(spec: dict, params: dict, split: str, base: Path):
-    from tlpipe import data
+    from tlpipe import external
 
-    return data.load_image_dataset(locate(spec["name"], base), split=split, image_column=spec["image_column"],
+    return external.load_image_dataset(locate(spec["name"], base), split=split, image_column=spec["image_column"],
                                    label_column=spec["label_column"], image_size=params["image_size"],
                                    channels=params["channels"])
 
@@ -88,7 +88,7 @@ def teacher_folder(entry: str, base: Path) -> Path | None:
     for candidate in (local, local / "backbone", local / "model" / "backbone"):
         if (candidate / "config.json").is_file():
             return candidate
-    raise ValueError(f"distill.teachers: {entry!r} has no saved backbone "
+    raise ValueError(f"teachers: {entry!r} has no saved backbone "
                      "(config.json in it, in backbone/ or in model/backbone/)")
 
 

@@ -82,3 +82,65 @@ def test_a_bad_device_variable_exits_2_naming_it(project, monkeypatch, value, me
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert snapshot(project) == before
+
+
+def imagefolder(root, classes: dict[str, int], size: int = 12):
+    """An imagefolder of small grey PNGs: {class folder: number of images}."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def corrupt(root):
+    (root / "b" / "broken.png").write_bytes(bytes(range(256)) * 4)  # random bytes named .png
+    return root
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: corrupt(imagefolder(root, {"a": 8, "b": 8})),
+     "params/prepare.yaml: target.name='{root}': image {root}/b/broken.png does not decode"),
+    (lambda root: imagefolder(root, {"a": 8}), "has 1 class folder(s) (a); an imagefolder needs one per class"),
+    (lambda root: (imagefolder(root, {"a": 8, "b": 8}) / "c").mkdir(), "class folder 'c' of"),
+])
+def test_bad_target_data_exits_2_naming_the_key(project, tmp_path, make, message):
+    root = tmp_path / "target"
+    make(root)
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project), "-s", f"prepare.target.name={root}",
+                                      "-s", "prepare.target.shots_per_class=2"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert message.format(root=root) in text and text.count("error:") == 1
+    assert snapshot(project) == before
+
+
+def test_a_one_class_target_is_refused_before_any_compute(project, tmp_path):
+    import datasets
+    import numpy as np
+
+    folder = tmp_path / "one-class.parquet"
+    images = [np.zeros((8, 8), dtype=np.uint8)] * 6
+    datasets.Dataset.from_dict({"image": images, "label": [0] * 6},
+                               features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+                               ).to_parquet(str(folder))
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project), "-s", f"prepare.target.name={folder}",
+                                      "-s", "prepare.target.shots_per_class=2"])
+    assert result.exit_code == 2, result.output
+    assert "has 1 class (0); a target needs at least 2" in " ".join(result.output.split())
+    assert snapshot(project) == before
+
+
+def test_probe_shots_beyond_a_class_are_refused_before_any_compute(project):
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project), "-s", "evaluate.probe_shots=[1, 3, 500]"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "params/evaluate.yaml: probe_shots=[1, 3, 500]: class" in text and "must be at most" in text
+    assert snapshot(project) == before  # params/evaluate.yaml keeps its value

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe import data, splits
+from tlpipe import data, external, splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,7 +128,7 @@ def _pil_dataset(labels):
 
 def test_load_imagefolder(tmp_path):
     _write_pngs(tmp_path / "pets")
-    ds = data.load_image_dataset(str(tmp_path / "pets"), image_size=16)
+    ds = external.load_image_dataset(str(tmp_path / "pets"), image_size=16)
     pixels, labels = data.to_arrays(ds)
     assert ds.features["label"].names == ["cat", "dog"]
     assert pixels.shape == (6, 1, 16, 16)
@@ -138,7 +138,7 @@ def test_load_imagefolder(tmp_path):
 
 def test_load_imagefolder_rgb(tmp_path):
     _write_pngs(tmp_path / "pets", per_class=1)
-    pixels, _ = data.to_arrays(data.load_image_dataset(str(tmp_path / "pets"), channels=3))
+    pixels, _ = data.to_arrays(external.load_image_dataset(str(tmp_path / "pets"), channels=3))
     assert pixels.shape == (2, 3, 32, 32)
 
 
@@ -149,7 +149,7 @@ def test_load_save_to_disk_folder_keeps_classlabel(tmp_path, as_dict):
     )
     saved = datasets.DatasetDict(train=raw, test=raw.select([0])) if as_dict else raw
     saved.save_to_disk(str(tmp_path / "saved"))
-    ds = data.load_image_dataset(
+    ds = external.load_image_dataset(
         str(tmp_path / "saved"), split="test" if as_dict else "train", image_column="img",
         label_column="digit", image_size=8,
     )  # fmt: skip
@@ -169,7 +169,7 @@ def test_load_parquet_with_custom_columns(tmp_path, labels, names, ids, as_folde
     (tmp_path / "pq").mkdir()
     _pil_dataset(labels).to_parquet(str(tmp_path / "pq" / "part.parquet"))
     name = tmp_path / "pq" if as_folder else tmp_path / "pq" / "part.parquet"
-    ds = data.load_image_dataset(str(name), image_column="img", label_column="digit", image_size=8)
+    ds = external.load_image_dataset(str(name), image_column="img", label_column="digit", image_size=8)
     pixels, got = data.to_arrays(ds)
     assert ds.features["label"].names == names and got.tolist() == ids
     assert pixels[:, 0, 0, 0].tolist() == [0, 10, 20, 30]
@@ -194,7 +194,7 @@ def saved_dir(tmp_path):
 def test_load_image_dataset_errors(saved_dir, kwargs, match):
     args = {"image_column": "img", "label_column": "digit", **kwargs}
     with pytest.raises(ValueError, match=match):
-        data.load_image_dataset(saved_dir, **args)
+        external.load_image_dataset(saved_dir, **args)
 
 
 @pytest.mark.parametrize(
@@ -202,14 +202,14 @@ def test_load_image_dataset_errors(saved_dir, kwargs, match):
 )
 def test_missing_path_is_reported_as_a_path(name):
     with pytest.raises(ValueError, match="does not exist"):
-        data.load_image_dataset(name)
+        external.load_image_dataset(name)
 
 
 def test_partially_existing_path_is_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "local").mkdir()
     with pytest.raises(ValueError, match="dataset path 'local/missing' does not exist"):
-        data.load_image_dataset("local/missing")
+        external.load_image_dataset("local/missing")
 
 
 def test_unknown_hub_id_offline_gives_clear_error(monkeypatch):
@@ -217,7 +217,7 @@ def test_unknown_hub_id_offline_gives_clear_error(monkeypatch):
     with pytest.raises(
         ValueError, match="not a local path and could not be loaded from the Hugging Face hub"
     ):
-        data.load_image_dataset("tlpipe-nobody/no-such-dataset")
+        external.load_image_dataset("tlpipe-nobody/no-such-dataset")
 
 
 @pytest.mark.parametrize(
