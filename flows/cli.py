@@ -41,6 +41,7 @@ def run(
         config.apply_overrides(config.load_all_params(root), set_)  # a typo fails before anything starts
     except config.ParamsError as exc:
         raise bad_input(str(exc))
+    check_backends(root)
     server = start_if_needed()  # boots while the pipeline loads and is checked
     from flows.pipeline import pipeline
     from runner import keys, snapshot, tracking
@@ -66,6 +67,15 @@ def run(
             err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
             raise typer.Exit(1)
     print_summary(root, result)
+
+
+def check_backends(root: Path) -> None:
+    """Ends the command (exit 2) when a configured Prefect API, MLflow server or DVC remote does not answer."""
+    from flows.doctor import unreachable
+
+    problems = unreachable(root)
+    if problems:
+        raise bad_input("; ".join(problems))
 
 
 @app.command(name="lineage")
@@ -108,6 +118,7 @@ def sweep(
         spec = config.load_sweep(path, methods=config.SCHEMA["prune"]["method"].choices, base=config.load_all_params(root))
     except config.ParamsError as exc:
         raise bad_input(str(exc))
+    check_backends(root)
     server = start_if_needed()
     from flows.sweep import sweep as sweep_flow, task_runner
     from runner import keys, tracking

@@ -83,8 +83,9 @@ def check_dvc(project: Path) -> list[dict]:
     try:
         with Repo(str(project)) as repo:
             odb = repo.cloud.get_remote_odb(name)
-            reachable = odb.fs.exists(odb.path)
-        return [_row("dvc remote", f"{name}: {odb.path}", reachable, "reachable" if reachable else "does not exist yet")]
+            found = odb.fs.exists(odb.path)
+        return [_row("dvc remote", f"{name}: {odb.path}", True if found else None,
+                     "reachable" if found else "does not exist yet (the first push creates it)")]
     except Exception as exc:  # any backend error (credentials, DNS, missing plugin) is the answer
         return [_row("dvc remote", name, False, f"{type(exc).__name__}: {exc}")]
 
@@ -126,6 +127,24 @@ def check_device() -> list[dict]:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [_row("device", device_name(), None if count == 0 else True,
                  f"{count} CUDA device(s)" if count else "no CUDA device: training runs on the CPU")]
+
+
+def unreachable(project: Path) -> list[str]:
+    """One line per backend a run is configured to use that does not answer, with what to do; each
+    check gives up after a few seconds, so a dead server is reported at once, not after retries."""
+    problems = []
+    for variable, fallback in (("PREFECT_API_URL", "a temporary server is started"),
+                               ("MLFLOW_TRACKING_URI", "the project's mlflow.db is used")):
+        url = os.environ.get(variable, "")
+        if url.startswith(("http://", "https://")):
+            ok, detail = _get(url.rstrip("/") + "/health")
+            if not ok:
+                problems.append(f"{variable}={url}: {detail}; start that server, or unset {variable} ({fallback})")
+    (remote,) = check_dvc(project)
+    if remote["ok"] is False:
+        problems.append(f"DVC remote {remote['setting']}: {remote['detail']}; fix it with `dvc remote modify` "
+                        "or remove the default (`dvc remote default --unset`)")
+    return problems
 
 
 def diagnose(project: Path) -> list[dict]:

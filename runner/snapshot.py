@@ -18,7 +18,7 @@ from tlpipe import config
 from tlpipe.io import staged_outputs
 
 from runner import inputs
-from runner.spec import STAGE_DIRS, StageSpec, stage_outputs
+from runner.spec import STAGE_DIRS, StageSpec, producer_of, producers, stage_outputs
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,26 @@ def check_declaration(spec: StageSpec) -> None:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
 
 
+def check_producers(stages: list[StageSpec]) -> None:
+    """Every stage output a stage reads is made by a stage of dvc.yaml (a removed stage's old output
+    folder must not pass for raw input data)."""
+    made_by = producers(stages)
+    owners = {out: stage for stage in STAGE_DIRS for out in stage_outputs(stage)}
+    for spec in stages:
+        for dep in spec.deps:
+            owner = producer_of(dep, owners)
+            if owner is not None and producer_of(dep, made_by) is None:
+                raise config.ParamsError(f"dvc.yaml: stage {spec.name} reads {dep}, the output of stage {owner}, "
+                                         f"but dvc.yaml has no stage {owner}; put it back or remove {dep} from "
+                                         f"{spec.name}'s deps")
+
+
 def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -> None:
     """Every check that can fail on bad input, run before any stage computes anything."""
     config.check_combination(params)
     for spec in stages:
         check_declaration(spec)
+    check_producers(stages)
     inputs.check_data(project, stages, params)
 
 

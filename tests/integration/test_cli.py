@@ -144,3 +144,44 @@ def test_probe_shots_beyond_a_class_are_refused_before_any_compute(project):
     text = " ".join(result.output.split())
     assert "params/evaluate.yaml: probe_shots=[1, 3, 500]: class" in text and "must be at most" in text
     assert snapshot(project) == before  # params/evaluate.yaml keeps its value
+
+
+@pytest.mark.parametrize("variable, value", [("MLFLOW_TRACKING_URI", "http://127.0.0.1:9"),
+                                             ("PREFECT_API_URL", "http://127.0.0.1:9/api")])
+def test_a_dead_server_is_one_line_and_exit_2(project, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)  # nothing listens on port 9
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{variable}={value}: no answer" in text and f"unset {variable}" in text
+    assert snapshot(project) == before
+
+
+def test_a_broken_dvc_remote_is_one_line_and_exit_2(project):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run([dvc, "remote", "add", "-d", "broken", "gdrive://root/tlpipe"], cwd=project, check=True)
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project)])
+    assert result.exit_code == 2, result.output
+    assert "DVC remote broken" in " ".join(result.output.split())
+    assert snapshot(project) == before
+
+
+def test_a_stage_removed_from_dvc_yaml_is_named(project):
+    import yaml
+
+    document = yaml.safe_load((project / "dvc.yaml").read_text())
+    del document["stages"]["surrogate"]  # prune still reads data/surrogate
+    (project / "dvc.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    (project / "data" / "surrogate").mkdir(parents=True)  # an old output folder left behind
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project)])
+    assert result.exit_code == 2, result.output
+    assert "stage prune reads data/surrogate, the output of stage surrogate, but dvc.yaml has no stage surrogate" \
+        in " ".join(result.output.split())
+    assert snapshot(project) == before
