@@ -26,6 +26,11 @@ for key, value in {
 }.items():
     os.environ[key] = value
 
+# DVC binds its log handlers to sys.stdout/stderr as they are when `dvc` is first imported. Imported
+# here, before any test swaps the streams (typer's CliRunner does, then closes them), it logs to the
+# real ones, as in a real process.
+import dvc  # noqa: E402,F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"  # the reference outputs of the papers' code (see its README)
 
