@@ -58,8 +58,14 @@ def stage_names(project: Path) -> list[str]:
 
 
 def stage_seconds(project: Path, stage: str) -> float:
+    """The stage function's wall time: from the flow's lineage document (timings are not outputs), or
+    from the metrics file the plain loop writes."""
     from runner.spec import metrics_file
 
+    documents = sorted((project / ".tlpipe" / "lineage").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if documents:
+        first_run = json.loads(documents[0].read_text())
+        return next(s for s in first_run["stages"] if s["stage"] == stage)["metrics"]["wall_time_s"]
     return json.loads(metrics_file(project, stage).read_text())["wall_time_s"]
 
 

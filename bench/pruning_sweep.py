@@ -66,10 +66,10 @@ def run_sweep(args, work: Path) -> Path:
 
 
 def surrogate_cost(work: Path) -> tuple[dict, Path]:
-    """(surrogate metrics, its store entry) from the sweep's store."""
-    entries = [p for p in (work / ".tlpipe" / "store" / "surrogate").iterdir() if (p / "metrics.json").is_file()]
+    """(surrogate metrics, timings included, and its store entry) from the sweep's store."""
+    entries = [p for p in (work / ".tlpipe" / "store" / "surrogate").iterdir() if (p / "manifest.json").is_file()]
     newest = max(entries, key=lambda p: p.stat().st_mtime)
-    return json.loads((newest / "metrics.json").read_text()), newest
+    return json.loads((newest / "manifest.json").read_text())["metrics"], newest
 
 
 def load_results(path: Path):

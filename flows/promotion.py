@@ -37,7 +37,7 @@ def register_and_report(project: Path, results: list[dict], name: str, parent_id
     lineage_tags.update({tracking.TAG_PIPELINE_RUN: parent_id, **tags,
                          "test_accuracy": repr(evaluate["metrics"]["accuracy"]),
                          "test_macro_f1": repr(evaluate["metrics"]["macro_f1"])})
-    version, created = register_model(name, finetune["metrics"]["model_uri"], run_id=finetune["mlflow_run_id"],
+    version, created = register_model(name, finetune["model_uri"], run_id=finetune["mlflow_run_id"],
                                       tags=lineage_tags, identity=f"{finetune['cache_key']}:{evaluate['cache_key']}")
     report = (project / "data" / "evaluate" / "report.md").read_text(encoding="utf-8")
     create_markdown_artifact(key="evaluation-report", markdown=report, description=f"{name} version {version}")

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from tlpipe.io import read_json
 
-from runner.events import Events, StageRun
+from runner.events import Events, StageRun, is_timing
 
 MetricsCallback = Callable[[int, dict], None]
 
@@ -35,8 +35,14 @@ class StageContext:
         return self._workspace.upstream(stage)
 
     def upstream_metrics(self, stage: str) -> dict:
-        """The metrics an upstream stage recorded."""
+        """The metrics an upstream stage recorded in its metrics file (no timings)."""
         return read_json(self._workspace.locate(f"data/metrics/{stage}.json"))
+
+    def upstream_timings(self, stage: str) -> dict:
+        """The timings of the run that produced an upstream stage's outputs, when this run knows it
+        ({} otherwise); not a dependency: they never change what a stage's key is."""
+        outcome = self._workspace.outcomes.get(stage)
+        return {k: v for k, v in outcome.metrics.items() if is_timing(k)} if outcome else {}
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         self._events.emit("stage_metrics", self._run, metrics, step)
@@ -45,8 +51,12 @@ class StageContext:
         self._events.emit("stage_artifact", self._run, Path(path), artifact_path)
 
     def log_model(self, model, *, input_example) -> str | None:
-        """Hands the deployable model to the observers; returns its URI where one stored it."""
-        return self._events.first("stage_model", self._run, model, input_example)
+        """Hands the deployable model to the observers; returns its URI where one stored it (kept in the
+        stage's record, not in its outputs: it differs from run to run)."""
+        uri = self._events.first("stage_model", self._run, model, input_example)
+        if uri is not None:
+            self._run.record["model_uri"] = uri
+        return uri
 
     @contextlib.contextmanager
     def progress(self, total: int, label: str) -> Iterator[MetricsCallback]:

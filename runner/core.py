@@ -20,7 +20,7 @@ from tlpipe.io import staged_outputs, write_json
 from runner import inputs, keys
 from runner.context import StageContext
 from runner.dvc import md5_path
-from runner.events import RAN, Events, Observer, Outcome, StageRun
+from runner.events import RAN, Events, Observer, Outcome, StageRun, is_timing
 from runner.spec import StageSpec
 
 QUIET = {  # per-file progress bars of datasets/transformers would drown the stage's own progress
@@ -73,10 +73,12 @@ def run_stage(spec: StageSpec, params: dict, workspace, *, device: str, observer
         else:
             record, status = found
             outcome = Outcome(spec.name, status, key, deps, record["outs"], record["metrics"],
-                              record.get("mlflow_run_id"), time.perf_counter() - started, record.get("headline", ""))
+                              record.get("mlflow_run_id"), time.perf_counter() - started, record.get("headline", ""),
+                              record.get("model_uri"))
             run.outputs = {rel: workspace.locate(rel) for rel in record["outs"]}
             events.emit(f"stage_{status}", run, outcome)
     workspace.known.update(outcome.outs)
+    workspace.outcomes[spec.name] = outcome
     return outcome
 
 
@@ -94,7 +96,9 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
             tmp_out.mkdir()
             metrics = module.run(StageContext(run, tmp_out, workspace, events))
             metrics["wall_time_s"] = time.perf_counter() - started
-            write_json(tmp_metrics, metrics)
+            # Timings stay out of the metrics file, a DVC output that downstream stages read: an output
+            # must depend on its inputs alone. They go to the record, MLflow and lineage.
+            write_json(tmp_metrics, {k: v for k, v in metrics.items() if not is_timing(k)})
     except KeyboardInterrupt:
         events.emit("stage_interrupted", run)
         raise
@@ -104,7 +108,7 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
     outs = {rel: md5_path(path) for rel, path in run.outputs.items()}
     run.record["headline"] = module.headline(metrics) if hasattr(module, "headline") else ""
     outcome = Outcome(spec.name, RAN, run.key, run.deps, outs, metrics, run.record.get("mlflow_run_id"),
-                      time.perf_counter() - began, run.record["headline"])
+                      time.perf_counter() - began, run.record["headline"], run.record.get("model_uri"))
     events.emit("stage_finished", run, outcome)
     workspace.save(spec, run.key, {"stage": spec.name, "cache_key": run.key, "outs": outs, "metrics": metrics,
                                    **run.record})

@@ -17,6 +17,11 @@ from runner.spec import StageSpec
 RAN, CACHED, RESTORED = "ran", "cached", "restored"
 
 
+def is_timing(key: str) -> bool:
+    """Seconds and per-second rates (`wall_time_s`, `images_per_s`): they differ from run to run."""
+    return key.endswith("_s")
+
+
 @dataclass
 class StageRun:
     """One stage on its way through the runner. Observers may note ids in `record` (for example the
@@ -34,7 +39,8 @@ class StageRun:
 
 @dataclass
 class Outcome:
-    """How a stage ended: ran, or reused (cached: outputs in place; restored: put back from DVC)."""
+    """How a stage ended: ran, or reused (cached: outputs in place; restored: put back from DVC).
+    `metrics` are all the stage reported, timings included (its metrics file holds the rest)."""
 
     stage: str
     status: str
@@ -45,12 +51,13 @@ class Outcome:
     produced_by: str | None  # MLflow run id of the run that computed these outputs
     seconds: float = 0.0
     headline: str = ""  # the stage's result in one line, for people
+    model_uri: str | None = None  # where an observer stored the stage's model (finetune)
 
     def summary(self) -> dict:
         """The plain record the flows return and lineage stores."""
         return {"stage": self.stage, "status": self.status, "cache_key": self.key, "deps": self.deps,
                 "seconds": self.seconds, "outs": self.outs, "metrics": self.metrics,
-                "mlflow_run_id": self.produced_by, "headline": self.headline}
+                "mlflow_run_id": self.produced_by, "headline": self.headline, "model_uri": self.model_uri}
 
 
 class Observer:

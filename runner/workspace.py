@@ -83,6 +83,7 @@ class ProjectWorkspace:
         self.records = records or Records(cache_location(self.project))
         self.store = store_root(self.project)
         self.known: dict[str, str] = {}  # hashes of the outputs this run has produced or reused
+        self.outcomes: dict = {}  # {stage: Outcome} of this run
 
     def locate(self, rel: str) -> Path:
         return self.project / rel
@@ -123,6 +124,7 @@ class StoreWorkspace:
         self.store = store_root(self.project)
         self.entries: dict[str, str] = {}
         self.known: dict[str, str] = {}
+        self.outcomes: dict = {}
         for stage, key in (entries or {}).items():
             self._add(stage, key, read_json(self.entry(stage, key) / "manifest.json"))
 

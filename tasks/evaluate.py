@@ -68,12 +68,13 @@ def size_and_speed(nets: dict, image_shape: tuple) -> dict[str, dict]:
 
 
 def stage_costs(ctx) -> dict:
-    """Wall time and images seen of each upstream stage, and the end-to-end sum (surrogate included)."""
-    costs = {}
-    for stage in COST_STAGES:
-        record = ctx.upstream_metrics(stage)
-        costs[stage] = {"wall_time_s": record["wall_time_s"], "images_seen": record.get("images_seen", 0)}
-    costs["end_to_end"] = {key: sum(c[key] for c in costs.values()) for key in ("wall_time_s", "images_seen")}
+    """Images seen and wall time of each upstream stage, and the end-to-end sums (surrogate included);
+    a time is None where this run does not know it (the stage ran in another process, e.g. dvc repro)."""
+    costs = {stage: {"wall_time_s": ctx.upstream_timings(stage).get("wall_time_s"),
+                     "images_seen": ctx.upstream_metrics(stage).get("images_seen", 0)} for stage in COST_STAGES}
+    times = [c["wall_time_s"] for c in costs.values()]
+    costs["end_to_end"] = {"wall_time_s": None if None in times else sum(times),
+                           "images_seen": sum(c["images_seen"] for c in costs.values())}
     return costs
 
 

@@ -259,6 +259,20 @@ def test_refresh_forces_a_stage(project_run):
     assert statuses(result)["finetune"] == "cached"
 
 
+def test_a_stage_run_again_changes_nothing_downstream(project_run):
+    """Outputs (metrics files included) depend on the inputs alone: timings live in the records, MLflow
+    and lineage, so a stage computed again leaves every later stage reused and no new model version."""
+    project, first = project_run
+    for stage in first["stages"]:
+        recorded = json.loads((project / "data" / "metrics" / f"{stage['stage']}.json").read_text())
+        assert not [k for k in recorded if k.endswith("_s")], stage["stage"]
+    assert first["stages"][1]["metrics"]["wall_time_s"] > 0  # the run itself still reports them
+    result = run(project, refresh=["surrogate"])
+    assert statuses(result)["surrogate"] == "ran"
+    assert {how for stage, how in statuses(result).items() if stage != "surrogate"} <= {"cached", "restored"}
+    assert not result["registered"]["new_version"]
+
+
 def test_until_stops_early(project_run):
     project, _ = project_run
     result = run(project, until="prune")
