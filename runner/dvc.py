@@ -112,9 +112,12 @@ class Commits(Observer):
         self.submit(run.spec.name)
 
     def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
+        """Commits a reused stage when dvc.lock does not record it as it is, or when the DVC cache lost
+        its outputs (else `dvc status` would report them missing and nothing could restore them)."""
         self.wait()  # dvc.lock is read next: earlier commits first
-        if not lock_records(self.project, run.spec, deps=outcome.deps, outs=outcome.outs,
-                            params=run.spec.declared(run.params)):
+        recorded = lock_records(self.project, run.spec, deps=outcome.deps, outs=outcome.outs,
+                                params=run.spec.declared(run.params))
+        if not recorded or not all(cached_locally(self.project, md5) for md5 in outcome.outs.values()):
             self.submit(run.spec.name)
 
     stage_restored = stage_cached

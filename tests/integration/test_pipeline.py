@@ -252,6 +252,17 @@ def test_missing_or_altered_outputs_are_restored_not_trusted(project_run):
         assert repo.status() == {}
 
 
+def test_a_lost_dvc_cache_is_filled_again(project_run):
+    import shutil
+
+    project, _ = project_run
+    shutil.rmtree(project / ".dvc" / "cache")
+    result = run(project)
+    assert set(statuses(result).values()) == {"cached"}  # the outputs are all in place
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}  # and in the DVC cache again: restorable
+
+
 def test_refresh_forces_a_stage(project_run):
     project, _ = project_run
     result = run(project, refresh=["evaluate"])
