@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -202,6 +203,12 @@ def _transfer_table(m: dict) -> Table:
     return table
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler, `kill`, a stopping container) ends a run as Ctrl-C does: the stage's
+    temporary outputs are removed and its MLflow runs end as KILLED, not left RUNNING."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     """Runs the command, then ends the process without tearing down every module it imported.
 
@@ -218,6 +225,7 @@ def main() -> None:
         os._exit(code)
 
     atexit.register(finish)  # registered first, so it runs last
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except SystemExit as exc:

@@ -38,6 +38,16 @@ def start_tracked_run(project: Path, kind: str, snapshot: Snapshot, params: dict
     return parent, flow_run_id, tags
 
 
+def clean_up_after_killed_runs(workspace: ProjectWorkspace) -> None:
+    """What runs killed on this machine left: half-written outputs, MLflow runs still RUNNING."""
+    logger = get_run_logger()
+    for path in workspace.remove_stale():
+        logger.info("removed %s, left by a run that was killed", path.relative_to(workspace.project))
+    tracking.configure(workspace.project)
+    for run_id in tracking.close_abandoned_runs():
+        logger.info("MLflow run %s of a process that no longer runs ended as KILLED", run_id)
+
+
 def store_lineage(project: Path, doc: dict) -> None:
     """The run's lineage document in three places: the project, the MLflow parent run, Prefect."""
     from prefect.artifacts import create_markdown_artifact
@@ -77,8 +87,9 @@ def run_pipeline(project: Path, snapshot: Snapshot, stages: list[StageSpec], *, 
     refresh_set = {s.name for s in stages} if refresh and "all" in refresh else set(refresh or ())
     device = device or keys.device_name()
     data = dvc.tracked_data(project)
-    parent_id, flow_run_id, tags = start_tracked_run(project, "pipeline", snapshot)
     workspace, collector = ProjectWorkspace(project), lineage.Collector()
+    clean_up_after_killed_runs(workspace)
+    parent_id, flow_run_id, tags = start_tracked_run(project, "pipeline", snapshot)
     recorder, console = tracking.Recorder(parent_id, tags), ConsoleProgress(show_progress)
     try:
         with dvc.Commits(project) as commits:
@@ -98,8 +109,8 @@ def run_pipeline(project: Path, snapshot: Snapshot, stages: list[StageSpec], *, 
         pushed = dvc.push_outputs(project, [md5 for r in results for md5 in r["outs"].values()])
         if pushed:
             get_run_logger().info("pushed %d objects to the DVC remote %r", pushed, dvc.default_remote(project))
-    except BaseException:
-        tracking.end_run(parent_id, failed=True)
+    except BaseException as exc:
+        tracking.end_run(parent_id, error=exc)
         raise
     final = results[-1]["metrics"] if results and results[-1]["stage"] == "evaluate" else {}
     registered = None

@@ -113,6 +113,9 @@ def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     points = sweeps.grid(spec["methods"], spec["ratios"], spec["seeds"], full_source=spec["full_source"])
     device = device or keys.device_name()
     grid = {"sweep": {k: spec[k] for k in ("methods", "ratios", "seeds")}}
+    tracking.configure(project_path)
+    for run_id in tracking.close_abandoned_runs():
+        get_run_logger().info("MLflow run %s of a process that no longer runs ended as KILLED", run_id)
     parent_id, flow_run_id, tags = start_tracked_run(project_path, "sweep", Snapshot(spec["params"]), params=grid)
     name = tracking.client().get_run(parent_id).info.run_name
     try:
@@ -122,8 +125,8 @@ def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
                    for i in sweeps.submission_order(points)}
         rows = [futures[i].result() for i in range(len(points))]  # in grid order
         out = write_results(project_path, name, rows, spec)
-    except BaseException:
-        tracking.end_run(parent_id, failed=True)
+    except BaseException as exc:
+        tracking.end_run(parent_id, error=exc)
         raise
     tracking.log_sweep(parent_id, out)
     tracking.end_run(parent_id)

@@ -29,7 +29,9 @@ def main(stage: str) -> None:
             device = keys.device_name()
         except (ParamsError, FileNotFoundError, ValueError) as exc:
             bad_input(exc)
+        workspace.remove_stale()
         tracking.configure(project)
+        tracking.close_abandoned_runs()
         observers = [tracking.Recorder(None, {"tlpipe.runner": "dvc"}, project), ConsoleProgress()]
         try:
             run_stage(spec, params, workspace, device=device, observers=observers, refresh=True)

@@ -99,11 +99,11 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
             # Timings stay out of the metrics file, a DVC output that downstream stages read: an output
             # must depend on its inputs alone. They go to the record, MLflow and lineage.
             write_json(tmp_metrics, {k: v for k, v in metrics.items() if not is_timing(k)})
-    except KeyboardInterrupt:
-        events.emit("stage_interrupted", run)
-        raise
-    except BaseException as exc:
+    except Exception as exc:
         events.emit("stage_failed", run, exc)
+        raise
+    except BaseException:  # Ctrl-C, SIGTERM (as Prefect's or our own signal exception), exit
+        events.emit("stage_interrupted", run)
         raise
     outs = {rel: md5_path(path) for rel, path in run.outputs.items()}
     run.record["headline"] = module.headline(metrics) if hasattr(module, "headline") else ""

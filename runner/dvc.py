@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -170,7 +169,7 @@ def restore_output(project: Path, rel: str, md5: str) -> bool:
     if not cached_locally(project, md5):
         fetch_outputs(project, md5s=[md5])
     target = project / rel
-    temp = target.with_name(f"{target.name}.tmp-restore-{uuid.uuid4().hex[:8]}")
+    temp = io.temporary_sibling(target, "restore")
     try:
         sources = _cache_files(project, md5, temp)
         if sources is None:

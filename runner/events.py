@@ -91,7 +91,8 @@ class Observer:
         """The stage raised; nothing it wrote was kept."""
 
     def stage_interrupted(self, run: StageRun) -> None:
-        """The stage was stopped (Ctrl-C or a termination signal); nothing it wrote was kept."""
+        """The stage was stopped (Ctrl-C, a termination signal: any exception that is not an
+        `Exception`); nothing it wrote was kept."""
 
 
 class Events:

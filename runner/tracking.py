@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import warnings
 from importlib import metadata
@@ -26,6 +27,7 @@ TAG_PRODUCED_BY = "tlpipe.produced_by_run"
 TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_GIT = "mlflow.source.git.commit"
 TAG_PIPELINE_RUN = "tlpipe.pipeline_run"
+TAG_HOST, TAG_PID = "tlpipe.host", "tlpipe.pid"  # the process that keeps the run open
 REPORT_SUFFIXES = {".csv", ".json", ".md", ".png", ".html"}  # logged as artifacts; models and data stay in DVC
 MODEL_REQUIREMENTS = ("torch", "transformers", "safetensors", "numpy")
 
@@ -102,19 +104,41 @@ def numeric(metrics: dict) -> dict[str, float]:
     }
 
 
+def owner_tags() -> dict[str, str]:
+    """Which process keeps a run open (see `close_abandoned_runs`)."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def close_abandoned_runs() -> list[str]:
+    """Ends as KILLED the runs left RUNNING by processes of this machine that no longer run (killed
+    with SIGKILL, or lost with their machine's power); returns their ids."""
+    from tlpipe.io import process_alive
+
+    mlf = client()
+    found = mlf.search_runs([_experiment_id(mlf)], max_results=1000, filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{socket.gethostname()}'"))
+    closed = [r.info.run_id for r in found
+              if r.data.tags.get(TAG_PID, "").isdigit() and not process_alive(int(r.data.tags[TAG_PID]))]
+    for run_id in closed:
+        mlf.set_terminated(run_id, "KILLED")
+    return closed
+
+
 def start_pipeline_run(project: Path, *, run_name: str, tags: dict[str, str], params: dict) -> str:
     """Creates the parent run of one pipeline run and returns its id."""
     mlf = client()
-    run = mlf.create_run(_experiment_id(mlf), run_name=run_name, tags=tags)
+    run = mlf.create_run(_experiment_id(mlf), run_name=run_name, tags={**tags, **owner_tags()})
     _log_params(mlf, run.info.run_id, params)
     return run.info.run_id
 
 
-def end_run(run_id: str, *, failed: bool = False, metrics: dict | None = None) -> None:
+def end_run(run_id: str, *, error: BaseException | None = None, metrics: dict | None = None) -> None:
+    """Ends a parent run: FINISHED, FAILED on an error, KILLED when interrupted (Ctrl-C, SIGTERM)."""
     mlf = client()
     for key, value in numeric(metrics or {}).items():
         mlf.log_metric(run_id, key, value)
-    mlf.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    status = "FINISHED" if error is None else "FAILED" if isinstance(error, Exception) else "KILLED"
+    mlf.set_terminated(run_id, status)
 
 
 def _log_params(mlf: MlflowClient, run_id: str, params: dict) -> None:
@@ -221,7 +245,8 @@ class Recorder(Observer):
 
     def _open(self, run: StageRun, **tags: str) -> StageTracker:
         mlf = client()
-        all_tags = {TAG_STAGE: run.spec.name, TAG_CACHED: "false", TAG_CACHE_KEY: run.key, **self.tags, **tags}
+        all_tags = {TAG_STAGE: run.spec.name, TAG_CACHED: "false", TAG_CACHE_KEY: run.key, **self.tags, **tags,
+                    **owner_tags()}
         if self.parent_id:
             all_tags["mlflow.parentRunId"] = self.parent_id
         tracker = StageTracker(mlf.create_run(_experiment_id(mlf), run_name=run.spec.name, tags=all_tags).info.run_id)

@@ -20,7 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from tlpipe.io import locked, read_json, staged_outputs, write_json
+from tlpipe.io import locked, read_json, remove_stale_temporaries, staged_outputs, write_json
 
 from runner import dvc
 from runner.events import CACHED, RESTORED
@@ -90,6 +90,14 @@ class ProjectWorkspace:
 
     def upstream(self, stage: str) -> Path:
         return stage_dir(self.project, stage)
+
+    def remove_stale(self) -> list[Path]:
+        """Removes what killed runs left half-written: temporaries of processes that no longer run,
+        beside the outputs and the records. Call it holding the project lock."""
+        folders = [self.project / "data", self.project / "data" / "metrics"]
+        if isinstance(self.records.location, Path) and self.records.location.is_dir():
+            folders += [p for p in self.records.location.iterdir() if p.is_dir()]
+        return [path for folder in folders for path in remove_stale_temporaries(folder)]
 
     def claim(self, spec: StageSpec, key: str):
         return contextlib.nullcontext()  # the pipeline run holds the project lock

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import datasets
@@ -20,7 +19,7 @@ import pyarrow as pa
 from datasets.table import InMemoryTable
 
 from tlpipe.glyphs import GLYPH_CHARSETS, glyph_charset, render_class, upsample_levels
-from tlpipe.io import remove_path, replace_path
+from tlpipe.io import remove_path, replace_path, temporary_sibling
 
 __all__ = [
     "GLYPH_CHARSETS", "glyph_charset", "render_glyphs", "load_digits_dataset", "build_dataset",
@@ -169,7 +168,7 @@ def save_prepared(dsdict: datasets.DatasetDict, path: str | os.PathLike) -> None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_sibling(path)
     fixed = {}
     for split, ds in dsdict.items():
         table = as_table(ds)

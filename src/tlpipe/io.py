@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -30,12 +31,11 @@ def staged_outputs(*finals: Path) -> Iterator[tuple[Path, ...]]:
     The temporary paths are siblings of the finals (same file system, so the rename is atomic).
     Missing parent folders are created. An existing final is replaced only after the block succeeded.
     """
-    tag = f"{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temps = []
     for final in finals:
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        temps.append(final.with_name(final.name + tag))
+        temps.append(temporary_sibling(final))
     try:
         yield tuple(temps)
         missing = [str(f) for f, t in zip(finals, temps) if not t.exists()]
@@ -51,7 +51,7 @@ def staged_outputs(*finals: Path) -> Iterator[tuple[Path, ...]]:
 def replace_path(src: Path, dst: Path) -> None:
     """Moves `src` to `dst`, replacing a file or a whole folder; `dst` is never half-written."""
     if dst.is_dir() and not dst.is_symlink():
-        graveyard = dst.with_name(dst.name + f"{_TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+        graveyard = temporary_sibling(dst, "old")
         os.replace(dst, graveyard)
         os.replace(src, dst)
         shutil.rmtree(graveyard, ignore_errors=True)
@@ -66,11 +66,44 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+def temporary_sibling(path: Path, kind: str = "") -> Path:
+    """A free name beside `path` for writing it: `<name>.tmp-<pid>-[<kind>-]<hex>`; the pid tells
+    whether the writer still runs (`remove_stale_temporaries`)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{kind + '-' if kind else ''}{uuid.uuid4().hex[:8]}")
+
+
 def stale_temporaries(folder: Path) -> list[Path]:
     """Leftovers of interrupted writes below `folder` (safe to delete when no stage is running)."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob(f"*{_TMP_MARK}*"))
+
+
+_WRITER = re.compile(re.escape(_TMP_MARK) + r"(\d+)-")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Removes the temporaries in `folder` (not below it) whose writer no longer runs on this machine,
+    as a killed process leaves them; returns what it removed."""
+    removed = []
+    for path in sorted(Path(folder).glob(f"*{_TMP_MARK}*")) if Path(folder).is_dir() else ():
+        writer = _WRITER.search(path.name)
+        if writer and not process_alive(int(writer.group(1))):
+            remove_path(path)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """True while a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _jsonable(value: Any) -> Any:
