@@ -4,6 +4,7 @@ pointing at the run that produced its outputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -43,11 +44,49 @@ def client() -> MlflowClient:
     return _CLIENTS[uri]
 
 
+_DEFAULTED: set[str] = set()  # project stores chosen here (MLflow then sets MLFLOW_TRACKING_URI to them)
+
+
 def configure(project: Path) -> str:
     """Points MLflow at MLFLOW_TRACKING_URI, or at `mlflow.db` in the project; returns the URI."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project).resolve() / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri or uri in _DEFAULTED:  # not the user's choice but another project's default
+        uri = f"sqlite:///{Path(project).resolve() / 'mlflow.db'}"
+        _DEFAULTED.add(uri)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        relocate_artifacts(Path(uri.removeprefix("sqlite:///")))
     return uri
+
+
+# Where a local store names its artifact folder: the experiment, each run, logged model and model version.
+_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "storage_location"))
+
+
+def relocate_artifacts(database: Path) -> list[str]:
+    """Points a local store at the artifact folder beside its database (`mlartifacts/`).
+
+    MLflow keeps that folder as an absolute path, so a project copied or moved with its `mlflow.db`
+    would go on reading and writing the original project's artifacts. Returns the old folders replaced.
+    """
+    import sqlite3
+
+    if not database.is_file():
+        return []
+    new = (database.resolve().parent / "mlartifacts").as_uri()
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as con, con:
+        try:
+            found = con.execute("SELECT artifact_location FROM experiments WHERE artifact_location LIKE 'file:%'")
+        except sqlite3.OperationalError:  # not an MLflow store yet
+            return []
+        olds = {loc[: loc.rindex("/mlartifacts") + len("/mlartifacts")] for (loc,) in found if "/mlartifacts" in loc}
+        for old in sorted(olds - {new}):
+            for table, column in _ARTIFACT_COLUMNS:
+                with contextlib.suppress(sqlite3.OperationalError):  # a table this MLflow version lacks
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 (fixed names)
+                                f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old), old))
+    return sorted(olds - {new})
 
 
 def _experiment_id(mlf: MlflowClient) -> str:
