@@ -18,7 +18,7 @@ from tlpipe import config
 from tlpipe.io import staged_outputs
 
 from runner import inputs
-from runner.spec import STAGE_DIRS, StageSpec, producer_of, producers, stage_outputs
+from runner.spec import STAGE_DIRS, StageSpec, load_pipeline, producer_of, producers, stage_outputs
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,10 @@ def check_declaration(spec: StageSpec) -> None:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
 
 
-def check_producers(stages: list[StageSpec]) -> None:
-    """Every stage output a stage reads is made by a stage of dvc.yaml (a removed stage's old output
-    folder must not pass for raw input data)."""
-    made_by = producers(stages)
+def check_producers(pipeline: list[StageSpec], stages: list[StageSpec]) -> None:
+    """Every stage output that one of `stages` reads is made by a stage of the `pipeline` (a removed
+    stage's old output folder must not pass for raw input data)."""
+    made_by = producers(pipeline)
     owners = {out: stage for stage in STAGE_DIRS for out in stage_outputs(stage)}
     for spec in stages:
         for dep in spec.deps:
@@ -84,7 +84,7 @@ def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -
     config.check_combination(params)
     for spec in stages:
         check_declaration(spec)
-    check_producers(stages)
+    check_producers(load_pipeline(project), stages)
     inputs.check_data(project, stages, params)
 
 

@@ -70,7 +70,7 @@ def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 3
 
 
 def runs(status: str) -> list:
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # the project's store, set by the fixture
     return client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string=f"attributes.status = '{status}'")
 
