@@ -135,3 +135,24 @@ def test_doctor_fails_on_an_unreachable_backend(team, tmp_path):
     assert done.returncode == 1
     rows = {r["component"]: r for r in json.loads(done.stdout)}
     assert rows["mlflow"]["ok"] is False and "no answer" in rows["mlflow"]["detail"]
+
+
+def test_a_member_who_pulls_the_commit_gets_the_outputs_and_reruns_nothing(team, tmp_path):
+    """Alice commits the dvc.lock of her run (as the README says); Carol pulls that commit and `dvc
+    pull`s: the same outputs, `dvc status` clean, and `tlpipe run` reuses every stage in place."""
+    from dvc.repo import Repo
+
+    alice = team["alice"]["workspace"]
+    git(alice, "add", "dvc.lock", "params")
+    git(alice, "commit", "-qm", "run")
+    carol = tmp_path / "carol"
+    git(tmp_path, "clone", "-q", str(alice), str(carol))
+    pulled = subprocess.run([str(BIN / "dvc"), "pull", "--quiet"], cwd=carol, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    outputs = {rel: md5 for s in team["alice"]["lineage"]["stages"] for rel, md5 in s["outputs"].items()}
+    assert {rel: dvc.md5_path(carol / rel) for rel in outputs} == outputs
+    with Repo(str(carol)) as repo:
+        assert repo.status() == {}
+    env = {**team["bob"]["env"], "PREFECT_HOME": str(tmp_path / "prefect-home-carol")}
+    run = tlpipe(carol, env, "run")
+    assert statuses(lineage_doc(carol)) == {stage: "cached" for stage in config.STAGES}, run.stdout[-3000:]
