@@ -20,7 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from tlpipe.io import locked, read_json, remove_stale_temporaries, staged_outputs, write_json
+from tlpipe.io import json_text, locked, read_json, remove_stale_temporaries, staged_outputs, write_json
 
 from runner import dvc
 from runner.events import CACHED, RESTORED
@@ -62,11 +62,11 @@ class Records:
     def put(self, stage: str, key: str, record: dict) -> None:
         if isinstance(self.location, Path):
             with staged_outputs(self.location / stage / f"{key}.json") as (temp,):
-                write_json(temp, record)
+                write_json(temp, record, sort_keys=False)  # as the stage reported it (tables keep their order)
             return
         fs, path = self._fs(stage, key)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, json.dumps(record, sort_keys=True).encode())  # one object: whole or absent
+        fs.pipe_file(path, json_text(record, sort_keys=False).encode())  # one object: whole or absent
 
     def _fs(self, stage: str, key: str):
         import fsspec
@@ -182,5 +182,5 @@ class StoreWorkspace:
 
     def save(self, spec: StageSpec, key: str, record: dict) -> None:
         with staged_outputs(self.entry(spec.name, key) / "manifest.json") as (temp,):  # written last: complete
-            write_json(temp, record)
+            write_json(temp, record, sort_keys=False)
         self._add(spec.name, key, record)

@@ -122,10 +122,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Writes JSON with sorted keys and a trailing newline, so equal data gives equal bytes."""
-    text = json.dumps(_jsonable(data), indent=2, sort_keys=True, ensure_ascii=False)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+def json_text(data: Any, *, sort_keys: bool = True) -> str:
+    """JSON of plain data (numpy values and paths included) with a trailing newline; with `sort_keys`
+    equal data gives equal bytes, without it the order of the dicts is kept."""
+    return json.dumps(_jsonable(data), indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+
+
+def write_json(path: Path, data: Any, *, sort_keys: bool = True) -> None:
+    Path(path).write_text(json_text(data, sort_keys=sort_keys), encoding="utf-8")
 
 
 def read_json(path: Path) -> Any:
