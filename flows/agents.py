@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from flows.stages import run_one
 from runner import dvc, tracking
 from runner.progress import ConsoleProgress
+from runner.recorder import Recorder
 from runner.spec import StageSpec, is_within, load_pipeline
 from runner.workspace import ProjectWorkspace
 
@@ -50,7 +51,7 @@ def stage(stage: str, params: dict, known: dict[str, str], device: str, project:
     workspace.known.update(known)
     with dvc.Commits(project_path) as commits:
         result = run_one(spec, params, workspace, device=device, refresh=refresh,
-                         observers=[tracking.Recorder(parent_id, tags or {}, project_path), commits,
+                         observers=[Recorder(parent_id, tags or {}, project_path), commits,
                                     ConsoleProgress(False)])
     dvc.push_outputs(project_path, list(result["outs"].values()))
     return {k: result[k] for k in ("stage", "status", "cache_key", "outs", "mlflow_run_id")}

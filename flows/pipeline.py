@@ -16,6 +16,7 @@ from prefect.context import get_run_context
 from runner import dvc, keys, lineage, tracking
 from runner.lock import project_lock
 from runner.progress import ConsoleProgress
+from runner.recorder import Recorder
 from runner.snapshot import Snapshot, take
 from runner.spec import StageSpec, load_pipeline, select_stages
 from runner.workspace import ProjectWorkspace
@@ -90,7 +91,7 @@ def run_pipeline(project: Path, snapshot: Snapshot, stages: list[StageSpec], *, 
     workspace, collector = ProjectWorkspace(project), lineage.Collector()
     clean_up_after_killed_runs(workspace)
     parent_id, flow_run_id, tags = start_tracked_run(project, "pipeline", snapshot)
-    recorder, console = tracking.Recorder(parent_id, tags), ConsoleProgress(show_progress)
+    recorder, console = Recorder(parent_id, tags), ConsoleProgress(show_progress)
     try:
         with dvc.Commits(project) as commits:
             for spec in stages:

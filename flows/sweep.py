@@ -19,6 +19,7 @@ from flows.pipeline import start_tracked_run
 from runner import keys, tracking
 from runner.core import run_stage
 from runner.progress import ConsoleProgress
+from runner.recorder import Recorder
 from runner.snapshot import Snapshot, preflight
 from runner.spec import StageSpec, load_pipeline
 from runner.workspace import StoreWorkspace
@@ -62,7 +63,7 @@ def sweep_point(project: str, point: dict, params: dict, shared: dict[str, str],
     tracking.configure(project_path)
     specs = {s.name: s for s in load_pipeline(project_path)}
     workspace = StoreWorkspace(project_path, shared)
-    recorder = tracking.Recorder(parent_id, {**tags, "tlpipe.sweep_point": json.dumps(point)})
+    recorder = Recorder(parent_id, {**tags, "tlpipe.sweep_point": json.dumps(point)})
     row = dict(point)
     for stage in POINT_STAGES:
         outcome = run_stage(specs[stage], params[stage], workspace, device=device, observers=[recorder])
@@ -96,7 +97,7 @@ def run_shared(project: Path, base: dict, device: str, parent_id: str, tags: dic
     """The stages every point reads (those before prune), once, into the store; {stage: entry key}."""
     stages = load_pipeline(project)
     workspace = StoreWorkspace(project)
-    observers = [tracking.Recorder(parent_id, tags), ConsoleProgress()]
+    observers = [Recorder(parent_id, tags), ConsoleProgress()]
     for spec in stages[: [s.name for s in stages].index("prune")]:
         outcome = run_stage(spec, base[spec.name], workspace, device=device, observers=observers)
         get_run_logger().info("%s: %s (%s)", spec.name, outcome.status, outcome.key[:12])

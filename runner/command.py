@@ -11,6 +11,7 @@ from runner import keys, snapshot, tracking
 from runner.core import MissingInput, run_stage
 from runner.lock import project_lock
 from runner.progress import ConsoleProgress
+from runner.recorder import Recorder
 from runner.spec import load_pipeline
 from runner.workspace import ProjectWorkspace
 
@@ -32,7 +33,7 @@ def main(stage: str) -> None:
         workspace.remove_stale()
         tracking.configure(project)
         tracking.close_abandoned_runs()
-        observers = [tracking.Recorder(None, {"tlpipe.runner": "dvc"}, project), ConsoleProgress()]
+        observers = [Recorder(None, {"tlpipe.runner": "dvc"}, project), ConsoleProgress()]
         try:
             run_stage(spec, params, workspace, device=device, observers=observers, refresh=True)
         except MissingInput as exc:  # raised before anything runs: bad input, not a stage failure

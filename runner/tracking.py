@@ -1,6 +1,6 @@
-"""The one module that records runs in MLflow: the parent run of a pipeline run or sweep, and the
-`Recorder` that observes the stage runner and gives every stage a child run (a cached stage too,
-pointing at the run that produced its outputs)."""
+"""The one place that talks to MLflow: where the store is, the parent run of a pipeline run or
+sweep, what a stage logs to its run (`StageTracker`), and the runs killed processes left open. The
+observer that gives every stage its child run is `runner.recorder.Recorder`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from runner.events import Observer, Outcome, StageRun
-from runner.spec import stage_outputs
 
 EXPERIMENT = "tlpipe"
 TAG_STAGE = "tlpipe.stage"
@@ -89,7 +87,7 @@ def relocate_artifacts(database: Path) -> list[str]:
     return sorted(olds - {new})
 
 
-def _experiment_id(mlf: MlflowClient) -> str:
+def experiment_id(mlf: MlflowClient) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     found = mlf.get_experiment_by_name(name)
     if found is not None:
@@ -154,7 +152,7 @@ def close_abandoned_runs() -> list[str]:
     from tlpipe.io import process_alive
 
     mlf = client()
-    found = mlf.search_runs([_experiment_id(mlf)], max_results=1000, filter_string=(
+    found = mlf.search_runs([experiment_id(mlf)], max_results=1000, filter_string=(
         f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{socket.gethostname()}'"))
     closed = [r.info.run_id for r in found
               if r.data.tags.get(TAG_PID, "").isdigit() and not process_alive(int(r.data.tags[TAG_PID]))]
@@ -166,7 +164,7 @@ def close_abandoned_runs() -> list[str]:
 def start_pipeline_run(project: Path, *, run_name: str, tags: dict[str, str], params: dict) -> str:
     """Creates the parent run of one pipeline run and returns its id."""
     mlf = client()
-    run = mlf.create_run(_experiment_id(mlf), run_name=run_name, tags={**tags, **owner_tags()})
+    run = mlf.create_run(experiment_id(mlf), run_name=run_name, tags={**tags, **owner_tags()})
     _log_params(mlf, run.info.run_id, params)
     return run.info.run_id
 
@@ -265,71 +263,8 @@ def log_sweep(run_id: str, folder: Path) -> None:
 def find_runs(filter_string: str) -> list:
     """Runs of the tlpipe experiment matching an MLflow filter string, newest first."""
     mlf = client()
-    return mlf.search_runs([_experiment_id(mlf)], filter_string=filter_string, order_by=["start_time DESC"])
+    return mlf.search_runs([experiment_id(mlf)], filter_string=filter_string, order_by=["start_time DESC"])
 
 
 
 
-class Recorder(Observer):
-    """The MLflow side of stage runs: a child run of `parent_id` per stage (a top-level run when None,
-    e.g. under `dvc repro`) with params, input data sets and their DVC digests, per-epoch metrics,
-    reports, the model, and the output hashes that lineage looks runs up by."""
-
-    def __init__(self, parent_id: str | None, tags: dict[str, str] | None = None, project: Path | None = None):
-        self.parent_id = parent_id
-        self.tags = dict(tags or {})
-        if TAG_GIT not in self.tags and project is not None:
-            self.tags[TAG_GIT] = git_commit(project)
-        self._trackers: dict[str, StageTracker] = {}
-
-    def _open(self, run: StageRun, **tags: str) -> StageTracker:
-        mlf = client()
-        all_tags = {TAG_STAGE: run.spec.name, TAG_CACHED: "false", TAG_CACHE_KEY: run.key, **self.tags, **tags,
-                    **owner_tags()}
-        if self.parent_id:
-            all_tags["mlflow.parentRunId"] = self.parent_id
-        tracker = StageTracker(mlf.create_run(_experiment_id(mlf), run_name=run.spec.name, tags=all_tags).info.run_id)
-        tracker.log_params(run.params)
-        return tracker
-
-    def stage_started(self, run: StageRun) -> None:
-        tracker = self._trackers[run.key] = self._open(run)
-        run.record["mlflow_run_id"] = tracker.run_id
-        for dep, path in run.inputs.items():
-            tracker.log_dataset(dep, path, run.deps[dep], context="input")
-
-    def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
-        self._trackers[run.key].log_metrics(metrics, step=step)
-
-    def stage_metrics(self, run: StageRun, metrics: dict, step: int | None) -> None:
-        self._trackers[run.key].log_metrics(metrics, step=step)
-
-    def stage_artifact(self, run: StageRun, path: Path, artifact_path: str | None) -> None:
-        self._trackers[run.key].log_artifact(path, artifact_path)
-
-    def stage_model(self, run: StageRun, model, input_example) -> str:
-        return self._trackers[run.key].log_model(model, input_example=input_example)
-
-    def stage_finished(self, run: StageRun, outcome: Outcome) -> None:
-        tracker = self._trackers.pop(run.key)
-        tracker.log_summary(outcome.metrics)
-        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec.name))
-        tracker.log_artifact(metrics_file)
-        for report in sorted(folder.iterdir()):
-            if report.is_file() and report.suffix in REPORT_SUFFIXES:
-                tracker.log_artifact(report, run.spec.name)
-        tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outcome.outs.items()})
-        client().set_terminated(tracker.run_id, "FINISHED")
-
-    def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
-        tracker = self._open(run, **{TAG_CACHED: "true", TAG_PRODUCED_BY: outcome.produced_by or ""})
-        tracker.log_metrics(outcome.metrics)
-        client().set_terminated(tracker.run_id, "FINISHED")
-
-    stage_restored = stage_cached
-
-    def stage_failed(self, run: StageRun, error: BaseException) -> None:
-        client().set_terminated(self._trackers.pop(run.key).run_id, "FAILED")
-
-    def stage_interrupted(self, run: StageRun) -> None:
-        client().set_terminated(self._trackers.pop(run.key).run_id, "KILLED")

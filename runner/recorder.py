@@ -1,0 +1,76 @@
+"""The MLflow observer of the stage runner: every stage gets a child run of the pipeline's run (a reused
+stage too, pointing at the run that produced its outputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.events import Observer, Outcome, StageRun
+from runner.spec import stage_outputs
+from runner.tracking import (REPORT_SUFFIXES, TAG_CACHE_KEY, TAG_CACHED, TAG_GIT, TAG_PRODUCED_BY, TAG_STAGE,
+                             StageTracker, client, experiment_id, git_commit, owner_tags)
+
+
+class Recorder(Observer):
+    """The MLflow side of stage runs: a child run of `parent_id` per stage (a top-level run when None,
+    e.g. under `dvc repro`) with params, input data sets and their DVC digests, per-epoch metrics,
+    reports, the model, and the output hashes that lineage looks runs up by."""
+
+    def __init__(self, parent_id: str | None, tags: dict[str, str] | None = None, project: Path | None = None):
+        self.parent_id = parent_id
+        self.tags = dict(tags or {})
+        if TAG_GIT not in self.tags and project is not None:
+            self.tags[TAG_GIT] = git_commit(project)
+        self._trackers: dict[str, StageTracker] = {}
+
+    def _open(self, run: StageRun, **tags: str) -> StageTracker:
+        mlf = client()
+        all_tags = {TAG_STAGE: run.spec.name, TAG_CACHED: "false", TAG_CACHE_KEY: run.key, **self.tags, **tags,
+                    **owner_tags()}
+        if self.parent_id:
+            all_tags["mlflow.parentRunId"] = self.parent_id
+        tracker = StageTracker(mlf.create_run(experiment_id(mlf), run_name=run.spec.name, tags=all_tags).info.run_id)
+        tracker.log_params(run.params)
+        return tracker
+
+    def stage_started(self, run: StageRun) -> None:
+        tracker = self._trackers[run.key] = self._open(run)
+        run.record["mlflow_run_id"] = tracker.run_id
+        for dep, path in run.inputs.items():
+            tracker.log_dataset(dep, path, run.deps[dep], context="input")
+
+    def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
+        self._trackers[run.key].log_metrics(metrics, step=step)
+
+    def stage_metrics(self, run: StageRun, metrics: dict, step: int | None) -> None:
+        self._trackers[run.key].log_metrics(metrics, step=step)
+
+    def stage_artifact(self, run: StageRun, path: Path, artifact_path: str | None) -> None:
+        self._trackers[run.key].log_artifact(path, artifact_path)
+
+    def stage_model(self, run: StageRun, model, input_example) -> str:
+        return self._trackers[run.key].log_model(model, input_example=input_example)
+
+    def stage_finished(self, run: StageRun, outcome: Outcome) -> None:
+        tracker = self._trackers.pop(run.key)
+        tracker.log_summary(outcome.metrics)
+        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec.name))
+        tracker.log_artifact(metrics_file)
+        for report in sorted(folder.iterdir()):
+            if report.is_file() and report.suffix in REPORT_SUFFIXES:
+                tracker.log_artifact(report, run.spec.name)
+        tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outcome.outs.items()})
+        client().set_terminated(tracker.run_id, "FINISHED")
+
+    def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
+        tracker = self._open(run, **{TAG_CACHED: "true", TAG_PRODUCED_BY: outcome.produced_by or ""})
+        tracker.log_metrics(outcome.metrics)
+        client().set_terminated(tracker.run_id, "FINISHED")
+
+    stage_restored = stage_cached
+
+    def stage_failed(self, run: StageRun, error: BaseException) -> None:
+        client().set_terminated(self._trackers.pop(run.key).run_id, "FAILED")
+
+    def stage_interrupted(self, run: StageRun) -> None:
+        client().set_terminated(self._trackers.pop(run.key).run_id, "KILLED")
