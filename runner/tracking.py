@@ -17,7 +17,6 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-
 EXPERIMENT = "tlpipe"
 TAG_STAGE = "tlpipe.stage"
 TAG_CACHED = "tlpipe.cached"
