@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from flows import cli_ops
 from flows.console import bad_input, err, open_project, out, project_root, run_flow, server_timeout
-from flows.server import start_if_needed
+from flows.server import command_api
 from tlpipe import config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
@@ -43,7 +44,12 @@ def run(
     except config.ParamsError as exc:
         raise bad_input(str(exc))
     check_backends(root)
-    server = start_if_needed()  # boots while the pipeline loads and is checked
+    with command_api() as server:  # boots while the pipeline loads and is checked
+        result = _run(root, server, set_, refresh, until)
+    print_summary(root, result)
+
+
+def _run(root: Path, server, set_: list[str], refresh: list[str], until: str | None) -> dict:
     from flows.pipeline import pipeline
     from runner import keys, snapshot, tracking
     from runner.lock import project_lock
@@ -67,7 +73,7 @@ def run(
         except Exception as exc:  # the stage's own traceback is already in the Prefect log above
             err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
             raise typer.Exit(1)
-    print_summary(root, result)
+    return result
 
 
 def check_backends(root: Path) -> None:
@@ -120,7 +126,14 @@ def sweep(
     except config.ParamsError as exc:
         raise bad_input(str(exc))
     check_backends(root)
-    server = start_if_needed()
+    with command_api() as server:
+        result = _sweep(root, server, spec, path)
+    print_sweep_summary(Path(result["results"]))
+    out.print(f"MLflow run: {result['mlflow_run_id']}   Prefect flow run: {result['flow_run_id']}")
+    out.print(f"results: {result['results']}/results.parquet (and .csv, summary.csv, plots)", highlight=False)
+
+
+def _sweep(root: Path, server, spec: dict, path: Path) -> dict:
     from flows.sweep import sweep as sweep_flow, task_runner
     from runner import keys, tracking
     from runner.snapshot import preflight
@@ -134,16 +147,28 @@ def sweep(
     try:
         tracking.configure(root)
         api = server.wait(server_timeout()) if server else None
-        if api:  # Dask workers inherit it; without it each worker would start a Prefect server of its own
-            os.environ["PREFECT_API_URL"] = api
         configured = sweep_flow.with_options(task_runner=task_runner(spec["cluster"]))
-        result = run_flow(configured, api_url=api, project=str(root), sweep_file=str(path), device=device)
+        # Dask workers inherit PREFECT_API_URL; without it each would start a Prefect server of its own.
+        with _environment(PREFECT_API_URL=api):
+            return run_flow(configured, api_url=api, project=str(root), sweep_file=str(path), device=device)
     except Exception as exc:
         err.print(f"[bold red]error:[/] sweep failed: {type(exc).__name__}: {exc}", highlight=False)
         raise typer.Exit(1)
-    print_sweep_summary(Path(result["results"]))
-    out.print(f"MLflow run: {result['mlflow_run_id']}   Prefect flow run: {result['flow_run_id']}")
-    out.print(f"results: {result['results']}/results.parquet (and .csv, summary.csv, plots)", highlight=False)
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Sets the environment variables that have a value for the block, then restores them."""
+    saved = {name: os.environ.get(name) for name, value in values.items() if value}
+    os.environ.update({name: value for name, value in values.items() if value})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def print_sweep_summary(folder: Path) -> None:

@@ -63,4 +63,11 @@ def run_flow(flow_fn, api_url: str | None = None, **kwargs) -> dict:
     if api_url:
         updates[PREFECT_API_URL] = api_url
     with temporary_settings(updates=updates):
-        return flow_fn(**kwargs)
+        try:
+            return flow_fn(**kwargs)
+        finally:  # the flow's logs and events reach the API before the command may stop it
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
+            EventsWorker.drain_all(timeout=5)

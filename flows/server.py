@@ -8,6 +8,7 @@ launched before the heavy imports instead of after them) and stops it when the c
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -95,3 +96,15 @@ def start_if_needed() -> TemporaryServer | None:
     if os.environ.get("PREFECT_API_URL"):
         return None
     return TemporaryServer()
+
+
+@contextlib.contextmanager
+def command_api():
+    """The temporary server of one command (None when PREFECT_API_URL names a server), stopped when
+    the block ends, whichever way: a command called in a long-lived process leaves no server behind."""
+    server = start_if_needed()
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()

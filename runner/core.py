@@ -90,8 +90,8 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
     started = time.perf_counter()
     out, metrics_path = workspace.outputs(spec, run.key)
     run.outputs = {rel: workspace.locate(rel) for rel in spec.outs}
-    events.emit("stage_started", run)
     try:
+        events.emit("stage_started", run)  # an observer failing here ends the run like the stage failing
         with staged_outputs(out, metrics_path) as (tmp_out, tmp_metrics):
             tmp_out.mkdir()
             metrics = module.run(StageContext(run, tmp_out, workspace, events))
@@ -100,10 +100,10 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
             # must depend on its inputs alone. They go to the record, MLflow and lineage.
             write_json(tmp_metrics, {k: v for k, v in metrics.items() if not is_timing(k)})
     except Exception as exc:
-        events.emit("stage_failed", run, exc)
+        events.emit_each("stage_failed", run, exc)
         raise
     except BaseException:  # Ctrl-C, SIGTERM (as Prefect's or our own signal exception), exit
-        events.emit("stage_interrupted", run)
+        events.emit_each("stage_interrupted", run)
         raise
     outs = {rel: md5_path(path) for rel, path in run.outputs.items()}
     run.record["headline"] = module.headline(metrics) if hasattr(module, "headline") else ""

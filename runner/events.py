@@ -8,6 +8,7 @@ needs; the others do nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from runner.spec import StageSpec
 
 RAN, CACHED, RESTORED = "ran", "cached", "restored"
+log = logging.getLogger(__name__)
 
 
 def is_timing(key: str) -> bool:
@@ -88,7 +90,8 @@ class Observer:
         """The outputs of an earlier run with the same key were put back from the DVC cache or remote."""
 
     def stage_failed(self, run: StageRun, error: BaseException) -> None:
-        """The stage raised; nothing it wrote was kept."""
+        """The stage (or an observer's `stage_started`) raised; nothing it wrote was kept. Delivered to
+        every observer, also one whose `stage_started` was not reached."""
 
     def stage_interrupted(self, run: StageRun) -> None:
         """The stage was stopped (Ctrl-C, a termination signal: any exception that is not an
@@ -104,6 +107,15 @@ class Events:
     def emit(self, hook: str, *args) -> None:
         for observer in self.observers:
             getattr(observer, hook)(*args)
+
+    def emit_each(self, hook: str, *args) -> None:
+        """Delivers the event to every observer even when one of them raises (what ends a stage's run
+        must reach each observer: an MLflow run left RUNNING, a lock left held); their errors are logged."""
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                log.exception("%s.%s failed", type(observer).__name__, hook)
 
     def first(self, hook: str, *args):
         """The first answer an observer gives to `hook` (None when none answers)."""

@@ -70,7 +70,12 @@ class Recorder(Observer):
     stage_restored = stage_cached
 
     def stage_failed(self, run: StageRun, error: BaseException) -> None:
-        client().set_terminated(self._trackers.pop(run.key).run_id, "FAILED")
+        self._end(run, "FAILED")
 
     def stage_interrupted(self, run: StageRun) -> None:
-        client().set_terminated(self._trackers.pop(run.key).run_id, "KILLED")
+        self._end(run, "KILLED")
+
+    def _end(self, run: StageRun, status: str) -> None:
+        tracker = self._trackers.pop(run.key, None)  # None: the stage ended before its run was opened
+        if tracker is not None:
+            client().set_terminated(tracker.run_id, status)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,25 @@ def check_producers(pipeline: list[StageSpec], stages: list[StageSpec]) -> None:
                                          f"{spec.name}'s deps")
 
 
+def check_writable(project: Path, stages: list[StageSpec], overridden: set[str] = frozenset()) -> None:
+    """The folders the run writes can be written: the project (dvc.lock, .tlpipe/), the stages' output
+    folders and, with overrides, params/. A read-only checkout fails here, not inside a stage."""
+    project = Path(project)
+    writes: dict[Path, str] = {project: "dvc.lock and .tlpipe/"}
+    for spec in stages:
+        for out in spec.outs:
+            folder = (project / out).parent
+            writes[folder] = f"{writes[folder]}, {spec.name}" if folder in writes else f"the outputs of {spec.name}"
+    if overridden:
+        writes[project / "params"] = f"the -s values for {', '.join(sorted(overridden))}"
+    for folder, what in writes.items():
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            name = "the project folder" if folder == project else f"{folder.relative_to(project)}/"
+            raise ValueError(f"{name} ({existing}) is not writable, and the run writes {what} there; "
+                             f"make it writable or run in a writable copy of the project")
+
+
 def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -> None:
     """Every check that can fail on bad input, run before any stage computes anything."""
     config.check_combination(params)
@@ -96,6 +116,7 @@ def take(project: Path, overrides, stages: list[StageSpec]) -> Snapshot:
     """
     snapshot, touched = resolve(project, overrides)
     preflight(project, stages, snapshot.params)
+    check_writable(project, stages, touched)
     write_overrides(project, snapshot.params, touched)
     return snapshot
 

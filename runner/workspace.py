@@ -20,7 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from tlpipe.io import json_text, locked, read_json, remove_stale_temporaries, staged_outputs, write_json
+from tlpipe.io import json_text, locked, read_json, remove_stale_temporaries, remove_temporaries, staged_outputs, write_json
 
 from runner import dvc
 from runner.events import CACHED, RESTORED
@@ -161,6 +161,7 @@ class StoreWorkspace:
         """Two processes that need the same entry: one computes it, the other waits and reuses it."""
         path = self.entry(spec.name, key)
         with locked(path.with_name(path.name + ".lock")):
+            remove_temporaries(path)  # every writer of the entry holds this lock: what is there was left by a killed one
             yield
 
     def outputs(self, spec: StageSpec, key: str) -> tuple[Path, Path]:

@@ -7,6 +7,7 @@ stage has succeeded, so a crash never leaves a half-written artifact under its f
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -93,6 +94,18 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             remove_path(path)
             removed.append(path)
     return removed
+
+
+def remove_temporaries(folder: Path, name: str = "") -> list[Path]:
+    """Removes the temporaries in `folder` of the files named `name` (of every file, by default),
+    whatever process wrote them; returns what it removed. Call it holding the lock that every writer of
+    those files holds (a shared store is written from several machines, where a process id tells
+    nothing), so that none of them is still being written."""
+    pattern = f"{glob.escape(name)}{_TMP_MARK}*" if name else f"*{_TMP_MARK}*"
+    found = sorted(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    for path in found:
+        remove_path(path)
+    return found
 
 
 def process_alive(pid: int) -> bool:
@@ -219,6 +232,7 @@ def cached_file(path: Path, compute: Callable, write: Callable, read: Callable) 
     with locked(path.with_name(path.name + ".lock")):
         if path.is_file():
             return read(path), CACHED
+        remove_temporaries(path.parent, path.name)  # of a writer that was killed
         value = compute()
         with staged_outputs(path) as (temp,):
             write(temp, value)

@@ -1,5 +1,10 @@
 """The `tlpipe` command: bad input is refused before any compute, with exit code 2 and nothing written."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -184,4 +189,26 @@ def test_a_stage_removed_from_dvc_yaml_is_named(project):
     assert result.exit_code == 2, result.output
     assert "stage prune reads data/surrogate, the output of stage surrogate, but dvc.yaml has no stage surrogate" \
         in " ".join(result.output.split())
+    assert snapshot(project) == before
+
+
+def test_a_read_only_data_folder_is_refused_before_anything_is_written(project):
+    """data/ read-only (a bind mount, as root writes through permissions; else the folder's mode):
+    one line naming the folder, exit 2, and the -s value not written to params/."""
+    data = project / "data"
+    before = snapshot(project)
+    command = [str(Path(sys.executable).with_name("tlpipe")), "run", "--project", str(project), "-s", "prune.ratio=0.25"]
+    if os.geteuid() == 0:
+        remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", remount, str(data), *command]
+    else:
+        data.chmod(0o555)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        data.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"data/ ({data}) is not writable" in lines[0], result.stderr
+    assert "the outputs of prepare" in lines[0]
     assert snapshot(project) == before

@@ -13,6 +13,11 @@ import pytest
 from dvc.repo import Repo
 from mlflow.tracking import MlflowClient
 
+from runner import core, snapshot, tracking
+from runner.events import Observer
+from runner.recorder import Recorder
+from runner.spec import load_pipeline
+from runner.workspace import ProjectWorkspace
 from tests.integration.conftest import TINY, make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,3 +109,27 @@ def test_a_killed_run_leaves_nothing_behind_and_the_next_run_completes(project, 
     assert len(killed) == 2 and {r.data.tags.get("tlpipe.stage") for r in killed} == {stage, None}
     with Repo(str(project)) as repo:
         assert repo.status() == {}
+
+
+class Refuses(Observer):
+    """An observer that fails as its stage starts (a tracking server gone, a full disk)."""
+
+    def stage_started(self, run) -> None:
+        raise OSError("no space left on device")
+
+
+def test_an_observer_failing_at_stage_start_ends_the_stage_cleanly(tmp_path, monkeypatch):
+    """The MLflow run the Recorder opened before the failing observer ends FAILED, no temporary output
+    is left in data/, no record is written, and the observer's error reaches the caller."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    project = make_project(tmp_path / "proj")
+    spec = load_pipeline(project)[0]
+    taken, _ = snapshot.resolve(project)
+    workspace = ProjectWorkspace(project)
+    tracking.configure(project)
+    with pytest.raises(OSError, match="no space left"):
+        core.run_stage(spec, taken.stage(spec.name), workspace, device="cpu", observers=[Recorder(None), Refuses()])
+    [failed] = runs("FAILED")
+    assert failed.data.tags["tlpipe.stage"] == spec.name and not runs("RUNNING")
+    assert not [p for p in (project / "data").rglob("*") if ".tmp-" in p.name]
+    assert not (project / ".tlpipe" / "cache").exists() or not any((project / ".tlpipe" / "cache").rglob("*.json"))

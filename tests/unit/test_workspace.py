@@ -116,3 +116,54 @@ def test_a_failed_memo_leaves_no_record(tmp_path):
     with pytest.raises(RuntimeError):
         cached_file(path, broken, write_json, read_json)
     assert cached_file(path, lambda: {"ok": 1}, write_json, read_json) == ({"ok": 1}, "ran")
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from runner.workspace import StoreWorkspace
+from tests.unit.test_workspace import PRUNE
+from tlpipe.io import cached_file, staged_outputs
+
+workspace = StoreWorkspace(Path(sys.argv[1]))
+if sys.argv[2] == "entry":
+    with workspace.claim(PRUNE, "k1"), staged_outputs(*workspace.outputs(PRUNE, "k1")) as (out, metrics):
+        out.mkdir()
+        print("writing", flush=True)
+        time.sleep(120)
+else:
+    def write(path, value):
+        path.write_text("half")
+        print("writing", flush=True)
+        time.sleep(120)
+    cached_file(workspace.store / "prune_scores" / "abc.npy", lambda: 7, write, None)
+"""
+
+
+@pytest.mark.parametrize("what", ["entry", "memo"])
+def test_what_a_killed_writer_left_in_the_store_goes_when_it_is_next_claimed(tmp_path, monkeypatch, what):
+    """A process killed (SIGKILL) while writing a store entry or a memo leaves temporaries; the next
+    process to claim the entry (or the memo) removes them, and nothing half-written passes for done.
+    The writer's pid is not trusted: a shared store is written from several machines."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("TLPIPE_STORE_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[2]
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path), what], cwd=repo,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    workspace = StoreWorkspace(tmp_path)
+    folder = workspace.entry("prune", "k1") if what == "entry" else workspace.store / "prune_scores"
+    assert [p.name for p in folder.iterdir() if ".tmp-" in p.name]  # what the killed writer left
+    if what == "entry":
+        with workspace.claim(PRUNE, "k1"):
+            assert workspace.lookup(PRUNE, "k1") is None
+    else:
+        assert cached_file(folder / "abc.npy", lambda: 7, lambda p, v: p.write_text(str(v)), None) == (7, "ran")
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
