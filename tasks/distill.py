@@ -8,22 +8,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlpipe import data, distill, io, models, runtime
+from tlpipe import data, distill, images as image_sets, io, models, runtime
 from tlpipe.probe import teacher_backbone
 from tlpipe.sources import OWN_TEACHER, teacher_folder
 from tasks.common import recorded
 
 
-def unlabeled_images(ctx) -> tuple[np.ndarray, dict]:
-    """Target train-pool images (labels dropped) plus, if asked, the kept source images."""
+def unlabeled_images(ctx) -> tuple[image_sets.Concatenated, dict]:
+    """Target train-pool images (labels dropped) plus, if asked, the kept source images (read by
+    index from the prepared source, never copied whole)."""
     prepared = ctx.upstream("prepare")
     target = data.load_prepared(prepared / "target")
     parts = {split: data.to_arrays(target[split])[0] for split in ("train", "unlabeled")}
     if ctx.params["use_source"]:
         kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
-        parts["source"] = data.to_arrays(data.load_prepared(prepared / "source")["train"])[0][kept]
+        parts["source"] = image_sets.Images.of(data.load_prepared(prepared / "source")["train"]).select(kept)
     counts = {f"{name}_images": len(images) for name, images in parts.items()}
-    return np.concatenate(list(parts.values())), counts
+    return image_sets.Concatenated(list(parts.values())), counts
 
 
 def load_teachers(ctx) -> dict[str, torch.nn.Module]:
@@ -51,7 +52,7 @@ def teacher_embeddings(ctx, teachers: dict, images: np.ndarray) -> tuple[list | 
     before (keyed by the teacher's weights and the images' bytes); None when training augments."""
     if ctx.params["augment"]:
         return None, {}
-    images_digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    images_digest = image_sets.digest(images)
     tables, status = [], {}
     for name, teacher in teachers.items():
         key = hashlib.sha256((models.weights_digest(teacher) + images_digest + ctx.device).encode()).hexdigest()

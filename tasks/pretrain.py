@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tlpipe import data, io, splits
+from tlpipe import data, images, io, splits
 from tasks.common import fit_summary, train_source
 
 
 def run(ctx) -> dict:
     source = data.load_prepared(ctx.upstream("prepare") / "source")
     kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
-    train, val, classes = splits.pruned_split(data.to_arrays(source["train"]), data.to_arrays(source["val"]), kept)
+    train, val, classes = splits.pruned_split(images.read(source["train"]), images.read(source["val"]), kept)
     metrics = train_source(ctx, train, val, len(classes), ctx.params["label_smoothing"])
     full_images = len(source["train"])
     return {

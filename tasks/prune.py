@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlpipe import data, io, models, plots, pruning, registry, training
+from tlpipe import data, images as image_sets, io, models, plots, pruning, registry, training
 from tlpipe.pruning.early import early_training_scores
 
 
@@ -30,7 +30,7 @@ def scores(ctx, source: tuple, num_classes: int) -> list:
     p = ctx.params
     surrogate = models.load_backbone(ctx.upstream("surrogate") / "backbone")
     images, labels = source
-    data_digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + labels.astype(np.int64).tobytes())
+    data_digest = hashlib.sha256((image_sets.digest(images) + image_sets.digest(labels.astype(np.int64))).encode())
     key = hashlib.sha256(json.dumps([p["method"], p["seed"], p["scores"], num_classes, ctx.device,
                                      models.weights_digest(surrogate), data_digest.hexdigest()]).encode()).hexdigest()
     stacked, _ = io.cached_file(Path(ctx.store) / "prune_scores" / f"{key}.npy", lambda: early_training_scores(
@@ -66,7 +66,7 @@ def run(ctx) -> dict:
     prepared = ctx.upstream("prepare")
     source_split = data.load_prepared(prepared / "source")["train"]
     class_names = list(source_split.features["label"].names)
-    source = data.to_arrays(source_split)
+    source = image_sets.read(source_split)
     target = data.to_arrays(data.load_prepared(prepared / "target")["train"])
     selection = select(ctx, source, target, len(class_names))
     kept = pruning.kept_indices(selection, source[1])

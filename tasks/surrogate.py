@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tlpipe import data
+from tlpipe import data, images
 from tasks.common import fit_summary, train_source
 
 
 def run(ctx) -> dict:
     source = data.load_prepared(ctx.upstream("prepare") / "source")
     num_classes = source["train"].features["label"].num_classes
-    return train_source(ctx, data.to_arrays(source["train"]), data.to_arrays(source["val"]), num_classes)
+    return train_source(ctx, images.read(source["train"]), images.read(source["val"]), num_classes)
 
 
 def headline(m: dict) -> str:

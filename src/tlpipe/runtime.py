@@ -5,6 +5,7 @@ memory, non-blocking copies and channels_last conv nets; elsewhere plain fp32 NC
 """
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -52,7 +53,7 @@ def device_settings(device_type: str) -> dict:
 
     Returns:
         dict with `autocast_dtype` (torch dtype or None), `precision` ("bf16"/"fp32"),
-        `channels_last`, `pin_memory` and `non_blocking` (bools).
+        `channels_last`, `pin_memory` and `non_blocking` (bools), `loader_workers` (int).
     """
     cuda = device_type == "cuda"
     return {
@@ -64,6 +65,9 @@ def device_settings(device_type: str) -> dict:
         "channels_last": device_type == "cuda",
         "pin_memory": cuda,
         "non_blocking": cuda,
+        # Processes that read batches of a mapped data set ahead of the loop (torch's DataLoader). On
+        # CPU they compete with the training threads for the same cores (bench/scale.py measures it).
+        "loader_workers": min(4, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0,
     }
 
 
@@ -100,39 +104,65 @@ def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
 
 
 def iter_batches(
-    images: np.ndarray | torch.Tensor,
+    images,
     labels: np.ndarray | torch.Tensor | None = None,
     *,
     batch_size: int,
     device: torch.device,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    workers: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
 
     Args:
-        images: uint8 [N, C, H, W].
+        images: uint8 [N, C, H, W]: an array, or a set read by index (`tlpipe.images`), of which only
+            the rows of each batch are read.
         labels: int64 [N], or None.
         batch_size: images per batch.
         device: where batches go; uint8 is copied (4x fewer bytes) and scaled there.
-        generator: CPU generator; given, the order is shuffled with it, else kept.
+        generator: CPU generator; given, the order is shuffled with it (one permutation drawn when
+            the iteration starts), else kept.
         drop_last: drop the incomplete last batch (keeps BatchNorm off 1-image batches);
             a set smaller than one batch still yields one batch.
+        workers: processes reading batches of a set read by index ahead of the loop (torch's
+            DataLoader; the order is the same for any number); None: the device's default.
     """
-    pixels = torch.as_tensor(images)
-    targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
-    n = pixels.shape[0]
+    n = len(images)
     order = torch.randperm(n, generator=generator) if generator is not None else None
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
+    # in order: slices (a view of an array, a zero-copy read of a mapped table); shuffled: the batch's indices
+    index = [slice(s, s + batch_size) if order is None else order[s : s + batch_size].numpy()
+             for s in range(0, min(stop, n), batch_size)]
     settings = device_settings(device.type)
-    for start in range(0, min(stop, n), batch_size):
-        # in order: a slice (a view, no gather); shuffled: the batch's indices
-        index = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-        x = pixels[index]
-        if settings["pin_memory"]:
+    workers = settings["loader_workers"] if workers is None else workers
+    targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        pixels = torch.as_tensor(images)
+        batches = ((pixels[i], i) for i in index)
+    else:
+        reader = _BatchReader(images)
+        batches = torch.utils.data.DataLoader(reader, batch_size=None, sampler=index, num_workers=workers,
+                                              pin_memory=settings["pin_memory"]) if workers else map(reader.__getitem__, index)
+    for x, i in batches:
+        if settings["pin_memory"] and not x.is_pinned():
             x = x.pin_memory()  # page-locked, so the copy below can overlap compute
         x = to_float(x.to(device, non_blocking=settings["non_blocking"]))
         if settings["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = None if targets is None else targets[index].to(device, non_blocking=settings["non_blocking"])
+        y = None if targets is None else targets[i].to(device, non_blocking=settings["non_blocking"])
         yield x, y
+
+
+class _BatchReader(torch.utils.data.Dataset):
+    """One batch per item: (uint8 pixels of the rows `index`, `index`), read in a DataLoader worker."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        pixels = self.images[index]  # a contiguous run may be a read-only view of the mapped file
+        return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), index

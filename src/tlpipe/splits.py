@@ -9,6 +9,7 @@ import pyarrow as pa
 from datasets.table import InMemoryTable
 
 from tlpipe.data import LABEL, as_table, labels_of, table_fingerprint
+from tlpipe.images import subset
 
 
 def _class_permutations(ds: datasets.Dataset, seed: int) -> list[np.ndarray]:
@@ -101,12 +102,12 @@ def remap_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-def pruned_split(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                 kept: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
+def pruned_split(train: tuple, val: tuple, kept: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
     """(train, val, classes) of the pruned source: the kept train images with their labels remapped
-    to 0..K-1 over the classes they cover, and the val images of those classes."""
+    to 0..K-1 over the classes they cover, and the val images of those classes. Images read by index
+    (`tlpipe.images`) stay views: nothing is copied."""
     images, labels = train
     classes = np.unique(labels[kept])
-    in_val = np.isin(val[1], classes)
-    return ((images[kept], remap_labels(labels[kept], classes)),
-            (val[0][in_val], remap_labels(val[1][in_val], classes)), classes)
+    in_val = np.flatnonzero(np.isin(val[1], classes))
+    return ((subset(images, kept), remap_labels(labels[kept], classes)),
+            (subset(val[0], in_val), remap_labels(val[1][in_val], classes)), classes)

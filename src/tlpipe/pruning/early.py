@@ -12,14 +12,16 @@ from tlpipe import models, runtime, training
 from tlpipe.pruning.scores import per_sample_grad_norms
 
 SCORED = {"el2n": "logits", "grand": "grad_norms"}  # what each method reads from a trained model
+_CHUNK = 4096  # images turned into float pixels at a time for the gradient norms
 
 
-def early_training_scores(architecture: nn.Module, images: np.ndarray, labels: np.ndarray, *, method: str,
+def early_training_scores(architecture: nn.Module, images, labels: np.ndarray, *, method: str,
                           num_classes: int, runs: int, epochs: int, batch_size: int, lr: float, seed: int,
                           device: torch.device) -> np.ndarray:
     """One score array per run, stacked: [runs, N, C] logits for "el2n", [runs, N] gradient norms for
     "grand". Run r trains `type(architecture)(architecture.config)` plus a linear head, drawn and
-    shuffled from seed `seed + r`."""
+    shuffled from seed `seed + r`. `images`: uint8 [N, C, H, W], an array or a set read by index
+    (`tlpipe.images`)."""
     if method not in SCORED:
         raise ValueError(f"method={method!r} has no early-training scores; valid options: {', '.join(SCORED)}")
     per_run = []
@@ -32,6 +34,8 @@ def early_training_scores(architecture: nn.Module, images: np.ndarray, labels: n
         if SCORED[method] == "logits":
             per_run.append(training.predict_logits(model, images, batch_size=256, device=device))
         else:
-            pixels = runtime.to_float(torch.from_numpy(images))
-            per_run.append(per_sample_grad_norms(model.eval(), pixels, labels, batch_size=128))
+            per_run.append(np.concatenate([  # a chunk of float pixels at a time (a sample's norm is its own)
+                per_sample_grad_norms(model.eval(), runtime.to_float(torch.from_numpy(images[chunk])), labels[chunk],
+                                      batch_size=128)
+                for chunk in (slice(s, s + _CHUNK) for s in range(0, len(labels), _CHUNK))]))
     return np.stack(per_run)
