@@ -58,9 +58,12 @@ def check_prepare(check: DataCheck) -> None:
     if len(names) < 2:
         raise ValueError(f"params/prepare.yaml: target.name={params['target']['name']!r} has {len(names)} class "
                          f"({', '.join(names)}); a target needs at least 2")
-    if params["source"]["name"] != sources.BUILTIN["source"]:
-        _named(f"params/prepare.yaml: source.name={params['source']['name']!r}: ",
-               lambda: sources.load_source(params, check.project))
+    if params["source"]["name"] != sources.BUILTIN["source"]:  # opened and its labels read; decoded by prepare
+        classes = _named(f"params/prepare.yaml: source.name={params['source']['name']!r}: ",
+                         lambda: sources.source_parts(params, check.project).names())
+        if len(classes) < 2:
+            raise ValueError(f"params/prepare.yaml: source.name={params['source']['name']!r} has {len(classes)} "
+                             f"class; a source needs at least 2")
     elif params["channels"] != 1:
         raise ValueError("params/prepare.yaml: channels=3, but the built-in glyphs source is grayscale; use channels: 1")
 

@@ -1,21 +1,25 @@
-"""prepare: the source and target data sets, split once and stored as Hugging Face datasets on disk."""
+"""prepare: the source and target data sets, split once and stored as Hugging Face datasets on disk.
+
+The source is written a unit at a time by worker processes (`tlpipe.shards`), so its size is not
+bounded by memory; the target (a few-shot data set) is split in memory.
+"""
 
 from __future__ import annotations
 
-from tlpipe import data, sources, splits
+from tlpipe import data, shards, sources
 
 
 def run(ctx) -> dict:
     params = ctx.params
-    source = splits.split_source(sources.load_source(params, ctx.project),
-                                 val_fraction=params["source"]["val_fraction"], seed=params["seed"])
+    source = sources.source_parts(params, ctx.project)
+    sizes = shards.prepare_source(source, ctx.out / "source", val_fraction=params["source"]["val_fraction"],
+                                  seed=params["seed"])
     target = sources.split_target(params, *sources.load_target(params, ctx.project))
-    data.save_prepared(source, ctx.out / "source")
     data.save_prepared(target, ctx.out / "target")
-    counts = {f"source_{k}": len(v) for k, v in source.items()} | {f"target_{k}": len(v) for k, v in target.items()}
+    counts = {f"source_{k}": n for k, n in sizes.items()} | {f"target_{k}": len(v) for k, v in target.items()}
     return {
         **counts,
-        "source_classes": source["train"].features["label"].num_classes,
+        "source_classes": len(source.names()),
         "target_classes": target["train"].features["label"].num_classes,
     }
 

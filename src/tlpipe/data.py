@@ -68,6 +68,16 @@ def check_image_size(image_size: int) -> None:
         raise ValueError(f"image_size={image_size} is too small; it must be >= {_MIN_IMAGE_SIZE}")
 
 
+def check_glyph_args(*, images_per_class: int, seed: int, image_size: int, degrade_fraction: float) -> None:
+    if images_per_class < 1:
+        raise ValueError(f"images_per_class={images_per_class} must be >= 1")
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be >= 0")
+    if not 0.0 <= degrade_fraction <= 1.0:
+        raise ValueError(f"degrade_fraction={degrade_fraction} must be in [0, 1]")
+    check_image_size(image_size)
+
+
 def render_glyphs(
     *, charset: str, images_per_class: int, seed: int, image_size: int = 32,
     degrade_fraction: float = 0.5,
@@ -85,13 +95,8 @@ def render_glyphs(
         A prepared dataset with a `font` column, rows ordered class by class.
     """
     chars = glyph_charset(charset)
-    if images_per_class < 1:
-        raise ValueError(f"images_per_class={images_per_class} must be >= 1")
-    if seed < 0:
-        raise ValueError(f"seed={seed} must be >= 0")
-    if not 0.0 <= degrade_fraction <= 1.0:
-        raise ValueError(f"degrade_fraction={degrade_fraction} must be in [0, 1]")
-    check_image_size(image_size)
+    check_glyph_args(images_per_class=images_per_class, seed=seed, image_size=image_size,
+                     degrade_fraction=degrade_fraction)
     options = dict(seed=seed, image_size=image_size, degrade_fraction=degrade_fraction)
     rendered = [render_class(char, count=images_per_class, **options) for char in chars]
     pixels = np.concatenate([images for images, _ in rendered])[:, None]
@@ -159,18 +164,52 @@ def _flat_parts(values: pa.Array) -> list[np.ndarray]:
     return [flat.astype(str) if flat.dtype == object else flat]  # strings by value, not the pointers
 
 
-def save_prepared(dsdict: datasets.DatasetDict, path: str | os.PathLike) -> None:
+def prepared_table(pixels: np.ndarray, labels: np.ndarray, features: datasets.Features,
+                   fonts: list[str] | None = None) -> pa.Table:
+    """The Arrow table of prepared rows (as `build_dataset` holds them), built without a Dataset."""
+    schema = features.arrow_schema
+    column = pa.array(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1))
+    for size in pixels.shape[:0:-1]:
+        column = pa.FixedSizeListArray.from_arrays(column, size)
+    pixels_type = schema.field(PIXELS).type
+    columns = [pa.ExtensionArray.from_storage(pixels_type, column.cast(pixels_type.storage_type)),
+               pa.array(np.asarray(labels, dtype=np.int64))]
+    if fonts is not None:
+        columns.append(pa.array(fonts, type=pa.string()))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def write_arrow(table: pa.Table, features: datasets.Features, path: Path) -> None:
+    """Prepared rows as one Arrow file that `datasets` maps back (written by datasets' own writer)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    writer = ArrowWriter(features=features, path=str(path))
+    try:
+        writer.write_table(table)
+        writer.finalize()
+    finally:
+        writer.close()
+
+
+def save_prepared(dsdict: datasets.DatasetDict, path: str | os.PathLike,
+                  fingerprints: dict[str, str] | None = None) -> None:
     """Write `dsdict` to `path`, byte-identical for identical data, replacing `path` atomically.
 
     datasets writes each split's fingerprint into state.json, and that fingerprint follows the
     dataset's history (file mtimes, hashed transforms); a content hash makes equal data give
-    equal bytes. The folder is written as a sibling and renamed into place.
+    equal bytes. Splits that are mapped from files and come with `fingerprints` (a content hash
+    each, e.g. from `tlpipe.shards`) are written from their files a part at a time; the others are
+    hashed here, in memory. The folder is written as a sibling and renamed into place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     fixed = {}
     for split, ds in dsdict.items():
+        if fingerprints and split in fingerprints:
+            fixed[split] = datasets.Dataset(ds.data, info=ds.info.copy(), split=ds.split,
+                                            fingerprint=fingerprints[split])
+            continue
         table = as_table(ds)
         fixed[split] = datasets.Dataset(InMemoryTable(table), info=ds.info.copy(), split=ds.split,
                                         fingerprint=table_fingerprint(table))

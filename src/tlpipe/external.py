@@ -46,7 +46,7 @@ def _open_split(name: str, split: str) -> datasets.Dataset:
     return loaded[split]
 
 
-def _label_ids(raw: datasets.Dataset, column: str) -> tuple[np.ndarray, list[str]]:
+def label_ids(raw: datasets.Dataset, column: str) -> tuple[np.ndarray, list[str]]:
     """int64 label ids and class names: a ClassLabel's own, else the sorted unique values."""
     values = np.asarray(raw.with_format("numpy", columns=[column])[:][column])
     feature = raw.features[column]
@@ -58,11 +58,11 @@ def _label_ids(raw: datasets.Dataset, column: str) -> tuple[np.ndarray, list[str
     return ids.astype(np.int64), [str(value) for value in uniques]
 
 
-def _images_to_array(raw: datasets.Dataset, column: str, size: int, channels: int) -> np.ndarray:
+def images_to_array(raw: datasets.Dataset, column: str, size: int, channels: int, first_row: int = 0) -> np.ndarray:
     """Decode, convert ('L' or 'RGB') and resize every image: uint8 [N, C, size, size].
 
     Raises:
-        ValueError: naming the image (its file, else its row) that does not decode.
+        ValueError: naming the image (its file, else its row: `first_row` + its position) that does not decode.
     """
     import io as bytes_io
 
@@ -83,7 +83,7 @@ def _images_to_array(raw: datasets.Dataset, column: str, size: int, channels: in
                 with Image.open(bytes_io.BytesIO(encoded["bytes"]) if encoded["bytes"] else encoded["path"]) as image:
                     resized = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
             except (OSError, ValueError, Image.DecompressionBombError) as err:
-                where = encoded.get("path") or f"row {row}"
+                where = encoded.get("path") or f"row {first_row + row}"
                 raise ValueError(f"image {where} does not decode ({type(err).__name__}: {err})") from None
             pixels[row] = np.asarray(resized).reshape(size, size, channels)
             row += 1
@@ -130,9 +130,20 @@ def load_image_dataset(
     Raises:
         ValueError: On a missing path, split or column, or invalid `channels`/`image_size`.
     """
+    check_shape(image_size, channels)
+    raw = open_checked(name, split, image_column, label_column)
+    labels, names = label_ids(raw, label_column)
+    return build_dataset(images_to_array(raw, image_column, image_size, channels), labels, names)
+
+
+def check_shape(image_size: int, channels: int) -> None:
     if channels not in (1, 3):
         raise ValueError(f"channels={channels} is not supported; valid: 1 (grayscale), 3 (RGB)")
     check_image_size(image_size)
+
+
+def open_checked(name: str | os.PathLike, split: str, image_column: str, label_column: str) -> datasets.Dataset:
+    """One split of a data set (see `load_image_dataset`), undecoded, with both columns checked present."""
     name = os.fspath(name)
     raw = _open_split(name, split)
     for role, column in (("image_column", image_column), ("label_column", label_column)):
@@ -140,5 +151,4 @@ def load_image_dataset(
             raise ValueError(
                 f"{role}={column!r} not in dataset {name!r}; columns: {', '.join(raw.column_names)}"
             )
-    labels, names = _label_ids(raw, label_column)
-    return build_dataset(_images_to_array(raw, image_column, image_size, channels), labels, names)
+    return raw

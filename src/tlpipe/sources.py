@@ -20,16 +20,17 @@ def locate(name: str, base: Path) -> str:
     return str(local) if local.exists() else name
 
 
-def load_source(params: dict, base: Path):
-    """The full source data set of the `prepare` params, in the prepared format (before splitting)."""
-    from tlpipe import data
+def source_parts(params: dict, base: Path):
+    """The source of the `prepare` params as `tlpipe.shards` writes it: rendered or decoded a unit at a
+    time by worker processes (a `shards.Glyphs` or `shards.Outside`)."""
+    from tlpipe import shards
 
     spec = params["source"]
     if spec["name"] == BUILTIN["source"]:
-        return data.render_glyphs(charset=spec["charset"], images_per_class=spec["images_per_class"],
-                                  seed=params["seed"], image_size=params["image_size"],
-                                  degrade_fraction=spec["degrade_fraction"])
-    return _load_named(spec, params, spec["split"], base)
+        return shards.Glyphs(charset=spec["charset"], images_per_class=spec["images_per_class"], seed=params["seed"],
+                             image_size=params["image_size"], degrade_fraction=spec["degrade_fraction"])
+    return shards.Outside(locate(spec["name"], base), spec["split"], spec["image_column"], spec["label_column"],
+                          image_size=params["image_size"], channels=params["channels"])
 
 
 def load_target(params: dict, base: Path):

@@ -14,10 +14,13 @@ from tlpipe.images import subset
 
 def _class_permutations(ds: datasets.Dataset, seed: int) -> list[np.ndarray]:
     """Row indices of each class (class-id order), each shuffled by one seeded generator."""
-    labels = labels_of(ds)
+    return class_permutations(labels_of(ds), ds.features[LABEL].num_classes, seed)
+
+
+def class_permutations(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
+    """Row indices of each class (class-id order), each shuffled by one seeded generator."""
     rng = np.random.default_rng(seed)
-    classes = range(ds.features[LABEL].num_classes)
-    return [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
 
 
 def _select(ds: datasets.Dataset, parts: list[np.ndarray]) -> datasets.Dataset:
@@ -42,15 +45,21 @@ def split_source(ds: datasets.Dataset, *, val_fraction: float, seed: int) -> dat
     Returns:
         A DatasetDict with `train` and `val`.
     """
+    val = val_rows(labels_of(ds), ds.features[LABEL].num_classes, val_fraction=val_fraction, seed=seed)
+    train = np.setdiff1d(np.arange(len(ds)), val)
+    return datasets.DatasetDict(train=_select(ds, [train]), val=_select(ds, [val]))
+
+
+def val_rows(labels: np.ndarray, num_classes: int, *, val_fraction: float, seed: int) -> np.ndarray:
+    """The sorted rows of the source's validation split (see `split_source`), from the labels alone."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
-    train, val = [], []
-    for rows in _class_permutations(ds, seed):
+    val = []
+    for rows in class_permutations(labels, num_classes, seed):
         n_val = max(round(val_fraction * len(rows)), 1) if val_fraction else 0
         n_val = max(min(n_val, len(rows) - 1), 0)  # a class keeps at least one training image
         val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return datasets.DatasetDict(train=_select(ds, train), val=_select(ds, val))
+    return np.sort(np.concatenate([np.zeros(0, dtype=np.int64), *val]))
 
 
 def split_target(

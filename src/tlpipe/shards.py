@@ -1,0 +1,202 @@
+"""The prepared source written in parts by worker processes, never whole in memory.
+
+The source is cut into units fixed by the params alone (a glyph class; a run of rows of an outside
+data set), so the output is the same whatever the number of processes. Its stratified train/val
+split needs only the labels, so it is drawn first; each worker then renders or decodes one unit and
+writes the unit's train rows and val rows as two Arrow files. The parts of each split are then read
+back memory-mapped, in unit order, and saved as one prepared data set (`data.save_prepared`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from tlpipe import data, splits
+from tlpipe.io import remove_path, temporary_sibling
+
+ROWS_PER_UNIT = 4096  # rows of an outside data set decoded by one task
+# A worker process costs ~3.5 s to start (it imports datasets and matplotlib): on 2 cores, 2 workers
+# were slower than 1 up to ~100k glyph images (10.3 s vs 7.9 s at 94k). Each gets this many at least.
+IMAGES_PER_WORKER = 100_000
+
+
+@dataclass(frozen=True)
+class Glyphs:
+    """The built-in source: one unit per character (`data.render_glyphs` with these arguments)."""
+
+    charset: str
+    images_per_class: int
+    seed: int
+    image_size: int
+    degrade_fraction: float
+
+    def __post_init__(self) -> None:
+        data.glyph_charset(self.charset)
+        data.check_glyph_args(images_per_class=self.images_per_class, seed=self.seed, image_size=self.image_size,
+                              degrade_fraction=self.degrade_fraction)
+
+    def names(self) -> list[str]:
+        return list(data.glyph_charset(self.charset))
+
+    def labels(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.names())), self.images_per_class)
+
+    def units(self) -> list[tuple[int, int]]:
+        n = self.images_per_class
+        return [(c * n, (c + 1) * n) for c in range(len(self.names()))]
+
+    def features(self) -> datasets.Features:
+        return data.prepared_features(self.names(), channels=1, image_size=self.image_size, with_font=True)
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+        """(pixels, labels, fonts) of the character whose rows these are (its random stream is its own)."""
+        from tlpipe.glyphs import render_class
+
+        label = start // self.images_per_class
+        pixels, fonts = render_class(self.names()[label], count=self.images_per_class, seed=self.seed,
+                                     image_size=self.image_size, degrade_fraction=self.degrade_fraction)
+        return pixels[:, None], np.full(len(pixels), label), fonts
+
+
+@dataclass(frozen=True)
+class Outside:
+    """An image data set from outside the project (`external.load_image_dataset` with these arguments),
+    decoded `ROWS_PER_UNIT` rows at a time."""
+
+    name: str
+    split: str
+    image_column: str
+    label_column: str
+    image_size: int
+    channels: int
+
+    def __post_init__(self) -> None:
+        from tlpipe import external
+
+        external.check_shape(self.image_size, self.channels)
+
+    def _raw(self) -> datasets.Dataset:
+        return _opened(self.name, self.split, self.image_column, self.label_column)
+
+    def names(self) -> list[str]:
+        return _label_ids(self)[1]
+
+    def labels(self) -> np.ndarray:
+        return _label_ids(self)[0]
+
+    def units(self) -> list[tuple[int, int]]:
+        n = len(self._raw())
+        return [(start, min(start + ROWS_PER_UNIT, n)) for start in range(0, n, ROWS_PER_UNIT)]
+
+    def features(self) -> datasets.Features:
+        return data.prepared_features(self.names(), channels=self.channels, image_size=self.image_size)
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+        from tlpipe import external
+
+        pixels = external.images_to_array(self._raw().select(range(start, stop)), self.image_column, self.image_size,
+                                          self.channels, first_row=start)
+        return pixels, self.labels()[start:stop], None
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(name: str, split: str, image_column: str, label_column: str) -> datasets.Dataset:
+    from tlpipe import external
+
+    return external.open_checked(name, split, image_column, label_column)
+
+
+@functools.lru_cache(maxsize=4)
+def _label_ids(source: Outside) -> tuple[np.ndarray, list[str]]:
+    from tlpipe import external
+
+    return external.label_ids(source._raw(), source.label_column)  # noqa: SLF001
+
+
+def processes() -> int:
+    """Worker processes for the units: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def prepare_source(source, out: Path, *, val_fraction: float, seed: int, workers: int | None = None) -> dict:
+    """Writes the source's train/val split (`splits.split_source`) to `out` as a prepared data set.
+
+    Args:
+        source: `Glyphs` or `Outside`.
+        out: the folder to write (replaced atomically).
+        val_fraction, seed: as in `splits.split_source`.
+        workers: processes; 1 renders in this process; None: the cores this process may use, but
+            no more than one per `IMAGES_PER_WORKER` images. The output is the same for any number.
+
+    Returns:
+        {split: number of rows}.
+    """
+    names, labels, units, features = source.names(), source.labels(), source.units(), source.features()
+    in_val = np.zeros(len(labels), dtype=bool)
+    in_val[splits.val_rows(labels, len(names), val_fraction=val_fraction, seed=seed)] = True
+    parts = temporary_sibling(Path(out), "parts")
+    parts.mkdir(parents=True)
+    jobs = [(source, start, stop, in_val[start:stop], parts / f"{i:06d}") for i, (start, stop) in enumerate(units)]
+    if workers is None:
+        workers = min(processes(), max(1, len(labels) // IMAGES_PER_WORKER))
+    workers = min(workers, len(jobs))
+    try:
+        if workers > 1:
+            # spawn: the stage process may hold torch's thread pools, which a forked child must not inherit
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_write_unit, jobs, chunksize=1))
+        else:
+            for job in jobs:
+                _write_unit(job)
+        splits_ = {}
+        fingerprints = {}
+        for split in ("train", "val"):
+            files = [parts / f"{i:06d}.{split}.arrow" for i in range(len(jobs))]
+            files = [f for f in files if f.is_file()]
+            splits_[split] = _concatenate(files, features)
+            fingerprints[split] = _digest(files)
+        data.save_prepared(datasets.DatasetDict(splits_), out, fingerprints=fingerprints)
+        return {split: len(ds) for split, ds in splits_.items()}
+    finally:
+        remove_path(parts)
+
+
+def _write_unit(job) -> None:
+    """Renders or decodes one unit and writes its train rows and val rows (an Arrow file each, when any)."""
+    source, start, stop, in_val, stem = job
+    pixels, labels, fonts = source.rows(start, stop)
+    features = source.features()
+    for split, mask in (("train", ~in_val), ("val", in_val)):
+        if mask.any():
+            table = data.prepared_table(pixels[mask], labels[mask], features,
+                                        None if fonts is None else [f for f, m in zip(fonts, mask) if m])
+            data.write_arrow(table, features, Path(f"{stem}.{split}.arrow"))
+
+
+def _concatenate(files: list[Path], features: datasets.Features) -> datasets.Dataset:
+    """The parts, mapped from their files, as one data set (nothing is read into memory)."""
+    from datasets.table import InMemoryTable, MemoryMappedTable, concat_tables
+
+    info = datasets.DatasetInfo(features=features)
+    if not files:
+        return datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()), info=info)
+    return datasets.Dataset(concat_tables([MemoryMappedTable.from_file(str(f)) for f in files]), info=info)
+
+
+def _digest(files: list[Path]) -> str:
+    """A hash of the parts' bytes, in order: the same rows give the same parts and so the same digest."""
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
