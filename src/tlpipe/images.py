@@ -148,4 +148,5 @@ def _pixels(column: pa.ChunkedArray, item_shape: tuple[int, ...]) -> np.ndarray:
         values = values.storage
     for _ in item_shape:
         values = values.flatten()  # keeps a slice's offset
-    return values.to_numpy(zero_copy_only=False).reshape(len(column), *item_shape)
+    # writable: a copy of the rows (a batch), never a view of the mapped file that torch would warn about
+    return values.to_numpy(zero_copy_only=False, writable=True).reshape(len(column), *item_shape)

@@ -65,9 +65,10 @@ def device_settings(device_type: str) -> dict:
         "channels_last": device_type == "cuda",
         "pin_memory": cuda,
         "non_blocking": cuda,
-        # Processes that read batches of a mapped data set ahead of the loop (torch's DataLoader). On
-        # CPU they compete with the training threads for the same cores (bench/scale.py measures it).
-        "loader_workers": min(4, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0,
+        # Processes that read batches of a mapped data set ahead of the loop (torch's DataLoader);
+        # TLPIPE_LOADER_WORKERS sets the number. On CPU they compete with the training threads for
+        # the same cores (bench/scale.py measures it).
+        "loader_workers": int(os.environ.get("TLPIPE_LOADER_WORKERS") or (min(4, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0)),
     }
 
 
@@ -112,6 +113,7 @@ def iter_batches(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     workers: int | None = None,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
 
@@ -127,13 +129,15 @@ def iter_batches(
             a set smaller than one batch still yields one batch.
         workers: processes reading batches of a set read by index ahead of the loop (torch's
             DataLoader; the order is the same for any number); None: the device's default.
+        skip: batches of this epoch already done: the permutation is drawn as usual (the generator
+            ends in the same state) and the iteration starts after them, reading nothing before.
     """
     n = len(images)
     order = torch.randperm(n, generator=generator) if generator is not None else None
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
     # in order: slices (a view of an array, a zero-copy read of a mapped table); shuffled: the batch's indices
     index = [slice(s, s + batch_size) if order is None else order[s : s + batch_size].numpy()
-             for s in range(0, min(stop, n), batch_size)]
+             for s in range(0, min(stop, n), batch_size)][skip:]
     settings = device_settings(device.type)
     workers = settings["loader_workers"] if workers is None else workers
     targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
@@ -164,5 +168,4 @@ class _BatchReader(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        pixels = self.images[index]  # a contiguous run may be a read-only view of the mapped file
-        return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()), index
+        return torch.from_numpy(self.images[index]), index

@@ -127,3 +127,25 @@ def test_training_from_a_mapped_set_gives_the_same_weights_as_from_arrays(prepar
 
     from_array, from_mapped = train(pixels), train(images.Images.of(ds))
     assert all(torch.equal(from_array[k], from_mapped[k]) for k in from_array)
+
+
+def test_an_epoch_resumes_after_the_batches_already_done(prepared):
+    """The position within an epoch is the number of batches done: skipping them yields exactly the rest."""
+    ds, _, labels = prepared
+    read = images.Images.of(ds)
+
+    def epoch(skip):
+        generator = torch.Generator().manual_seed(5)
+        return [y.clone() for _, y in runtime.iter_batches(read, labels, batch_size=32, device=torch.device("cpu"),
+                                                          generator=generator, skip=skip)], generator
+
+    whole, after_whole = epoch(0)
+    rest, after_rest = epoch(3)
+    assert len(rest) == len(whole) - 3 and all(torch.equal(a, b) for a, b in zip(whole[3:], rest))
+    assert torch.equal(after_whole.get_state(), after_rest.get_state())  # the next epoch's order is unchanged
+
+
+def test_read_rows_are_writable_copies(prepared):
+    ds, _, _ = prepared
+    read = images.Images.of(ds)
+    assert read[0:4].flags.writeable and read[np.array([3, 1])].flags.writeable
