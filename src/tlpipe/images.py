@@ -10,6 +10,7 @@ rows only. Functions here take either kind, or a plain array.
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +21,9 @@ __all__ = ["Images", "Concatenated", "read", "subset", "digest"]
 class Images:
     """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared split, or of some of its rows."""
 
-    def __init__(self, data, item_shape: tuple[int, ...], labels: np.ndarray, rows: np.ndarray | None = None,
-                 fingerprint: str = ""):
-        self._data = data  # a datasets Table: a memory-mapped one pickles as its files, not its bytes
-        self.item_shape = tuple(item_shape)
+    def __init__(self, pixels: "_Pixels", labels: np.ndarray, rows: np.ndarray | None = None, fingerprint: str = ""):
+        self._pixels = pixels  # shared by every selection of the split
+        self.item_shape = pixels.item_shape
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.fingerprint = fingerprint
@@ -39,11 +39,14 @@ class Images:
         if ds._indices is not None:  # noqa: SLF001 (datasets has no public accessor for the mapping)
             rows = ds._indices.column(0).to_numpy()  # noqa: SLF001
         labels = ds.data.table.column(LABEL).to_numpy()
-        return cls(ds.data, ds.features[PIXELS].shape, labels if rows is None else labels[rows], rows,
+        files = [f["filename"] for f in ds.cache_files]
+        pixels = _Pixels(ds.features[PIXELS].shape, files=files) if files else \
+            _Pixels(ds.features[PIXELS].shape, table=ds.data.table)
+        return cls(pixels, labels if rows is None else labels[rows], rows,
                    fingerprint=ds._fingerprint)  # noqa: SLF001 (a prepared split's is a hash of its content)
 
     def __len__(self) -> int:
-        return len(self.rows) if self.rows is not None else self._data.num_rows
+        return len(self.rows) if self.rows is not None else self._pixels.num_rows
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -59,16 +62,11 @@ class Images:
         """A view of some rows (positions in this set, in the order given): nothing is read or copied."""
         positions = _positions(positions, len(self))
         rows = positions if self.rows is None else self.rows[positions]
-        return Images(self._data, self.item_shape, self.labels[positions], rows, self.fingerprint)
+        return Images(self._pixels, self.labels[positions], rows, self.fingerprint)
 
     def __getitem__(self, index) -> np.ndarray:
-        column = self._data.table.column("pixels")
-        if isinstance(index, slice) and self.rows is None and index.step in (None, 1):
-            start, stop, _ = index.indices(len(self))  # a contiguous run: a zero-copy slice of the mapped table
-            return _pixels(column.slice(start, max(stop - start, 0)), self.item_shape)
         positions = _positions(index, len(self))
-        rows = positions if self.rows is None else self.rows[positions]
-        return _pixels(column.take(pa.array(rows, type=pa.int64())), self.item_shape)
+        return self._pixels.gather(positions if self.rows is None else self.rows[positions])
 
     def digest(self) -> str:
         """A hash of the pixels and labels this set stands for, from the split's content hash and the rows."""
@@ -139,14 +137,78 @@ def _positions(index, n: int) -> np.ndarray:
     return np.where(positions < 0, positions + n, positions)
 
 
-def _pixels(column: pa.ChunkedArray, item_shape: tuple[int, ...]) -> np.ndarray:
-    """uint8 [n, *item_shape] of an Array3D column (nested fixed-size lists, one level per axis)."""
-    if len(column) == 0:
-        return np.zeros((0, *item_shape), dtype=np.uint8)
-    values = column.combine_chunks() if column.num_chunks > 1 else column.chunk(0)
-    if isinstance(values, pa.ExtensionArray):
-        values = values.storage
-    for _ in item_shape:
+class _Pixels:
+    """The pixel column of a split as one zero-copy uint8 view [n, C, H, W] per Arrow record batch.
+
+    Mapped from the split's files by this process itself, so that it can let go of the pages it has
+    read: every `RELEASE_BYTES` of pages touched, the mapping is advised MADV_DONTNEED. The pages stay
+    in the kernel's page cache (reading them again costs a minor fault), but they leave this process's
+    resident set, which then does not grow with the source. Pickles as its file names (DataLoader
+    workers map the files again).
+    """
+
+    RELEASE_BYTES = 32 << 20
+    # What one read of a row maps at least: the kernel maps the pages around a faulting one too
+    # (fault-around, 64 KiB by default), so scattered small rows map far more than their bytes.
+    FAULT_AROUND = 64 << 10
+
+    def __init__(self, item_shape: tuple[int, ...], files: list[str] | None = None, table: pa.Table | None = None):
+        self.item_shape, self.files, self._table = tuple(item_shape), files, table
+        self._views: list[np.ndarray] | None = None
+        self.num_rows = sum(_file_rows(f) for f in files) if files else table.num_rows
+
+    def __getstate__(self) -> dict:
+        return {"item_shape": self.item_shape, "files": self.files, "_table": None if self.files else self._table,
+                "num_rows": self.num_rows, "_views": None}
+
+    def _load(self) -> None:
+        self._maps: list[mmap.mmap] = []
+        tables = []
+        for name in self.files or ():
+            with open(name, "rb") as fh:
+                self._maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+            tables.append(pa.ipc.open_stream(pa.py_buffer(self._maps[-1])).read_all())
+        table = pa.concat_tables(tables) if self.files else self._table
+        self._views = [_flat(chunk).reshape(len(chunk), *self.item_shape)
+                       for chunk in table.column("pixels").chunks if len(chunk)]
+        self._starts = np.cumsum([0, *(len(v) for v in self._views)])
+        self._touched = self.RELEASE_BYTES  # reading the batch headers mapped pages throughout: let them go
+        self._release(0)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        if self._views is None:
+            self._load()
+        out = np.empty((len(rows), *self.item_shape), dtype=np.uint8)
+        chunk = np.searchsorted(self._starts, rows, side="right") - 1
+        first, last = (chunk[0], chunk[-1]) if len(rows) else (0, 0)
+        if first == last and (len(rows) < 2 or (chunk == first).all()):
+            if len(rows):
+                out[:] = self._views[first][rows - self._starts[first]]
+        else:
+            for c in np.unique(chunk):
+                where = chunk == c
+                out[where] = self._views[c][rows[where] - self._starts[c]]
+        self._release(len(rows) * max(out[0].nbytes if len(rows) else 0, self.FAULT_AROUND))
+        return out
+
+    def _release(self, touched: int) -> None:
+        self._touched += touched
+        if self._touched >= self.RELEASE_BYTES and self._maps:
+            for mapped in self._maps:
+                mapped.madvise(mmap.MADV_DONTNEED)
+            self._touched = 0
+
+
+def _file_rows(name: str) -> int:
+    """Rows of an Arrow stream file, from its record batch headers (nothing else is read)."""
+    with pa.memory_map(name) as source:
+        return pa.ipc.open_stream(source).read_all().num_rows
+
+
+def _flat(chunk: pa.Array) -> np.ndarray:
+    """The uint8 values of a chunk of an Array3D column (nested lists, one level per axis), zero-copy."""
+    values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) \
+            or pa.types.is_fixed_size_list(values.type):
         values = values.flatten()  # keeps a slice's offset
-    # writable: a copy of the rows (a batch), never a view of the mapped file that torch would warn about
-    return values.to_numpy(zero_copy_only=False, writable=True).reshape(len(column), *item_shape)
+    return values.to_numpy(zero_copy_only=True)

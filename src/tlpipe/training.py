@@ -164,7 +164,7 @@ def train_classifier(
                    "lr": schedule.get_last_lr()[0]}
         if val_images is not None and val_labels is not None:
             val_start = time.perf_counter()
-            predicted = predict_logits(model, val_images, batch_size=batch_size, device=device).argmax(1)
+            predicted = predict_classes(model, val_images, batch_size=batch_size, device=device)
             metrics["val_accuracy"] = float((predicted == np.asarray(val_labels)).mean())
             val_s += time.perf_counter() - val_start
         if on_metrics is not None:
@@ -199,6 +199,13 @@ def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int, dev
     """Logits float32 [N, K] of `model` in eval mode (the model is left in eval mode)."""
     model = prepare_module(model, device).eval()
     return _apply_batched(model, images, batch_size, device)
+
+
+def predict_classes(model: nn.Module, images, *, batch_size: int, device: torch.device) -> np.ndarray:
+    """The predicted class ids int64 [N] of `model` in eval mode: the argmax of each batch's logits, so
+    the logits of a large set are never held at once."""
+    model = prepare_module(model, device).eval()
+    return _apply_batched(lambda x: model(x).argmax(1), images, batch_size, device).astype(np.int64)
 
 
 def extract_features(backbone: nn.Module, images: np.ndarray, *, batch_size: int,

@@ -43,7 +43,7 @@ def test_a_selection_is_a_view_of_rows_and_composes(prepared):
     read = images.Images.of(ds)
     kept = np.array([5, 140, 7, 7, 60])
     view = read.select(kept)
-    assert view._data is read._data  # the same mapped table: nothing was copied
+    assert view._pixels is read._pixels  # the same mapped files: nothing was copied
     np.testing.assert_array_equal(view[:], pixels[kept])
     np.testing.assert_array_equal(view.labels, labels[kept])
     np.testing.assert_array_equal(view.select([4, 0])[:], pixels[kept[[4, 0]]])
@@ -149,3 +149,24 @@ def test_read_rows_are_writable_copies(prepared):
     ds, _, _ = prepared
     read = images.Images.of(ds)
     assert read[0:4].flags.writeable and read[np.array([3, 1])].flags.writeable
+
+
+def test_pages_read_leave_the_resident_set(prepared, monkeypatch):
+    """Reading a mapped split lets go of its pages every RELEASE_BYTES touched: an epoch over a source
+    larger than memory keeps this process's resident set flat (the pages stay in the page cache)."""
+    ds, pixels, _ = prepared
+    released = []
+    read = images.Images.of(ds)
+    monkeypatch.setattr(images._Pixels, "RELEASE_BYTES", 10 * 4096)
+    original = images._Pixels._release
+
+    def spy(self, touched):
+        before = self._touched
+        original(self, touched)
+        if self._touched < before + touched:
+            released.append(before + touched)
+
+    monkeypatch.setattr(images._Pixels, "_release", spy)
+    for start in range(0, 150, 8):
+        np.testing.assert_array_equal(read[np.arange(start, min(start + 8, 150))], pixels[start:start + 8])
+    assert len(released) >= 3  # released as it went, and every read after a release is still right

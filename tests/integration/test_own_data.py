@@ -1,0 +1,50 @@
+"""A user's own data end to end: RGB image folders at 64 px as source and target, through every stage
+of `tlpipe run`, with the source decoded in parts by worker processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.integration.conftest import TINY, make_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def rgb_folder(root: Path, classes: int, per_class: int, seed: int) -> Path:
+    """Class c: noise around its own colour, at assorted sizes (the loader resizes them)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        colour = rng.integers(0, 256, 3)
+        for i in range(per_class):
+            size = int(rng.integers(48, 96))
+            pixels = np.clip(colour + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_rgb_image_folders_at_64_px_run_through_every_stage(tmp_path):
+    source, target = rgb_folder(tmp_path / "source", 6, 16, 0), rgb_folder(tmp_path / "target", 3, 10, 1)
+    params = {**TINY, "prepare": {"image_size": 64, "channels": 3,
+                                  "source": {"name": str(source), "val_fraction": 0.25},
+                                  "target": {"name": str(target), "shots_per_class": 2}}}
+    project = make_project(tmp_path / "proj", params)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run([str(Path(sys.executable).with_name("tlpipe")), "run", "--project", str(project)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    prepared = json.loads((project / "data" / "prepared" / "source" / "train" / "dataset_info.json").read_text())
+    assert prepared["features"]["pixels"]["shape"] == [3, 64, 64]
+    metrics = json.loads((project / "data" / "metrics" / "prepare.json").read_text())
+    assert metrics["source_train"] + metrics["source_val"] == 96 and metrics["source_classes"] == 6
+    assert "test_accuracy" in json.loads((project / "data" / "metrics" / "evaluate.json").read_text())
+    status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json"], cwd=project,
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout) == {}
