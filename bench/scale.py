@@ -62,7 +62,7 @@ def disk_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def measure(images_per_class: int, image_size: int, scratch: Path) -> list[dict]:
+def measure(images_per_class: int, image_size: int, scratch: Path, stages=STAGES) -> list[dict]:
     from flows.workspace import copy_project
     from tlpipe import config
 
@@ -70,7 +70,7 @@ def measure(images_per_class: int, image_size: int, scratch: Path) -> list[dict]
     copy_project(REPO, project, point_params(images_per_class, image_size))
     config.load_all_params(project)  # the params are valid
     rows = []
-    for stage in STAGES:
+    for stage in stages:
         done = subprocess.run([sys.executable, __file__, "--stage", stage, "--project", str(project)],
                               env={**os.environ, **QUIET}, capture_output=True, text=True)
         if done.returncode:
@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 2500], help="images per class (400 classes)")
     parser.add_argument("--wide", type=int, default=50, help="images per class of the 64 px point (0: none)")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the first stages only (each needs those before it)")
+    parser.add_argument("--no-loops", action="store_true", help="skip the arrays vs mapped loop comparison")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--project", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -152,11 +155,13 @@ def main() -> None:
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tlpipe-scale-") as scratch:
-        rows = [row for size in sizes for row in measure(size, 32, Path(scratch))]
+        stages = STAGES[: max(STAGES.index(s) for s in args.stages) + 1]
+        rows = [row for size in sizes for row in measure(size, 32, Path(scratch), stages)]
         if wide:
-            rows += measure(wide, 64, Path(scratch))
-        loops = loop_comparison(sizes[0], Path(scratch))
-    print(f"\none training epoch at {sizes[0] * 400:,} images: arrays {loops['arrays']:.0f} img/s, "
+            rows += measure(wide, 64, Path(scratch), stages)
+        loops = None if args.no_loops else loop_comparison(sizes[0], Path(scratch))
+    if loops:
+        print(f"\none training epoch at {sizes[0] * 400:,} images: arrays {loops['arrays']:.0f} img/s, "
           f"mapped {loops['mapped']:.0f} img/s = {loops['ratio']:.1%} (goal >= 95 %), "
           f"mapped with 2 loader workers {loops['mapped_2_workers']:.0f} img/s")
     for stage in STAGES:
@@ -165,7 +170,7 @@ def main() -> None:
             (_, small), (_, large) = points[0], points[-1]
             print(f"{stage:<9} peak RSS {large['peak_rss_mb']:.0f} MB at {large['source']:,} vs "
                   f"{small['peak_rss_mb']:.0f} MB at {small['source']:,} = {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x")
-    name = "scale-tiny" if args.tiny else "scale"
+    name = "scale-tiny" if args.tiny else "scale" if stages == STAGES else f"scale-{'-'.join(stages)}"
     (out / f"{name}.json").write_text(json.dumps({"rows": rows, "loops": loops}, indent=1))
     plot(rows, out / f"{name}.png")
     print(f"results: bench/results/{name}.json, bench/results/{name}.png")

@@ -38,10 +38,10 @@ class Images:
         rows = None
         if ds._indices is not None:  # noqa: SLF001 (datasets has no public accessor for the mapping)
             rows = ds._indices.column(0).to_numpy()  # noqa: SLF001
-        labels = ds.data.table.column(LABEL).to_numpy()
         files = [f["filename"] for f in ds.cache_files]
         pixels = _Pixels(ds.features[PIXELS].shape, files=files) if files else \
             _Pixels(ds.features[PIXELS].shape, table=ds.data.table)
+        labels = pixels.column(LABEL)  # through its own mapping, which lets the pages go
         return cls(pixels, labels if rows is None else labels[rows], rows,
                    fingerprint=ds._fingerprint)  # noqa: SLF001 (a prepared split's is a hash of its content)
 
@@ -159,7 +159,7 @@ class _Pixels:
 
     def __getstate__(self) -> dict:
         return {"item_shape": self.item_shape, "files": self.files, "_table": None if self.files else self._table,
-                "num_rows": self.num_rows, "_views": None}
+                "num_rows": self.num_rows, "_views": None, "_table_read": None}
 
     def _load(self) -> None:
         self._maps: list[mmap.mmap] = []
@@ -168,12 +168,21 @@ class _Pixels:
             with open(name, "rb") as fh:
                 self._maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
             tables.append(pa.ipc.open_stream(pa.py_buffer(self._maps[-1])).read_all())
-        table = pa.concat_tables(tables) if self.files else self._table
+        table = self._table_read = pa.concat_tables(tables) if self.files else self._table
         self._views = [_flat(chunk).reshape(len(chunk), *self.item_shape)
                        for chunk in table.column("pixels").chunks if len(chunk)]
         self._starts = np.cumsum([0, *(len(v) for v in self._views)])
         self._touched = self.RELEASE_BYTES  # reading the batch headers mapped pages throughout: let them go
         self._release(0)
+
+    def column(self, name: str) -> np.ndarray:
+        """A copy of another column (e.g. the labels) of the same rows."""
+        if self._views is None:
+            self._load()
+        values = np.array(self._table_read.column(name).to_numpy())
+        self._touched = self.RELEASE_BYTES  # its values lie between the pixels of every record batch
+        self._release(0)
+        return values
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         if self._views is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from tlpipe import data, splits
-from tlpipe.io import remove_path, temporary_sibling
+from tlpipe.io import remove_path, staged_outputs, temporary_sibling
 
 ROWS_PER_UNIT = 4096  # rows of an outside data set decoded by one task
 # A worker process costs ~3.5 s to start (it imports datasets and matplotlib): on 2 cores, 2 workers
@@ -157,17 +159,54 @@ def prepare_source(source, out: Path, *, val_fraction: float, seed: int, workers
         else:
             for job in jobs:
                 _write_unit(job)
-        splits_ = {}
-        fingerprints = {}
-        for split in ("train", "val"):
-            files = [parts / f"{i:06d}.{split}.arrow" for i in range(len(jobs))]
-            files = [f for f in files if f.is_file()]
-            splits_[split] = _concatenate(files, features)
-            fingerprints[split] = _digest(files)
-        data.save_prepared(datasets.DatasetDict(splits_), out, fingerprints=fingerprints)
-        return {split: len(ds) for split, ds in splits_.items()}
+        with staged_outputs(Path(out)) as (folder,):
+            sizes = {}
+            for split in ("train", "val"):
+                files = [f for f in (parts / f"{i:06d}.{split}.arrow" for i in range(len(jobs))) if f.is_file()]
+                sizes[split] = _write_split(files, features, folder / split, _digest(files))
+            (folder / "dataset_dict.json").write_text(json.dumps({"splits": list(sizes)}))
+        return sizes
     finally:
         remove_path(parts)
+
+
+def _write_split(files: list[Path], features: datasets.Features, folder: Path, fingerprint: str) -> int:
+    """The parts, in order, as one split of a prepared data set in `folder` (the layout `save_to_disk`
+    writes, shards of at most `datasets.config.MAX_SHARD_SIZE`), copied a record batch at a time with
+    plain reads: nothing is mapped, so the copy adds nothing to this process's resident memory.
+    Returns the number of rows."""
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.table import InMemoryTable
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    # datasets writes the split's metadata (features, format) for an empty split; the shards follow
+    empty = datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()), info=datasets.DatasetInfo(features=features))
+    empty.save_to_disk(str(folder))
+    limit = convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
+    sizes = [f.stat().st_size for f in files]
+    count = max(1, sum(sizes) // limit + 1) if files else 1
+    groups = [[] for _ in range(count)]
+    for f, start in zip(files, np.cumsum([0, *sizes[:-1]])):
+        groups[min(int(start * count // max(sum(sizes), 1)), count - 1)].append(f)
+    names = [f"data-{i:05d}-of-{count:05d}.arrow" for i in range(count)]
+    for stale in folder.glob("data-*.arrow"):
+        stale.unlink()
+    rows = 0
+    for name, group in zip(names, groups):
+        writer = ArrowWriter(features=features, path=str(folder / name))
+        try:
+            for part in group:
+                with pa.OSFile(str(part)) as source:
+                    for batch in pa.ipc.open_stream(source):
+                        writer.write_table(pa.Table.from_batches([batch]))
+                        rows += batch.num_rows
+            writer.finalize()
+        finally:
+            writer.close()
+    state = json.loads((folder / "state.json").read_text())
+    state.update(_data_files=[{"filename": name} for name in names], _fingerprint=fingerprint)
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    return rows
 
 
 def _write_unit(job) -> None:
@@ -180,16 +219,6 @@ def _write_unit(job) -> None:
             table = data.prepared_table(pixels[mask], labels[mask], features,
                                         None if fonts is None else [f for f, m in zip(fonts, mask) if m])
             data.write_arrow(table, features, Path(f"{stem}.{split}.arrow"))
-
-
-def _concatenate(files: list[Path], features: datasets.Features) -> datasets.Dataset:
-    """The parts, mapped from their files, as one data set (nothing is read into memory)."""
-    from datasets.table import InMemoryTable, MemoryMappedTable, concat_tables
-
-    info = datasets.DatasetInfo(features=features)
-    if not files:
-        return datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()), info=info)
-    return datasets.Dataset(concat_tables([MemoryMappedTable.from_file(str(f)) for f in files]), info=info)
 
 
 def _digest(files: list[Path]) -> str:
