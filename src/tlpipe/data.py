@@ -191,25 +191,19 @@ def write_arrow(table: pa.Table, features: datasets.Features, path: Path) -> Non
         writer.close()
 
 
-def save_prepared(dsdict: datasets.DatasetDict, path: str | os.PathLike,
-                  fingerprints: dict[str, str] | None = None) -> None:
+def save_prepared(dsdict: datasets.DatasetDict, path: str | os.PathLike) -> None:
     """Write `dsdict` to `path`, byte-identical for identical data, replacing `path` atomically.
 
     datasets writes each split's fingerprint into state.json, and that fingerprint follows the
     dataset's history (file mtimes, hashed transforms); a content hash makes equal data give
-    equal bytes. Splits that are mapped from files and come with `fingerprints` (a content hash
-    each, e.g. from `tlpipe.shards`) are written from their files a part at a time; the others are
-    hashed here, in memory. The folder is written as a sibling and renamed into place.
+    equal bytes. The folder is written as a sibling and renamed into place. (Held in memory: for
+    the few-shot target; the source is written a part at a time by `tlpipe.shards`.)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     fixed = {}
     for split, ds in dsdict.items():
-        if fingerprints and split in fingerprints:
-            fixed[split] = datasets.Dataset(ds.data, info=ds.info.copy(), split=ds.split,
-                                            fingerprint=fingerprints[split])
-            continue
         table = as_table(ds)
         fixed[split] = datasets.Dataset(InMemoryTable(table), info=ds.info.copy(), split=ds.split,
                                         fingerprint=table_fingerprint(table))

@@ -4,7 +4,8 @@ The source is cut into units fixed by the params alone (a glyph class; a run of 
 data set), so the output is the same whatever the number of processes. Its stratified train/val
 split needs only the labels, so it is drawn first; each worker then renders or decodes one unit and
 writes the unit's train rows and val rows as two Arrow files. The parts of each split are then read
-back memory-mapped, in unit order, and saved as one prepared data set (`data.save_prepared`).
+back with plain reads, in unit order, into the shards of one prepared data set (the layout
+`datasets`' `save_to_disk` writes, so `data.load_prepared` maps it).
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def _write_split(files: list[Path], features: datasets.Features, folder: Path, f
     from datasets.utils.py_utils import convert_file_size_to_int
 
     # datasets writes the split's metadata (features, format) for an empty split; the shards follow
-    empty = datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()), info=datasets.DatasetInfo(features=features))
+    empty = datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()),
+                             info=datasets.DatasetInfo(features=features))
     empty.save_to_disk(str(folder))
     limit = convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
     sizes = [f.stat().st_size for f in files]
