@@ -1,6 +1,6 @@
-"""Image sets read by index, never whole: the rows of a prepared split read from its memory-mapped
-Arrow table (`datasets` maps the files), a selection of them kept as an index array (no copy), and
-several sets read as one.
+"""Image sets read by index, never whole: the rows of a prepared split read from its Arrow files
+(memory-mapped, with the pages read let go as it goes), a selection of them kept as an index array
+(no copy), and several sets read as one.
 
 `Images` and `Concatenated` stand in for the uint8 array [N, C, H, W] they describe wherever the
 training code reads images: `len`, `shape`, and `images[index]` (an int array or a slice) reads those
@@ -18,7 +18,25 @@ import pyarrow as pa
 __all__ = ["Images", "Concatenated", "read", "subset", "digest"]
 
 
-class Images:
+class _ImageSet:
+    """What an image set shares with the uint8 array [N, *item_shape] it stands for."""
+
+    item_shape: tuple[int, ...]
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.item_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.item_shape)
+
+
+class Images(_ImageSet):
     """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared split, or of some of its rows."""
 
     def __init__(self, pixels: "_Pixels", labels: np.ndarray, rows: np.ndarray | None = None, fingerprint: str = ""):
@@ -48,16 +66,6 @@ class Images:
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else self._pixels.num_rows
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self), *self.item_shape)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.item_shape)
-
-    dtype = np.dtype(np.uint8)
-
     def select(self, positions) -> "Images":
         """A view of some rows (positions in this set, in the order given): nothing is read or copied."""
         positions = _positions(positions, len(self))
@@ -75,7 +83,7 @@ class Images:
         return hashed.hexdigest()
 
 
-class Concatenated:
+class Concatenated(_ImageSet):
     """Several image sets (arrays, `Images`) read as one, in order."""
 
     def __init__(self, parts: list):
@@ -89,24 +97,8 @@ class Concatenated:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self), *self.item_shape)
-
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.item_shape)
-
-    dtype = np.dtype(np.uint8)
-
     def __getitem__(self, index) -> np.ndarray:
-        positions = _positions(index, len(self))
-        part_of = np.searchsorted(self.offsets, positions, side="right") - 1
-        out = np.empty((len(positions), *self.item_shape), dtype=np.uint8)
-        for i in np.unique(part_of):
-            where = part_of == i
-            out[where] = self.parts[i][positions[where] - self.offsets[i]]
-        return out
+        return _gather(self.parts, self.offsets, _positions(index, len(self)), self.item_shape)
 
     def digest(self) -> str:
         return hashlib.sha256("".join(digest(part) for part in self.parts).encode()).hexdigest()
@@ -128,6 +120,16 @@ def digest(images) -> str:
     if isinstance(images, np.ndarray):
         return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     return images.digest()
+
+
+def _gather(parts: list, starts: np.ndarray, positions: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Rows `positions` of `parts` laid end to end (part i holds rows starts[i] to starts[i + 1])."""
+    out = np.empty((len(positions), *item_shape), dtype=np.uint8)
+    part_of = np.searchsorted(starts, positions, side="right") - 1
+    for i in np.unique(part_of):
+        where = part_of == i
+        out[where] = parts[i][positions[where] - starts[i]]
+    return out
 
 
 def _positions(index, n: int) -> np.ndarray:
@@ -187,16 +189,7 @@ class _Pixels:
     def gather(self, rows: np.ndarray) -> np.ndarray:
         if self._views is None:
             self._load()
-        out = np.empty((len(rows), *self.item_shape), dtype=np.uint8)
-        chunk = np.searchsorted(self._starts, rows, side="right") - 1
-        first, last = (chunk[0], chunk[-1]) if len(rows) else (0, 0)
-        if first == last and (len(rows) < 2 or (chunk == first).all()):
-            if len(rows):
-                out[:] = self._views[first][rows - self._starts[first]]
-        else:
-            for c in np.unique(chunk):
-                where = chunk == c
-                out[where] = self._views[c][rows[where] - self._starts[c]]
+        out = _gather(self._views, self._starts, rows, self.item_shape)
         self._release(len(rows) * max(out[0].nbytes if len(rows) else 0, self.FAULT_AROUND))
         return out
 
