@@ -48,12 +48,9 @@ def build_dataset(
     pixels: np.ndarray, labels: np.ndarray, label_names: list[str], fonts: list[str] | None = None
 ) -> datasets.Dataset:
     """A prepared in-memory dataset from uint8 [N, C, H, H] pixels and int [N] label ids."""
-    # Nested fixed-size lists wrap the numpy buffer without copying; from_dict would otherwise
-    # convert row by row (~10x slower). datasets fingerprints in-memory tables by content.
-    column = pa.array(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1))
-    for size in pixels.shape[:0:-1]:
-        column = pa.FixedSizeListArray.from_arrays(column, size)
-    mapping = {PIXELS: column, LABEL: np.asarray(labels, dtype=np.int64)}
+    # from_dict would otherwise convert row by row (~10x slower). datasets fingerprints in-memory
+    # tables by content.
+    mapping = {PIXELS: _pixel_lists(pixels), LABEL: np.asarray(labels, dtype=np.int64)}
     if fonts is not None:
         mapping[FONT] = fonts
     channels, image_size = pixels.shape[1:3]
@@ -61,6 +58,14 @@ def build_dataset(
         label_names, channels=channels, image_size=image_size, with_font=fonts is not None
     )
     return datasets.Dataset.from_dict(mapping, features=features)
+
+
+def _pixel_lists(pixels: np.ndarray) -> pa.Array:
+    """uint8 [N, C, H, W] as nested fixed-size lists that wrap the numpy buffer without copying."""
+    column = pa.array(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1))
+    for size in pixels.shape[:0:-1]:
+        column = pa.FixedSizeListArray.from_arrays(column, size)
+    return column
 
 
 def check_image_size(image_size: int) -> None:
@@ -168,11 +173,8 @@ def prepared_table(pixels: np.ndarray, labels: np.ndarray, features: datasets.Fe
                    fonts: list[str] | None = None) -> pa.Table:
     """The Arrow table of prepared rows (as `build_dataset` holds them), built without a Dataset."""
     schema = features.arrow_schema
-    column = pa.array(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1))
-    for size in pixels.shape[:0:-1]:
-        column = pa.FixedSizeListArray.from_arrays(column, size)
     pixels_type = schema.field(PIXELS).type
-    columns = [pa.ExtensionArray.from_storage(pixels_type, column.cast(pixels_type.storage_type)),
+    columns = [pa.ExtensionArray.from_storage(pixels_type, _pixel_lists(pixels).cast(pixels_type.storage_type)),
                pa.array(np.asarray(labels, dtype=np.int64))]
     if fonts is not None:
         columns.append(pa.array(fonts, type=pa.string()))

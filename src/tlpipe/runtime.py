@@ -68,7 +68,8 @@ def device_settings(device_type: str) -> dict:
         # Processes that read batches of a mapped data set ahead of the loop (torch's DataLoader);
         # TLPIPE_LOADER_WORKERS sets the number. On CPU they compete with the training threads for
         # the same cores (bench/scale.py measures it).
-        "loader_workers": int(os.environ.get("TLPIPE_LOADER_WORKERS") or (min(4, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0)),
+        "loader_workers": int(os.environ.get("TLPIPE_LOADER_WORKERS")
+                              or (min(4, max((os.cpu_count() or 1) - 1, 0)) if cuda else 0)),
     }
 
 
@@ -163,9 +164,6 @@ class _BatchReader(torch.utils.data.Dataset):
 
     def __init__(self, images):
         self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index):
         return torch.from_numpy(self.images[index]), index
