@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from tlpipe import data, images as image_sets, io, models, plots, pruning, registry, training
-from tlpipe.pruning.early import early_training_scores
+from tlpipe.pruning.early import SCORED, early_training_scores
 
 
 def surrogate_logits(ctx, images: np.ndarray) -> np.ndarray:
@@ -24,14 +24,22 @@ def surrogate_features(ctx, images: np.ndarray) -> np.ndarray:
     return training.extract_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
+def source_feature_chunks(ctx, images):
+    """The surrogate's features of the source a chunk at a time: the methods sum or rank them as they
+    come (what reads them more than once joins them)."""
+    backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
+    return training.iter_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
+
+
 def scores(ctx, source: tuple, num_classes: int) -> list:
-    """EL2N logits or GraNd gradient norms of `scores.runs` short trainings, one per seed; kept in the
-    store, since every pruning ratio of a method and seed needs the same scores."""
+    """EL2N error norms or GraNd gradient norms of `scores.runs` short trainings, one per seed; kept in
+    the store, since every pruning ratio of a method and seed needs the same scores."""
     p = ctx.params
     surrogate = models.load_backbone(ctx.upstream("surrogate") / "backbone")
     images, labels = source
     data_digest = hashlib.sha256((image_sets.digest(images) + image_sets.digest(labels.astype(np.int64))).encode())
-    key = hashlib.sha256(json.dumps([p["method"], p["seed"], p["scores"], num_classes, ctx.device,
+    key = hashlib.sha256(json.dumps([SCORED[p["method"]], p["method"], p["seed"],
+                                     p["scores"], num_classes, ctx.device,
                                      models.weights_digest(surrogate), data_digest.hexdigest()]).encode()).hexdigest()
     stacked, _ = io.cached_file(Path(ctx.store) / "prune_scores" / f"{key}.npy", lambda: early_training_scores(
         surrogate, images, labels, method=p["method"], num_classes=num_classes, runs=p["scores"]["runs"],
@@ -47,8 +55,8 @@ def select(ctx, source: tuple, target: tuple, num_classes: int):
         "logits": lambda: surrogate_logits(ctx, target[0]),
         "target_labels": lambda: target[1],
         "target_features": lambda: surrogate_features(ctx, target[0]),
-        "source_features": lambda: surrogate_features(ctx, source[0]),
-        "logits_per_model": lambda: scores(ctx, source, num_classes),
+        "source_features": lambda: source_feature_chunks(ctx, source[0]),
+        "el2n_norms_per_model": lambda: scores(ctx, source, num_classes),
         "grad_norms_per_model": lambda: scores(ctx, source, num_classes),
     }
     method = registry.pruning_method(p["method"])

@@ -4,8 +4,8 @@ dispatch all read these tables. Plain data, so checking params imports no torch.
 A pruning method also names the inputs it reads (keywords of `tlpipe.pruning.select`), so the `prune`
 stage computes exactly those: `logits` (the supervised surrogate's source-class logits on the target
 train images), `target_labels`, `target_features` / `source_features` (the surrogate's embeddings),
-and `logits_per_model` / `grad_norms_per_model` (short trainings of the surrogate's architecture on the
-source, Paul et al. 2021).
+and `el2n_norms_per_model` / `grad_norms_per_model` (short trainings of the surrogate's architecture on
+the source, Paul et al. 2021: one number per image and model, so they scale with the source).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PRUNING: dict[str, PruningMethod] = {
     "random_samples": PruningMethod(SAMPLE, (), "random images (baseline)"),
     "fm_samples": PruningMethod(SAMPLE, ("target_features", "source_features"),
                                    "images nearest to the target features"),
-    "el2n": PruningMethod(SAMPLE, ("logits_per_model",), "EL2N: the hardest images early in training"),
+    "el2n": PruningMethod(SAMPLE, ("el2n_norms_per_model",), "EL2N: the hardest images early in training"),
     "grand": PruningMethod(SAMPLE, ("grad_norms_per_model",),
                                    "GraNd: the largest gradient norms early in training"),
     "moderate": PruningMethod(SAMPLE, ("source_features",),

@@ -7,7 +7,7 @@ models they are given unless they say so; progress leaves through `on_metrics(st
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -178,21 +178,34 @@ def train_classifier(
             "images_per_s": images_seen / train_s, **metrics}
 
 
-@torch.inference_mode()
-def _apply_batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, batch_size: int,
-                   device: torch.device, batches_per_copy: int = 32) -> np.ndarray:
-    # Outputs stay on the device and come back `batches_per_copy` batches at a time: one host sync per
-    # group rather than per batch (which idled a GPU between batches), device memory bounded by a group.
-    host, pending = [], []
+def iter_outputs(fn: Callable[[torch.Tensor], torch.Tensor], images, *, batch_size: int, device: torch.device,
+                 batches_per_copy: int = 32) -> Iterator[np.ndarray]:
+    """`fn` of the float pixels of every batch of `images`, in order, as float32 numpy chunks of up to
+    `batches_per_copy` batches: what a caller reduces as it goes holds one chunk, never all the outputs.
+
+    Outputs stay on the device and come back a chunk at a time: one host sync per chunk rather than per
+    batch (which idled a GPU between batches), device memory bounded by a chunk.
+    """
+    # inference mode around each call, not the generator: the caller's code runs between the chunks
+    pending = []
     for x, _ in iter_batches(images, batch_size=batch_size, device=device):
-        with autocast(device):
+        with torch.inference_mode(), autocast(device):
             pending.append(fn(x))
         if len(pending) == batches_per_copy:
-            host.append(torch.cat(pending).float().cpu())
+            yield _to_host(pending)
             pending = []
     if pending:
-        host.append(torch.cat(pending).float().cpu())
-    return torch.cat(host).numpy()
+        yield _to_host(pending)
+
+
+def _to_host(outputs: list[torch.Tensor]) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.cat(outputs).float().cpu().numpy()
+
+
+def _apply_batched(fn: Callable[[torch.Tensor], torch.Tensor], images, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    return np.concatenate(list(iter_outputs(fn, images, batch_size=batch_size, device=device)))
 
 
 def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
@@ -211,8 +224,14 @@ def predict_classes(model: nn.Module, images, *, batch_size: int, device: torch.
 def extract_features(backbone: nn.Module, images: np.ndarray, *, batch_size: int,
                      device: torch.device) -> np.ndarray:
     """Pooled backbone features float32 [N, D] in eval mode (the backbone is left in eval mode)."""
+    return np.concatenate(list(iter_features(backbone, images, batch_size=batch_size, device=device)))
+
+
+def iter_features(backbone: nn.Module, images, *, batch_size: int, device: torch.device) -> Iterator[np.ndarray]:
+    """`extract_features` a chunk at a time (float32 [n, D] chunks, in order), for sets whose features
+    are reduced as they come rather than held."""
     backbone = prepare_module(backbone, device).eval()
-    return _apply_batched(lambda x: embed(backbone, x), images, batch_size, device)
+    return iter_outputs(lambda x: embed(backbone, x), images, batch_size=batch_size, device=device)
 
 
 def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int,

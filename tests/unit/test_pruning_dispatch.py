@@ -115,7 +115,8 @@ def test_unknown_sample_method_and_missing_inputs():
 
 
 ALL_INPUTS = {"logits": LOGITS, "target_labels": TARGET_LABELS, "target_features": TARGET_FEATURES,
-              "source_features": SOURCE_FEATURES, "logits_per_model": SOURCE_LOGITS, "grad_norms_per_model": NORMS}
+              "source_features": SOURCE_FEATURES, "grad_norms_per_model": NORMS,
+              "el2n_norms_per_model": [pruning.el2n_norms(z, SOURCE_LABELS) for z in SOURCE_LOGITS]}
 
 
 @pytest.mark.parametrize("method", list(registry.PRUNING))

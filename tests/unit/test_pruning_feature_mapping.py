@@ -173,3 +173,41 @@ def test_fm_sample_scores_match_brute_force(chunk_size):
 def test_fm_samples_bad_inputs(target, source, ratio, match):
     with pytest.raises(ValueError, match=match):
         select_samples_feature_mapping(target, source, ratio=ratio)
+
+
+def _chunks(features, size):
+    return iter([features[s : s + size] for s in range(0, len(features), size)])
+
+
+@pytest.mark.parametrize("size", [1, 7, 1000])
+def test_source_features_as_chunks_select_what_the_array_selects(size):
+    """Features computed a chunk at a time (a source too large to hold them) give the same selections."""
+    rng = np.random.default_rng(5)
+    target, source, labels = rng.normal(size=(20, 4)), rng.normal(size=(61, 4)), rng.integers(0, 6, size=61)
+    whole = select_groups_feature_mapping(target, source, labels, ratio=0.5)
+    chunked = select_groups_feature_mapping(target, _chunks(source, size), labels, ratio=0.5)
+    np.testing.assert_array_equal(chunked.kept, whole.kept)
+    np.testing.assert_allclose(chunked.centroids, whole.centroids, rtol=1e-12)
+    np.testing.assert_allclose(group_centroids(_chunks(source, size), labels, 6), whole.centroids, rtol=1e-12)
+    kmeans_whole = select_groups_feature_mapping(target, source, num_clusters=4, ratio=0.5, seed=1)
+    kmeans_chunked = select_groups_feature_mapping(target, _chunks(source, size), num_clusters=4, ratio=0.5, seed=1)
+    np.testing.assert_array_equal(kmeans_chunked.groups, kmeans_whole.groups)
+    samples = select_samples_feature_mapping(target, _chunks(source.astype(np.float32), size), ratio=0.7)
+    np.testing.assert_array_equal(samples.kept, select_samples_feature_mapping(target, source.astype(np.float32),
+                                                                               ratio=0.7).kept)
+
+
+def test_chunks_that_do_not_fit_the_groups_or_each_other():
+    source, labels = np.zeros((10, 3)), np.arange(10) % 2
+    with pytest.raises(ValueError, match="one id per feature row: 9 ids for more than 9 rows"):
+        group_centroids(_chunks(source, 4), labels[:9], 2)
+    with pytest.raises(ValueError, match="one id per feature row: 10 ids for 8 rows"):
+        group_centroids(_chunks(source[:8], 4), labels, 2)
+    with pytest.raises(ValueError, match="same feature size"):
+        group_centroids(iter([source[:5], np.zeros((5, 2))]), labels, 2)
+    with pytest.raises(ValueError, match="no rows"):
+        group_centroids(iter([]), labels, 2)
+    with pytest.raises(ValueError, match="same feature size"):
+        select_groups_feature_mapping(np.zeros((3, 2)), _chunks(source, 4), labels, ratio=0.5)
+    with pytest.raises(ValueError, match="source_labels must hold one id per feature row"):
+        select_groups_feature_mapping(np.zeros((3, 3)), _chunks(source, 4), labels[:7], ratio=0.5)

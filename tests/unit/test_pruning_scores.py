@@ -5,11 +5,14 @@ from torch import nn
 
 import tlpipe.pruning.scores as scores_module
 from tlpipe.pruning import (
+    el2n_norms,
     el2n_scores,
+    select_samples,
     grand_scores,
     moderate_scores,
     per_sample_grad_norms,
     select_samples_el2n,
+    select_samples_el2n_norms,
     select_samples_grand,
     select_samples_moderate,
 )
@@ -40,6 +43,26 @@ def test_el2n_matches_reference_and_keeps_highest():
     assert sel.method == "el2n" and sel.num_kept == 3
     np.testing.assert_array_equal(sel.kept, np.sort(np.argsort(-expected)[:3]))
     np.testing.assert_array_equal(select_samples_el2n(logits[0], labels, ratio=0.0).kept, np.arange(12))
+
+
+def test_el2n_from_norms_a_chunk_at_a_time_selects_what_the_logits_select():
+    """The prune stage keeps each model's norms (one number an image), computed a chunk of logits at a time."""
+    rng = np.random.default_rng(3)
+    logits, labels = [rng.normal(size=(40, 6)).astype(np.float32) for _ in range(2)], rng.integers(0, 6, size=40)
+    norms = [np.concatenate([el2n_norms(z[s : s + 7], labels[s : s + 7]) for s in range(0, 40, 7)]) for z in logits]
+    np.testing.assert_allclose(np.mean(norms, axis=0), el2n_scores(logits, labels), rtol=1e-12)
+    expected = select_samples_el2n(logits, labels, ratio=0.6)
+    for got in (select_samples_el2n_norms(norms, ratio=0.6),
+                select_samples("el2n", ratio=0.6, el2n_norms_per_model=norms)):
+        assert got.method == "el2n"
+        np.testing.assert_array_equal(got.kept, expected.kept)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-12)
+    with pytest.raises(ValueError, match="labels"):
+        el2n_norms(logits[0], labels[:5])
+    with pytest.raises(ValueError, match="ratio"):
+        select_samples_el2n_norms(norms, ratio=1.0)
+    with pytest.raises(ValueError, match="el2n_norms_per_model"):
+        select_samples("el2n", ratio=0.5)
 
 
 @pytest.mark.parametrize(

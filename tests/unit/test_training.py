@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.models import Classifier, build_backbone
-from tlpipe.training import extract_features, finetune, predict_logits, train_classifier, warmup_cosine
+from tlpipe import training
+from tlpipe.models import Classifier, build_backbone, embed
+from tlpipe.training import extract_features, finetune, iter_features, predict_logits, train_classifier, warmup_cosine
 
 CPU = torch.device("cpu")
 FAST = dict(batch_size=16, weight_decay=0.01, seed=0, device=CPU)
@@ -86,6 +87,22 @@ def test_predict_and_extract_shapes(n):
                                rtol=1e-5, atol=1e-6)
     # one image a batch: outputs come back to the host in groups of batches, then the remainder (n=70)
     np.testing.assert_allclose(logits, predict_logits(model, images, batch_size=1, device=CPU), rtol=1e-5, atol=1e-6)
+
+
+def test_features_a_chunk_at_a_time():
+    """`iter_features` gives `extract_features` in order, a chunk of batches at a time, and the caller's
+    code between chunks runs with gradients as usual (inference mode is entered per batch only)."""
+    images, _ = toy_data(70)
+    backbone = Classifier(tiny_backbone(), 3).backbone
+    chunks = training.iter_outputs(lambda x: embed(backbone.eval(), x), images, batch_size=4, device=CPU,
+                                   batches_per_copy=5)
+    sizes = []
+    for chunk in chunks:
+        sizes.append(len(chunk))
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert sizes == [20, 20, 20, 10]
+    np.testing.assert_array_equal(np.concatenate(list(iter_features(backbone, images, batch_size=16, device=CPU))),
+                                  extract_features(backbone, images, batch_size=16, device=CPU))
 
 
 @pytest.mark.parametrize("mode", ["linear", "full"])

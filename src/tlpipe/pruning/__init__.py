@@ -32,11 +32,13 @@ from tlpipe.pruning.label_mapping import (
     select_classes_soft_votes,
 )
 from tlpipe.pruning.scores import (
+    el2n_norms,
     el2n_scores,
     grand_scores,
     moderate_scores,
     per_sample_grad_norms,
     select_samples_el2n,
+    select_samples_el2n_norms,
     select_samples_grand,
     select_samples_moderate,
 )
@@ -138,13 +140,15 @@ def select_samples(
     source_features=None,
     source_labels=None,
     logits_per_model=None,
+    el2n_norms_per_model=None,
     grad_norms_per_model=None,
 ) -> SampleSelection:
     """Dispatches to a sample-selection method.
 
     Args:
         method: one of `SAMPLE_METHODS`: "random_samples" (`num_samples`), "fm_samples"
-            (`target_features`, `source_features`), "el2n" (`logits_per_model`, `source_labels`),
+            (`target_features`, `source_features`), "el2n" (`el2n_norms_per_model`, or `logits_per_model`
+            and `source_labels`),
             "grand" (`grad_norms_per_model`), "moderate" (`source_features`, `source_labels`).
         ratio: fraction of source samples to drop, in [0, 1).
         seed: seed for the random baseline.
@@ -153,6 +157,8 @@ def select_samples(
         source_features: [N_source, D] source features.
         source_labels: [N_source] source class ids.
         logits_per_model: one [N_source, C] logits array per model, for EL2N.
+        el2n_norms_per_model: one [N_source] `el2n_norms` array per model, for EL2N (what the logits
+            give, without holding them).
         grad_norms_per_model: one [N_source] `per_sample_grad_norms` array per model, for GraNd.
 
     Returns:
@@ -166,8 +172,12 @@ def select_samples(
     if method == "fm_samples":
         _require(method, target_features=target_features, source_features=source_features)
         return select_samples_feature_mapping(target_features, source_features, ratio=ratio)
+    if method == "el2n" and el2n_norms_per_model is not None:
+        return select_samples_el2n_norms(el2n_norms_per_model, ratio=ratio)
     if method == "el2n":
-        _require(method, logits_per_model=logits_per_model, source_labels=source_labels)
+        if logits_per_model is None:
+            raise ValueError("method 'el2n' needs el2n_norms_per_model (or logits_per_model and source_labels)")
+        _require(method, source_labels=source_labels)
         return select_samples_el2n(logits_per_model, source_labels, ratio=ratio)
     if method == "grand":
         _require(method, grad_norms_per_model=grad_norms_per_model)
@@ -177,13 +187,14 @@ def select_samples(
 
 
 __all__ = [
-    "CLASS_METHODS", "SAMPLE_METHODS", "ClassSelection", "FeatureMapping", "SampleSelection", "class_table", "kept_indices", "ranks_source_classes",
-    "count_label_votes", "el2n_scores", "grand_scores", "group_centroids", "kept_sample_indices", "kmeans",
-    "map_features_to_groups", "moderate_scores", "nearest", "nearest_target_scores", "num_kept",
-    "num_kept_samples", "per_sample_grad_norms", "rank_classes", "rank_classes_by_psum",
-    "rank_classes_least_voted", "select", "select_by_votes", "select_classes", "select_classes_balanced",
-    "select_classes_label_mapping", "select_classes_least_voted", "select_classes_random",
-    "select_classes_soft_votes", "select_groups_feature_mapping", "select_samples", "select_samples_el2n",
-    "select_samples_feature_mapping", "select_samples_grand", "select_samples_moderate",
-    "select_samples_random", "select_top_samples", "squared_distances",
+    "CLASS_METHODS", "SAMPLE_METHODS", "ClassSelection", "FeatureMapping", "SampleSelection", "class_table",
+    "kept_indices", "ranks_source_classes", "count_label_votes", "el2n_norms", "el2n_scores", "grand_scores",
+    "group_centroids", "kept_sample_indices", "kmeans", "map_features_to_groups", "moderate_scores",
+    "nearest", "nearest_target_scores", "num_kept", "num_kept_samples", "per_sample_grad_norms",
+    "rank_classes", "rank_classes_by_psum", "rank_classes_least_voted", "select", "select_by_votes",
+    "select_classes", "select_classes_balanced", "select_classes_label_mapping", "select_classes_least_voted",
+    "select_classes_random", "select_classes_soft_votes", "select_groups_feature_mapping", "select_samples",
+    "select_samples_el2n", "select_samples_el2n_norms", "select_samples_feature_mapping",
+    "select_samples_grand", "select_samples_moderate", "select_samples_random", "select_top_samples",
+    "squared_distances",
 ]

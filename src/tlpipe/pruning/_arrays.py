@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -54,3 +56,33 @@ def as_labels(x, name: str, length: int, num_classes: int | None = None) -> np.n
     if num_classes is not None and length and x.max() >= num_classes:
         raise ValueError(f"{name} must lie in [0, {num_classes}), got max {x.max()}")
     return x
+
+
+def feature_chunks(x, name: str) -> Iterator[np.ndarray]:
+    """The rows of a feature matrix as float64 chunks [n, D], in order, each checked as `as_float_matrix`
+    checks a whole one.
+
+    Args:
+        x: an array [N, D] (one chunk), or an iterator of arrays [n, D] that are its rows in order
+            (features computed a chunk at a time, never held whole; read once).
+        name: the argument name, quoted in errors.
+    """
+    if not isinstance(x, Iterator):
+        yield as_float_matrix(x, name)
+        return
+    dim = None
+    for chunk in x:
+        chunk = as_float_matrix(chunk, name)
+        if dim is not None and chunk.shape[1] != dim:
+            raise ValueError(f"{name} chunks must have the same feature size D, got {dim} and {chunk.shape[1]}")
+        dim = chunk.shape[1]
+        yield chunk
+    if dim is None:
+        raise ValueError(f"{name} must be a non-empty 2-D array [N, D], got no rows")
+
+
+def as_feature_matrix(x, name: str) -> np.ndarray:
+    """`as_float_matrix` of an array, or of chunks (`feature_chunks`) joined: for methods that read every
+    feature more than once."""
+    chunks = list(feature_chunks(x, name))
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

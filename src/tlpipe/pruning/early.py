@@ -1,6 +1,6 @@
 """The short trainings behind EL2N and GraNd (Paul et al., "Deep Learning on a Data Diet", NeurIPS
 2021): fresh copies of an architecture trained a few epochs from different seeds, then asked for
-each source image's logits (EL2N) or loss-gradient norm (GraNd)."""
+each source image's error norm (EL2N) or loss-gradient norm (GraNd)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import torch
 from torch import nn
 
 from tlpipe import models, runtime, training
-from tlpipe.pruning.scores import per_sample_grad_norms
+from tlpipe.pruning.scores import el2n_norms, per_sample_grad_norms
 
-SCORED = {"el2n": "logits", "grand": "grad_norms"}  # what each method reads from a trained model
+SCORED = {"el2n": "el2n_norms", "grand": "grad_norms"}  # what each method reads from a trained model
 _CHUNK = 4096  # images turned into float pixels at a time for the gradient norms
 
 
 def early_training_scores(architecture: nn.Module, images, labels: np.ndarray, *, method: str,
                           num_classes: int, runs: int, epochs: int, batch_size: int, lr: float, seed: int,
                           device: torch.device) -> np.ndarray:
-    """One score array per run, stacked: [runs, N, C] logits for "el2n", [runs, N] gradient norms for
-    "grand". Run r trains `type(architecture)(architecture.config)` plus a linear head, drawn and
+    """One score array per run, stacked [runs, N]: error norms (`el2n_norms`) for "el2n", gradient norms
+    for "grand". Run r trains `type(architecture)(architecture.config)` plus a linear head, drawn and
     shuffled from seed `seed + r`. `images`: uint8 [N, C, H, W], an array or a set read by index
     (`tlpipe.images`)."""
     if method not in SCORED:
@@ -31,8 +31,12 @@ def early_training_scores(architecture: nn.Module, images, labels: np.ndarray, *
         model = models.Classifier(type(architecture)(architecture.config), num_classes)
         training.train_classifier(model, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
                                   weight_decay=0.0005, seed=run_seed, device=device, label_smoothing=0.0)
-        if SCORED[method] == "logits":
-            per_run.append(training.predict_logits(model, images, batch_size=256, device=device))
+        if SCORED[method] == "el2n_norms":  # a chunk of logits at a time: N x C of them would not fit
+            model, norms = training.prepare_module(model, device).eval(), []
+            for logits in training.iter_outputs(model, images, batch_size=256, device=device):
+                done = sum(map(len, norms))
+                norms.append(el2n_norms(logits, labels[done : done + len(logits)]))
+            per_run.append(np.concatenate(norms))
         else:
             per_run.append(np.concatenate([  # a chunk of float pixels at a time (a sample's norm is its own)
                 per_sample_grad_norms(model.eval(), runtime.to_float(torch.from_numpy(images[chunk])), labels[chunk],

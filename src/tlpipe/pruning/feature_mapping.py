@@ -10,19 +10,20 @@ variant keeps the source samples nearest to any target feature.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from tlpipe.pruning._arrays import as_float_matrix, as_labels
+from tlpipe.pruning._arrays import as_feature_matrix, as_float_matrix, as_labels, feature_chunks, to_numpy
 from tlpipe.pruning.kmeans import group_sums, kmeans, nearest, squared_distances
 from tlpipe.pruning.label_mapping import select_by_votes
 from tlpipe.pruning.selection import (
     ClassSelection,
     SampleSelection,
+    check_ratio,
     kept_sample_indices,
     num_kept,
-    num_kept_samples,
     rank_classes,
     select_top_samples,
 )
@@ -54,20 +55,41 @@ def _check_same_dim(target: np.ndarray, source: np.ndarray, source_name: str) ->
         )
 
 
+def _source_chunks(target: np.ndarray, source_features) -> Iterator[np.ndarray]:
+    """`feature_chunks` of the source features, each checked against the target's feature size."""
+    for chunk in feature_chunks(source_features, "source_features"):
+        _check_same_dim(target, chunk, "source_features")
+        yield chunk
+
+
 def group_centroids(features, groups, num_groups: int) -> np.ndarray:
     """Mean feature of every group, in float64.
 
     Args:
-        features: [N, D] float features.
+        features: [N, D] float features, or an iterator of [n, D] chunks of them in order (summed as
+            they come: memory does not grow with N).
         groups: [N] group id in [0, num_groups) of every row; every group needs a member.
         num_groups: G.
 
     Returns:
         float64 [G, D].
     """
-    features = as_float_matrix(features, "features")
-    groups = as_labels(groups, "groups", len(features), num_groups)
-    sums, counts = group_sums(features, groups, num_groups)
+    groups = to_numpy(groups)
+    groups = as_labels(groups, "groups", groups.shape[0] if groups.ndim else -1, num_groups)
+    return _group_means(feature_chunks(features, "features"), groups, num_groups, "groups")
+
+
+def _group_means(chunks, groups: np.ndarray, num_groups: int, groups_name: str) -> np.ndarray:
+    sums, counts, seen = 0.0, np.zeros(num_groups, dtype=np.int64), 0
+    for chunk in chunks:
+        members, seen = groups[seen : seen + len(chunk)], seen + len(chunk)
+        if seen > len(groups):
+            break
+        chunk_sums, chunk_counts = group_sums(chunk, members, num_groups)
+        sums, counts = sums + chunk_sums, counts + chunk_counts
+    if seen != len(groups):
+        raise ValueError(f"{groups_name} must hold one id per feature row: {len(groups)} ids for "
+                         f"{'more than ' if seen > len(groups) else ''}{min(seen, len(groups))} rows")
     if (counts == 0).any():
         raise ValueError(f"every group needs a member; empty groups: {np.flatnonzero(counts == 0).tolist()}")
     return sums / counts[:, None]
@@ -106,7 +128,8 @@ def select_groups_feature_mapping(
 
     Args:
         target_features: [N_target, D] features of the target TRAIN images.
-        source_features: [N_source, D] features of the source images, same extractor.
+        source_features: [N_source, D] features of the source images, same extractor; with
+            `source_labels`, also an iterator of [n, D] chunks of them in order (never held whole).
         source_labels: [N_source] source class ids; the classes are the groups. If None, the
             groups are `num_clusters` k-means clusters of `source_features`.
         num_clusters: k for k-means; required exactly when `source_labels` is None.
@@ -117,21 +140,26 @@ def select_groups_feature_mapping(
         A `FeatureMapping` with method "fm"; its `kept_samples` are the source samples to keep.
     """
     target = as_float_matrix(target_features, "target_features")
-    source = as_float_matrix(source_features, "source_features")
-    _check_same_dim(target, source, "source_features")
     if (source_labels is None) == (num_clusters is None):
         raise ValueError("pass exactly one of source_labels (class groups) or num_clusters (k-means groups)")
-    if source_labels is not None:
-        groups = as_labels(source_labels, "source_labels", len(source))
+    if source_labels is not None:  # the centroids are summed as the features come: they may be chunks
+        groups = to_numpy(source_labels)
+        groups = as_labels(groups, "source_labels", groups.shape[0] if groups.ndim else -1)
+        if not len(groups):
+            raise ValueError("source_labels must be non-empty")
         num_groups = int(groups.max()) + 1
+        num_kept(num_groups, ratio)
+        chunks = _source_chunks(target, source_features)
     else:
+        source = as_feature_matrix(source_features, "source_features")  # k-means reads them many times
+        _check_same_dim(target, source, "source_features")
         if int(num_clusters) != num_clusters or not 1 <= num_clusters <= len(source):
             raise ValueError(f"num_clusters must be an integer in [1, N_source={len(source)}], got {num_clusters!r}")
         num_groups = int(num_clusters)
-    num_kept(num_groups, ratio)
-    if source_labels is None:
+        num_kept(num_groups, ratio)
         groups, _ = kmeans(source, num_groups, seed=seed)
-    centroids = group_centroids(source, groups, num_groups)
+        chunks = iter([source])
+    centroids = _group_means(chunks, groups, num_groups, "source_labels")
     selection = map_features_to_groups(target, centroids, ratio=ratio)
     values = {f.name: getattr(selection, f.name) for f in fields(selection)}
     return FeatureMapping(**values, groups=groups, centroids=centroids)
@@ -142,17 +170,18 @@ def nearest_target_scores(target_features, source_features, *, chunk_size: int =
 
     Args:
         target_features: [N_target, D] features of the target TRAIN images.
-        source_features: [N_source, D] source features, same extractor.
-        chunk_size: source rows per chunk; memory is O(chunk_size * N_target).
+        source_features: [N_source, D] source features, same extractor, or an iterator of [n, D] chunks
+            of them in order.
+        chunk_size: source rows per distance chunk; memory is O(chunk_size * N_target).
 
     Returns:
         float64 [N_source], higher is closer to the target.
     """
     target = as_float_matrix(target_features, "target_features")
-    source = as_float_matrix(source_features, "source_features")
-    _check_same_dim(target, source, "source_features")
-    _, sq_distance = nearest(source, target, chunk_size=chunk_size)
-    return -sq_distance
+    scores = []
+    for source in _source_chunks(target, source_features):
+        scores.append(-nearest(source, target, chunk_size=chunk_size)[1])
+    return np.concatenate(scores)
 
 
 def select_samples_feature_mapping(
@@ -162,16 +191,14 @@ def select_samples_feature_mapping(
 
     Args:
         target_features: [N_target, D] features of the target TRAIN images.
-        source_features: [N_source, D] source features, same extractor.
+        source_features: [N_source, D] source features, same extractor, or an iterator of [n, D] chunks
+            of them in order.
         ratio: fraction of source samples to drop, in [0, 1).
         chunk_size: source rows per distance chunk.
 
     Returns:
         A `SampleSelection` with method "fm_samples"; ties go by index (asc).
     """
-    target = as_float_matrix(target_features, "target_features")
-    source = as_float_matrix(source_features, "source_features")
-    _check_same_dim(target, source, "source_features")
-    num_kept_samples(len(source), ratio)
-    scores = nearest_target_scores(target, source, chunk_size=chunk_size)
+    check_ratio(ratio)
+    scores = nearest_target_scores(target_features, source_features, chunk_size=chunk_size)
     return select_top_samples(scores, ratio=ratio, method="fm_samples")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from tlpipe.pruning._arrays import as_float_matrix, as_labels, to_numpy
+from tlpipe.pruning._arrays import as_feature_matrix, as_labels, to_numpy
 from tlpipe.pruning.selection import SampleSelection, check_ratio, num_kept_samples, select_top_samples
 
 
@@ -39,15 +39,23 @@ def _per_model_arrays(values, name: str, ndim: int) -> list[np.ndarray]:
     return [a.astype(np.float64) for a in arrays]
 
 
+def _el2n_norms(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1.0  # softmax - onehot(y)
+    return np.sqrt((p * p).sum(axis=1))
+
+
 def _el2n(logits: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    rows = np.arange(len(labels))
-    per_model = []
-    for z in logits:
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[rows, labels] -= 1.0  # softmax - onehot(y)
-        per_model.append(np.sqrt((p * p).sum(axis=1)))
-    return np.mean(per_model, axis=0)
+    return np.mean([_el2n_norms(z, labels) for z in logits], axis=0)
+
+
+def el2n_norms(logits, labels) -> np.ndarray:
+    """One model's EL2N error norms ||softmax(logits) - onehot(y)||_2, float64 [N]: what `el2n_scores`
+    averages over models. Computed a batch at a time, they stand in for logits that are too many to keep
+    (N x C): `select_samples_el2n_norms` averages and ranks them."""
+    (z,) = _per_model_arrays([logits], "logits", ndim=2)
+    return _el2n_norms(z, as_labels(labels, "labels", z.shape[0], z.shape[1]))
 
 
 def el2n_scores(logits_per_model: Sequence, labels) -> np.ndarray:
@@ -82,6 +90,15 @@ def select_samples_el2n(logits_per_model: Sequence, labels, *, ratio: float) -> 
     labels = as_labels(labels, "labels", num_samples, num_classes)
     num_kept_samples(num_samples, ratio)
     return select_top_samples(_el2n(logits, labels), ratio=ratio, method="el2n")
+
+
+def select_samples_el2n_norms(el2n_norms_per_model: Sequence, *, ratio: float) -> SampleSelection:
+    """`select_samples_el2n` from the models' error norms (`el2n_norms`, one [N] array per model) rather
+    than their logits: the same selection.
+    """
+    check_ratio(ratio)
+    scores = np.mean(_per_model_arrays(el2n_norms_per_model, "el2n_norms_per_model", ndim=1), axis=0)
+    return select_top_samples(scores, ratio=ratio, method="el2n")
 
 
 def _as_images_and_labels(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,13 +195,13 @@ def moderate_scores(features, labels) -> np.ndarray:
     """Moderate-coreset score: -|d_i - median_c(d)|, d_i = ||f_i - median_c(f)||_2 (Xia et al. 2023).
 
     Args:
-        features: [N, D] float features of the source samples.
+        features: [N, D] float features of the source samples (or an iterator of [n, D] chunks of them).
         labels: [N] integer class ids.
 
     Returns:
         float64 [N]; 0 for a sample at exactly its class's median distance, lower the farther.
     """
-    features = as_float_matrix(features, "features")
+    features = as_feature_matrix(features, "features")
     labels = as_labels(labels, "labels", len(features))
     distances = _class_distances(features, labels)
     scores = np.empty_like(distances)
@@ -198,14 +215,14 @@ def select_samples_moderate(features, labels, *, ratio: float) -> SampleSelectio
     """Keeps, per class, the round(n_c * (1 - ratio)) (>= 1) samples of highest moderate score.
 
     Args:
-        features: [N, D] float features of the source samples.
+        features: [N, D] float features of the source samples (or an iterator of [n, D] chunks of them).
         labels: [N] integer class ids.
         ratio: fraction of every class to drop, in [0, 1).
 
     Returns:
         A `SampleSelection` with method "moderate"; ties go by index (asc).
     """
-    features = as_float_matrix(features, "features")
+    features = as_feature_matrix(features, "features")
     labels = as_labels(labels, "labels", len(features))
     check_ratio(ratio)
     scores = moderate_scores(features, labels)
