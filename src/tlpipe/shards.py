@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -30,6 +31,7 @@ ROWS_PER_UNIT = 4096  # rows of an outside data set decoded by one task
 # A worker process costs ~3.5 s to start (it imports datasets and matplotlib): on 2 cores, 2 workers
 # were slower than 1 up to ~100k glyph images (10.3 s vs 7.9 s at 94k). Each gets this many at least.
 IMAGES_PER_WORKER = 100_000
+RECORD_BATCH_BYTES = 32 << 20  # a prepared split's record batches (the last of a shard smaller)
 
 
 @dataclass(frozen=True)
@@ -197,11 +199,9 @@ def _write_split(files: list[Path], features: datasets.Features, folder: Path, f
     for name, group in zip(names, groups):
         writer = ArrowWriter(features=features, path=str(folder / name))
         try:
-            for part in group:
-                with pa.OSFile(str(part)) as source:
-                    for batch in pa.ipc.open_stream(source):
-                        writer.write_table(pa.Table.from_batches([batch]))
-                        rows += batch.num_rows
+            for batch in _coalesced(group):
+                writer.write_table(pa.Table.from_batches([batch]), writer_batch_size=batch.num_rows)
+                rows += batch.num_rows
             writer.finalize()
         finally:
             writer.close()
@@ -209,6 +209,26 @@ def _write_split(files: list[Path], features: datasets.Features, folder: Path, f
     state.update(_data_files=[{"filename": name} for name in names], _fingerprint=fingerprint)
     (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
     return rows
+
+
+def _coalesced(parts: list[Path]) -> Iterator[pa.RecordBatch]:
+    """The record batches of the parts, in order, joined into batches of about `RECORD_BATCH_BYTES`.
+
+    A reader maps one zero-copy view per record batch (`tlpipe.images`): few large batches make a
+    random batch of rows touch few of them, and opening the split read few batch headers (each read
+    maps the pages around it) rather than one per thousand rows.
+    """
+    pending, size = [], 0
+    for part in parts:
+        with pa.OSFile(str(part)) as source:
+            for batch in pa.ipc.open_stream(source):
+                pending.append(batch)
+                size += batch.nbytes
+                if size >= RECORD_BATCH_BYTES:
+                    yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                    pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def _write_unit(job) -> None:

@@ -39,6 +39,24 @@ def test_glyphs_in_parts_are_the_split_made_in_memory_whatever_the_processes(tmp
         assert written[split]["font"] == in_memory[split]["font"]
 
 
+def test_a_split_is_written_in_large_record_batches(tmp_path, monkeypatch):
+    """The parts' small record batches are joined (readers map one view per batch); the rows stay."""
+    import pyarrow as pa
+
+    source = shards.Glyphs(charset="ascii", images_per_class=6, seed=3, image_size=16, degrade_fraction=0.0)
+    shards.prepare_source(source, tmp_path / "small", val_fraction=0.2, seed=1, workers=1)
+    monkeypatch.setattr(shards, "RECORD_BATCH_BYTES", 100 * 16 * 16)
+    shards.prepare_source(source, tmp_path / "joined", val_fraction=0.2, seed=1, workers=1)
+    (train,) = (tmp_path / "joined" / "train").glob("data-*.arrow")
+    batches = list(pa.ipc.open_stream(pa.OSFile(str(train))))
+    # 94 parts (one a character) of 5 train rows, joined until a batch holds 100 images' bytes
+    assert 1 < len(batches) < 94 and all(b.nbytes >= shards.RECORD_BATCH_BYTES for b in batches[:-1])
+    assert sum(b.num_rows for b in batches) == 94 * 5
+    small, joined = data.load_prepared(tmp_path / "small"), data.load_prepared(tmp_path / "joined")
+    for split in ("train", "val"):
+        same_rows(small[split], joined[split])
+
+
 def test_no_validation_split_writes_an_empty_one(tmp_path):
     source = shards.Glyphs(charset="ascii", images_per_class=2, seed=0, image_size=8, degrade_fraction=0.0)
     assert shards.prepare_source(source, tmp_path / "s", val_fraction=0.0, seed=0, workers=1) == {"train": 188, "val": 0}
