@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.models import Classifier, embed
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 
@@ -110,6 +111,7 @@ def train_classifier(
     label_smoothing: float = 0.1,
     backbone_lr_scale: float = 1.0,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict:
     """Trains `model` in place with AdamW, warmup-cosine lr and cross-entropy.
 
@@ -129,26 +131,37 @@ def train_classifier(
         label_smoothing: cross-entropy label smoothing.
         backbone_lr_scale: lr multiplier for parameters under `model.backbone`.
         on_metrics: called as on_metrics(epoch, {...}) after each epoch (epochs count from 1).
+        checkpoint: saves the loop's state there at the end of every epoch (and as its interval says
+            within one) and resumes from what it holds: the weights are those of an uninterrupted run.
 
     Returns:
         dict with wall_time_s (the whole loop), train_time_s (without the validation passes),
         val_time_s, images_seen, images_per_s (training only), train_loss and train_accuracy (last
-        epoch), and val_accuracy when a validation set is given.
+        epoch), and val_accuracy when a validation set is given; resumed_from_epoch and
+        resumed_from_batch when it resumed (time and images per second are this attempt's).
     """
     generator = seed_everything(seed)
     model = prepare_module(model, device)
     steps = epochs * steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay, backbone_lr_scale), steps)
-    metrics: dict = {}
-    images_seen, start, val_s = 0, time.perf_counter(), 0.0
-    for epoch in range(1, epochs + 1):
+    # summed on the device (no sync per step); kept in the loop's state, so a resumed epoch sums on
+    state = LoopState(checkpoint, modules={"model": model}, optimizer=optimizer, schedule=schedule,
+                      data_generator=generator, values={
+                          "loss_sum": torch.zeros((), device=device),
+                          "correct": torch.zeros((), device=device, dtype=torch.int64),
+                          "epoch_seen": 0, "images_seen": 0})
+    first_epoch, skip = state.resume(on_metrics)
+    totals, metrics = state.values, state.last_metrics()
+    start, val_s, attempt_seen = time.perf_counter(), 0.0, 0  # this attempt's clock and images
+    for epoch in range(first_epoch, epochs + 1):
+        state.begin_epoch(epoch)
         model.train()
-        loss_sum = torch.zeros((), device=device)  # summed on device: no sync per step
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        epoch_seen = 0
+        if not skip:
+            totals["loss_sum"].zero_(), totals["correct"].zero_()
+            totals["epoch_seen"] = 0
         batches = iter_batches(images, labels, batch_size=batch_size, device=device,
-                               generator=generator, drop_last=True)
-        for x, y in batches:
+                               generator=generator, drop_last=True, skip=skip)
+        for batch, (x, y) in enumerate(batches, start=skip + 1):
             with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
@@ -156,12 +169,16 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            epoch_seen += len(y)
-        images_seen += epoch_seen
-        metrics = {"train_loss": loss_sum.item() / epoch_seen, "train_accuracy": correct.item() / epoch_seen,
-                   "lr": schedule.get_last_lr()[0]}
+            totals["loss_sum"] += loss.detach() * len(y)
+            totals["correct"] += (logits.argmax(1) == y).sum()
+            totals["epoch_seen"] += len(y)
+            attempt_seen += len(y)
+            state.step_done(batch)
+        skip = 0
+        epoch_seen = totals["epoch_seen"]
+        totals["images_seen"] += epoch_seen
+        metrics = {"train_loss": totals["loss_sum"].item() / epoch_seen,
+                   "train_accuracy": totals["correct"].item() / epoch_seen, "lr": schedule.get_last_lr()[0]}
         if val_images is not None and val_labels is not None:
             val_start = time.perf_counter()
             predicted = predict_classes(model, val_images, batch_size=batch_size, device=device)
@@ -169,13 +186,14 @@ def train_classifier(
             val_s += time.perf_counter() - val_start
         if on_metrics is not None:
             on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - start})
+        state.end_epoch(metrics)
     wall = time.perf_counter() - start
     metrics.pop("lr", None)
     # The validation set does not shrink with a sample-level selection, so the training cost of a pruned
     # source is train_time_s; wall_time_s adds the per-epoch validation passes.
     train_s = wall - val_s
-    return {"wall_time_s": wall, "train_time_s": train_s, "val_time_s": val_s, "images_seen": images_seen,
-            "images_per_s": images_seen / train_s, **metrics}
+    return {"wall_time_s": wall, "train_time_s": train_s, "val_time_s": val_s, "images_seen": totals["images_seen"],
+            "images_per_s": attempt_seen / train_s, **metrics, **state.resumed()}
 
 
 def iter_outputs(fn: Callable[[torch.Tensor], torch.Tensor], images, *, batch_size: int, device: torch.device,

@@ -1,0 +1,105 @@
+"""Resuming a training loop from its checkpoint ends with the weights of an uninterrupted run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from tlpipe.checkpoints import FILE, Checkpoint
+from tlpipe.models import Classifier, build_backbone
+from tlpipe.training import train_classifier
+
+CPU = torch.device("cpu")
+
+
+class Crash(Exception):
+    pass
+
+
+class FailingImages:
+    """An image set read by index (like `tlpipe.images.Images`) that fails on its `fail_at`-th read."""
+
+    def __init__(self, images: np.ndarray, fail_at: int | None = None):
+        self.images, self.fail_at, self.reads = images, fail_at, 0
+        self.shape, self.dtype, self.ndim = images.shape, images.dtype, images.ndim
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise Crash(f"read {self.reads}")
+        return self.images[index]
+
+
+def data(n=72, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 255, size=(n, 1, 12, 12), dtype=np.uint8)
+    return images, (images[:, 0, :6].mean((1, 2)) > images[:, 0, 6:].mean((1, 2))).astype(np.int64)
+
+
+def fit(images, labels, checkpoint=None, history=None):
+    torch.manual_seed(7)
+    model = Classifier(build_backbone(embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1]), 2)
+    record = (lambda epoch, m: history.append((epoch, {k: v for k, v in m.items() if k != "elapsed_s"}))) \
+        if history is not None else None
+    val_images, val_labels = data(20, seed=1)
+    metrics = train_classifier(model, images, labels, epochs=3, batch_size=16, lr=1e-2, weight_decay=0.01, seed=3,
+                               device=CPU, val_images=val_images, val_labels=val_labels, on_metrics=record,
+                               checkpoint=checkpoint)
+    return model.state_dict(), metrics
+
+
+@pytest.mark.parametrize("fail_at", [2, 4, 6, 7, 12])  # 4 batches an epoch: mid-epoch and at its edges
+@pytest.mark.parametrize("every_minutes", [0.0, None])
+def test_a_crashed_classifier_resumes_to_the_uninterrupted_weights(tmp_path, fail_at, every_minutes):
+    images, labels = data()
+    expected_history = []
+    expected, expected_metrics = fit(FailingImages(images), labels, history=expected_history)
+    checkpoint = Checkpoint(tmp_path / "ck", every_minutes=every_minutes)
+    with pytest.raises(Crash):
+        fit(FailingImages(images, fail_at), labels, checkpoint)
+    saved = None if not (tmp_path / "ck" / FILE).exists() else json.loads(
+        safe_open(str(tmp_path / "ck" / FILE), framework="pt").metadata()["document"])
+    history = []
+    resumed = FailingImages(images)
+    got, metrics = fit(resumed, labels, Checkpoint(tmp_path / "ck", every_minutes=every_minutes), history)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert history == expected_history  # epochs done before the crash are told again
+    for key in ("train_loss", "train_accuracy", "val_accuracy", "images_seen"):
+        assert metrics[key] == expected_metrics[key]
+    if saved is None:  # crashed in the first epoch with saves at epoch ends only: a fresh start
+        assert "resumed_from_epoch" not in metrics and resumed.reads == 12
+    else:
+        done = (saved["epoch"] - 1) * 4 + saved["batch"]
+        assert (metrics["resumed_from_epoch"], metrics["resumed_from_batch"]) == (saved["epoch"], saved["batch"])
+        assert resumed.reads == 12 - done  # nothing done before the checkpoint is read again
+        assert every_minutes is None or done == fail_at - 1  # saved after every step: only the failed one is redone
+
+
+def test_the_checkpoint_is_safetensors_with_a_json_document(tmp_path):
+    images, labels = data()
+    fit(images, labels, Checkpoint(tmp_path / "ck"))
+    with safe_open(str(tmp_path / "ck" / FILE), framework="pt") as f:
+        document = json.loads(f.metadata()["document"])
+        names = set(f.keys())
+    assert document["epoch"] == 4 and document["batch"] == 0 and len(document["history"]) == 3
+    assert {"rng.torch", "rng.numpy", "generator.data_at_epoch_start", "value.loss_sum"} <= names
+    assert any(n.startswith("module.model.") for n in names) and any(n.startswith("optimizer.") for n in names)
+    assert not [p for p in (tmp_path / "ck").iterdir() if p.name != FILE]  # written atomically, nothing left
+
+
+def test_saves_within_an_epoch_follow_the_interval(tmp_path):
+    now = [0.0]
+    checkpoint = Checkpoint(tmp_path, every_minutes=1.0, clock=lambda: now[0])
+    assert not checkpoint.due()
+    now[0] = 59.0
+    assert not checkpoint.due()
+    now[0] = 60.0
+    assert checkpoint.due()
+    checkpoint.save({"x": torch.ones(2)}, {"epoch": 1})
+    assert not checkpoint.due() and checkpoint.load()[1] == {"epoch": 1}
+    assert not Checkpoint(tmp_path).due() and Checkpoint(tmp_path / "none").load() is None
