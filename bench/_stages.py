@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import uuid
 from pathlib import Path
 
 # The tools offline and quiet, in the subprocesses a benchmark starts.
@@ -30,22 +31,26 @@ def stage_context(project: Path, stage: str, params: dict, device: str, out: Pat
     from runner.workspace import ProjectWorkspace
 
     spec = next(s for s in load_pipeline(project) if s.name == stage)
-    return StageContext(StageRun(spec, params, key="", deps={}, device=device), out, ProjectWorkspace(project), Events())
+    # a key of its own: a benchmark's stage never resumes from another run's checkpoint
+    key = f"bench-{uuid.uuid4().hex}"
+    return StageContext(StageRun(spec, params, key=key, deps={}, device=device), out, ProjectWorkspace(project), Events())
 
 
 def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
     """Runs `tasks.<stage>.run` with the same atomic writes as the runner, but no keys, hashes or
     records; returns its metrics."""
     from runner.spec import metrics_file, stage_dir
-    from tlpipe.io import staged_outputs, write_json
+    from tlpipe.io import remove_path, staged_outputs, write_json
 
     module = importlib.import_module(f"tasks.{stage}")
     started = time.perf_counter()
     with staged_outputs(stage_dir(project, stage), metrics_file(project, stage)) as (out, metrics_path):
         out.mkdir()
-        metrics = module.run(stage_context(project, stage, params, device, out))
+        ctx = stage_context(project, stage, params, device, out)
+        metrics = module.run(ctx)
         metrics["wall_time_s"] = time.perf_counter() - started
         write_json(metrics_path, metrics)
+    remove_path(ctx._workspace.checkpoints(stage, ctx._run.key))  # noqa: SLF001 (as the runner does)
     return metrics
 
 

@@ -7,14 +7,29 @@ observers of the run decide what to do with it.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from tlpipe.checkpoints import Checkpoint
 from tlpipe.io import read_json
 
 from runner.events import Events, StageRun, is_timing
 
 MetricsCallback = Callable[[int, dict], None]
+CHECKPOINT_VARIABLE = "TLPIPE_CHECKPOINT_MINUTES"
+
+
+def checkpoint_minutes() -> float:
+    """TLPIPE_CHECKPOINT_MINUTES: minutes between checkpoints within an epoch (default 10)."""
+    value = os.environ.get(CHECKPOINT_VARIABLE, "10")
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes >= 0 or minutes == float("inf"):
+        raise ValueError(f"{CHECKPOINT_VARIABLE}={value!r} must be a number of minutes >= 0")
+    return minutes
 
 
 class StageContext:
@@ -43,6 +58,13 @@ class StageContext:
         ({} otherwise); not a dependency: they never change what a stage's key is."""
         outcome = self._workspace.outcomes.get(stage)
         return {k: v for k, v in outcome.metrics.items() if is_timing(k)} if outcome else {}
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """Where the training loop `name` of this stage saves and finds its state: keyed by the stage's
+        cache key, so a changed param or code starts afresh. Within an epoch it saves every
+        TLPIPE_CHECKPOINT_MINUTES minutes (default 10); always at the end of one."""
+        return Checkpoint(self._workspace.checkpoints(self.stage, self._run.key) / name,
+                          every_minutes=checkpoint_minutes())
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         self._events.emit("stage_metrics", self._run, metrics, step)

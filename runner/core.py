@@ -15,12 +15,12 @@ import os
 import time
 from pathlib import Path
 
-from tlpipe.io import staged_outputs, write_json
+from tlpipe.io import remove_path, staged_outputs, write_json
 
 from runner import inputs, keys
 from runner.context import StageContext
 from runner.dvc import md5_path
-from runner.events import RAN, Events, Observer, Outcome, StageRun, is_timing
+from runner.events import RAN, Events, Observer, Outcome, StageRun, varies_by_attempt
 from runner.spec import StageSpec
 
 QUIET = {  # per-file progress bars of datasets/transformers would drown the stage's own progress
@@ -98,7 +98,7 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
             metrics["wall_time_s"] = time.perf_counter() - started
             # Timings stay out of the metrics file, a DVC output that downstream stages read: an output
             # must depend on its inputs alone. They go to the record, MLflow and lineage.
-            write_json(tmp_metrics, {k: v for k, v in metrics.items() if not is_timing(k)})
+            write_json(tmp_metrics, {k: v for k, v in metrics.items() if not varies_by_attempt(k)})
     except Exception as exc:
         events.emit_each("stage_failed", run, exc)
         raise
@@ -112,5 +112,6 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
     events.emit("stage_finished", run, outcome)
     workspace.save(spec, run.key, {"stage": spec.name, "cache_key": run.key, "outs": outs, "metrics": metrics,
                                    **run.record})
+    remove_path(workspace.checkpoints(spec.name, run.key))  # the outputs are in place: nothing to resume
     return outcome
 

@@ -24,6 +24,15 @@ def is_timing(key: str) -> bool:
     return key.endswith("_s")
 
 
+RESUME_FACTS = ("resumed_from_epoch", "resumed_from_batch")  # where an attempt took over from a checkpoint
+
+
+def varies_by_attempt(key: str) -> bool:
+    """Metrics of one attempt at a stage rather than of its outputs (timings, where it resumed): kept
+    out of the metrics file, which downstream stages read, and recorded with the run."""
+    return is_timing(key) or key in RESUME_FACTS
+
+
 @dataclass
 class StageRun:
     """One stage on its way through the runner. Observers may note ids in `record` (for example the

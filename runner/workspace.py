@@ -91,6 +91,11 @@ class ProjectWorkspace:
     def upstream(self, stage: str) -> Path:
         return stage_dir(self.project, stage)
 
+    def checkpoints(self, stage: str, key: str) -> Path:
+        """Where the stage's training loops keep their checkpoints while this key runs (outside data/,
+        never versioned; removed when the stage completes)."""
+        return self.project / ".tlpipe" / "checkpoints" / stage / key
+
     def remove_stale(self) -> list[Path]:
         """Removes what killed runs left half-written: temporaries of processes that no longer run,
         beside the outputs and the records. Call it holding the project lock."""
@@ -138,6 +143,10 @@ class StoreWorkspace:
 
     def entry(self, stage: str, key: str) -> Path:
         return self.store / stage / key
+
+    def checkpoints(self, stage: str, key: str) -> Path:
+        """In the shared entry: the agent that claims it next resumes where a lost one stopped."""
+        return self.entry(stage, key) / "checkpoints"
 
     def _add(self, stage: str, key: str, record: dict) -> None:
         self.entries[stage] = key

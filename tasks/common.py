@@ -39,7 +39,7 @@ def train_source(ctx, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarra
             p["mode"], *train, val_images=val[0], val_labels=val[1], num_classes=num_classes,
             model_config=p["model"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
             weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
-            label_smoothing=label_smoothing, on_metrics=on_metrics, **ssl)
+            label_smoothing=label_smoothing, on_metrics=on_metrics, checkpoint=ctx.checkpoint("train"), **ssl)
     if classifier is not None:
         models.save_classifier(classifier, ctx.out / "model")
     models.save_backbone(backbone, ctx.out / "backbone")

@@ -79,6 +79,7 @@ def run(ctx) -> dict:
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
             queue_size=p["queue_size"], tau_s=p["tau_s"], tau_t=p["tau_t"], seed=p["seed"],
             device=torch.device(ctx.device), augment=p["augment"], on_metrics=on_metrics,
+            checkpoint=ctx.checkpoint("train"),
         )
     models.save_backbone(student, ctx.out / "backbone")
     io.write_json(ctx.out / "teachers.json", [  # a list: the order is the teachers' order in params

@@ -26,6 +26,7 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
         load_backbone(ctx, which), images, labels, num_classes=num_classes, mode=p["mode"],
         epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
         seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
+        checkpoint=ctx.checkpoint(f"train-{which}"),
     )
 
 

@@ -44,7 +44,8 @@ def scores(ctx, source: tuple, num_classes: int) -> list:
     stacked, _ = io.cached_file(Path(ctx.store) / "prune_scores" / f"{key}.npy", lambda: early_training_scores(
         surrogate, images, labels, method=p["method"], num_classes=num_classes, runs=p["scores"]["runs"],
         epochs=p["scores"]["epochs"], batch_size=p["scores"]["batch_size"], lr=p["scores"]["lr"], seed=p["seed"],
-        device=torch.device(ctx.device)), io.write_array, io.read_array)
+        device=torch.device(ctx.device), checkpoints=lambda run: ctx.checkpoint(f"scores-{run}")),
+        io.write_array, io.read_array)
     return list(stacked)
 
 

@@ -106,8 +106,10 @@ class LoopState:
         for name, tensor in self.tensors.items():
             tensor.copy_(tensors[f"tensor.{name}"])
         for name, value in document["values"].items():
-            self.values[name] = tensors[f"value.{name}"].to(self.values[name].device) \
-                if isinstance(self.values.get(name), torch.Tensor) else value
+            if isinstance(self.values.get(name), torch.Tensor):
+                self.values[name].copy_(tensors[f"value.{name}"])  # in place: the loop holds it
+            else:
+                self.values[name] = value
         for name, generator in self.generators.items():
             generator.set_state(tensors[f"generator.{name}"])
         _set_global_rng(tensors, document["rng"])

@@ -31,6 +31,7 @@ from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
 from tlpipe.models import ProjectionHead, embed, feature_dim
 from tlpipe.registry import DISTILLATION
+from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, extract_features, make_optimizer, param_groups, steps_per_epoch
 from tlpipe.transferability import logme, teacher_weights
@@ -148,6 +149,7 @@ def distill(
     teacher_embeddings: Sequence[np.ndarray] | None = None,
     augment: bool = True,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[nn.Module, dict]:
     """Distils the teacher(s) into a trained copy of `student_backbone` on unlabeled images.
 
@@ -175,6 +177,8 @@ def distill(
             `teacher_embeddings_of`); requires augment=False.
         augment: apply `augment_batch` to every batch (the same view for all networks).
         on_metrics: called as on_metrics(epoch, {"loss", "lr", "elapsed_s"}) after each epoch.
+        checkpoint: saves the loop's state (the student, its heads, the queues) there and resumes from
+            what it holds, to the weights of an uninterrupted run.
 
     Returns:
         (student backbone, metrics). metrics: wall_time_s, images_seen, images_per_s, loss (the
@@ -195,11 +199,17 @@ def distill(
     steps = epochs * steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(student, lr, weight_decay), steps)
     log = LossLog(device, on_metrics)
+    state = LoopState(checkpoint, modules={"student": student, **{f"objective{k}": o for k, o in enumerate(objectives)}},
+                      optimizer=optimizer, schedule=schedule, data_generator=generator,
+                      generators={"augment": augment_generator}, values=log.totals)  # the queues are buffers
+    first_epoch, skip = state.resume(on_metrics)
     positions = np.arange(len(images))
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
+        state.begin_epoch(epoch)
         student.train()
-        for x, index in iter_batches(images, positions, batch_size=batch_size, device=device, generator=generator,
-                                     drop_last=True):
+        batches = iter_batches(images, positions, batch_size=batch_size, device=device, generator=generator,
+                               drop_last=True, skip=skip)
+        for batch, (x, index) in enumerate(batches, start=skip + 1):
             if augment:
                 x = augment_batch(x, generator=augment_generator)
             if live:
@@ -218,5 +228,7 @@ def distill(
             for objective, out, target in zip(objectives, outputs, targets):
                 objective.remember(out, target)
             log.add(loss, len(x))
-        log.end_epoch(epoch, schedule.get_last_lr()[0])
-    return student.backbone.eval(), {**log.metrics(), "teacher_forward": live}
+            state.step_done(batch)
+        skip = 0
+        state.end_epoch(log.end_epoch(epoch, schedule.get_last_lr()[0]))
+    return student.backbone.eval(), {**log.metrics(), "teacher_forward": live, **state.resumed()}

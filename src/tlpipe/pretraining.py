@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from tlpipe import models, runtime, selfsup, training
+from tlpipe.checkpoints import Checkpoint
 from tlpipe.registry import SOURCE_MODES
 from tlpipe.training import MetricsCallback
 
@@ -33,6 +34,7 @@ def fit_source_model(
     predictor_hidden: int = 128,
     base_momentum: float = 0.99,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[nn.Module, nn.Module | None, dict]:
     """Builds the backbone `model_config` describes and trains it on the source images.
 
@@ -45,6 +47,7 @@ def fit_source_model(
         num_classes: classes of the classifier head.
         model_config: `models.build_backbone` keywords (arch, sizes, depths, ...).
         on_metrics: called after each epoch with (epoch, metrics).
+        checkpoint: the training loop saves its state there and resumes from it.
 
     Returns:
         (backbone, classifier or None, metrics). Initial weights depend on `seed` alone.
@@ -54,7 +57,7 @@ def fit_source_model(
     runtime.seed_everything(seed)
     backbone = models.build_backbone(in_channels=images.shape[1], **model_config)
     common = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device,
-                  on_metrics=on_metrics)
+                  on_metrics=on_metrics, checkpoint=checkpoint)
     if SOURCE_MODES[mode].labels:
         classifier = models.Classifier(backbone, num_classes)
         result = training.train_classifier(classifier, images, labels, val_images=val_images, val_labels=val_labels,

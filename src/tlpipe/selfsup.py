@@ -19,6 +19,7 @@ from tlpipe.losses.byol import byol_loss, byol_momentum, ema_update
 from tlpipe.losses.ntxent import nt_xent_loss
 from tlpipe.models import ProjectedBackbone, ProjectionHead, feature_dim
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
+from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
 
 TwoViewLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,20 +59,30 @@ def _fit_two_views(
     view_config: ViewConfig | None,
     after_step: Callable[[int], None] | None = None,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
+    also_saved: dict[str, nn.Module] | None = None,
 ) -> dict:
     """Trains `model`'s parameters on loss_fn(view 1, view 2) of every full batch; returns metrics.
 
-    `after_step(k)` runs after the k-th optimizer step (k from 0), e.g. BYOL's target update.
+    `after_step(k)` runs after the k-th optimizer step (k from 0), e.g. BYOL's target update. With a
+    `checkpoint`, the loop (and the modules `also_saved`, e.g. BYOL's target network) resumes from it.
     """
     config = view_config or ViewConfig()
     # views are drawn where the batch lives, so their generator lives there too
     view_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    steps = epochs * steps_per_epoch(len(images), batch_size)
-    optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay), steps)
-    log, step = LossLog(device, on_metrics), 0
-    for epoch in range(1, epochs + 1):
+    per_epoch = steps_per_epoch(len(images), batch_size)
+    optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay), epochs * per_epoch)
+    log = LossLog(device, on_metrics)
+    state = LoopState(checkpoint, modules={"model": model, **(also_saved or {})}, optimizer=optimizer,
+                      schedule=schedule, data_generator=generator, generators={"views": view_generator},
+                      values=log.totals)
+    first_epoch, skip = state.resume(on_metrics)
+    for epoch in range(first_epoch, epochs + 1):
+        state.begin_epoch(epoch)
         model.train()
-        for x, _ in iter_batches(images, batch_size=batch_size, device=device, generator=generator, drop_last=True):
+        batches = iter_batches(images, batch_size=batch_size, device=device, generator=generator, drop_last=True,
+                               skip=skip)
+        for batch, (x, _) in enumerate(batches, start=skip + 1):
             view1 = make_view(x, config, generator=view_generator)
             view2 = make_view(x, config, generator=view_generator)
             loss = loss_fn(view1, view2)
@@ -80,11 +91,12 @@ def _fit_two_views(
             optimizer.step()
             schedule.step()
             if after_step is not None:
-                after_step(step)
-            step += 1
+                after_step((epoch - 1) * per_epoch + batch - 1)
             log.add(loss, len(x))  # each image counts once, not once per view
-        log.end_epoch(epoch, schedule.get_last_lr()[0])
-    return log.metrics()
+            state.step_done(batch)
+        skip = 0
+        state.end_epoch(log.end_epoch(epoch, schedule.get_last_lr()[0]))
+    return {**log.metrics(), **state.resumed()}
 
 
 def pretrain_simclr(
@@ -101,6 +113,7 @@ def pretrain_simclr(
     device: torch.device,
     view_config: ViewConfig | None = None,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[nn.Module, dict]:
     """SimCLR pretraining (Chen et al., ICML 2020) of a copy of `backbone` on unlabeled images.
 
@@ -121,6 +134,8 @@ def pretrain_simclr(
         device: where to train.
         view_config: the view distribution; None uses `ViewConfig()`.
         on_metrics: called as on_metrics(epoch, {"loss", "lr", "elapsed_s"}) after each epoch.
+        checkpoint: saves the loop's state there (epoch ends, and as its interval says) and resumes
+            from what it holds, to the weights of an uninterrupted run.
 
     Returns:
         (backbone in eval mode, metrics). The head is discarded. metrics: wall_time_s
@@ -139,7 +154,7 @@ def pretrain_simclr(
 
     metrics = _fit_two_views(model, images, loss_fn, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, seed=seed, generator=generator, device=device,
-                             view_config=view_config, on_metrics=on_metrics)
+                             view_config=view_config, on_metrics=on_metrics, checkpoint=checkpoint)
     return model.backbone.eval(), metrics
 
 
@@ -158,6 +173,7 @@ def pretrain_byol(
     device: torch.device,
     view_config: ViewConfig | None = None,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[nn.Module, dict]:
     """BYOL pretraining (Grill et al., NeurIPS 2020) of a copy of `backbone` on unlabeled images.
 
@@ -170,8 +186,8 @@ def pretrain_byol(
     Args:
         backbone: the backbone to pretrain; copied, never modified.
         images: uint8 [N, C, H, W], unlabeled.
-        epochs, batch_size, lr, weight_decay, seed, device, view_config, on_metrics: as in
-            `pretrain_simclr`.
+        epochs, batch_size, lr, weight_decay, seed, device, view_config, on_metrics, checkpoint: as in
+            `pretrain_simclr` (the checkpoint holds the target network too).
         projection_dim: width of the projector's (and predictor's) output.
         predictor_hidden: hidden width of the predictor MLP (>= 1).
         base_momentum: target EMA momentum at step 0, in [0, 1], rising to 1 at the last step
@@ -207,5 +223,6 @@ def pretrain_byol(
 
     metrics = _fit_two_views(model, images, loss_fn, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, seed=seed, generator=generator, device=device,
-                             view_config=view_config, after_step=update_target, on_metrics=on_metrics)
+                             view_config=view_config, after_step=update_target, on_metrics=on_metrics,
+                             checkpoint=checkpoint, also_saved={"target": target})
     return online.backbone.eval(), metrics

@@ -64,35 +64,45 @@ class LossLog:
 
     Sums the loss on the device (no sync per step), reports each epoch's mean through
     `on_metrics(epoch, {"loss", "lr", "elapsed_s"})` and ends with the loop's metrics dict.
-    The clock starts at construction.
+    The clock starts at construction. Its running totals are `totals`, which a `LoopState` saves
+    and restores in place.
     """
 
     def __init__(self, device: torch.device, on_metrics: MetricsCallback | None = None):
         self.device, self.on_metrics = device, on_metrics
-        self.history: list[float] = []
-        self.images_seen, self.start = 0, time.perf_counter()
-        self._sum, self._seen = torch.zeros((), device=device), 0
+        self.totals = {"sum": torch.zeros((), device=device), "seen": 0, "images_seen": 0, "history": []}
+        self.start, self._attempt_seen = time.perf_counter(), 0
+
+    @property
+    def history(self) -> list[float]:
+        return self.totals["history"]
 
     def add(self, loss: torch.Tensor, n: int) -> None:
         """Counts one step: `loss` is the mean over its `n` images."""
-        self._sum += loss.detach() * n
-        self._seen += n
+        self.totals["sum"] += loss.detach() * n
+        self.totals["seen"] += n
+        self._attempt_seen += n
 
-    def end_epoch(self, epoch: int, lr: float) -> None:
-        """Closes an epoch (numbered from 1): records its mean loss and calls `on_metrics`."""
-        self.images_seen += self._seen
-        self.history.append(self._sum.item() / self._seen)
-        self._sum, self._seen = torch.zeros((), device=self.device), 0
+    def end_epoch(self, epoch: int, lr: float) -> dict:
+        """Closes an epoch (numbered from 1): records its mean loss, calls `on_metrics` and returns
+        the epoch's {"loss", "lr"}."""
+        totals = self.totals
+        totals["images_seen"] += totals["seen"]
+        totals["history"].append(totals["sum"].item() / totals["seen"])
+        totals["sum"].zero_()
+        totals["seen"] = 0
+        metrics = {"loss": totals["history"][-1], "lr": lr}
         if self.on_metrics is not None:
-            self.on_metrics(epoch, {"loss": self.history[-1], "lr": lr, "elapsed_s": time.perf_counter() - self.start})
+            self.on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - self.start})
+        return metrics
 
     def metrics(self) -> dict:
-        """wall_time_s (= train_time_s: these loops do not validate), images_seen, images_per_s, loss (last
-        epoch's mean) and loss_history."""
+        """wall_time_s (= train_time_s: these loops do not validate), images_seen, images_per_s (this
+        attempt's, when resumed), loss (last epoch's mean) and loss_history."""
         wall = time.perf_counter() - self.start
-        return {"wall_time_s": wall, "train_time_s": wall, "images_seen": self.images_seen,
-                "images_per_s": self.images_seen / wall,
-                "loss": self.history[-1], "loss_history": self.history}
+        return {"wall_time_s": wall, "train_time_s": wall, "images_seen": self.totals["images_seen"],
+                "images_per_s": self._attempt_seen / wall,
+                "loss": self.history[-1], "loss_history": list(self.history)}
 
 
 def train_classifier(
@@ -294,6 +304,7 @@ def finetune(
     device: torch.device,
     backbone_lr_scale: float = 1.0,
     on_metrics: MetricsCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[Classifier, dict]:
     """Fits a classifier on labelled target images, starting from a copy of `backbone`.
 
@@ -309,6 +320,8 @@ def finetune(
         backbone_lr_scale: "full" only: backbone lr = lr * backbone_lr_scale (1.0 and 0.3 tied
             on 10-shot digits, 0.1 was 3 points worse).
         on_metrics: "full" only: per-epoch metrics, see `train_classifier`.
+        checkpoint: "full" only: the loop saves its state there and resumes from it (a linear head
+            on fixed features takes seconds and starts afresh).
 
     Returns:
         (classifier, metrics): metrics has wall_time_s, images_seen, images_per_s, train_accuracy.
@@ -323,7 +336,8 @@ def finetune(
     if mode == "full":
         metrics = train_classifier(classifier, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
                                    weight_decay=weight_decay, seed=seed, device=device,
-                                   backbone_lr_scale=backbone_lr_scale, on_metrics=on_metrics)
+                                   backbone_lr_scale=backbone_lr_scale, on_metrics=on_metrics,
+                                   checkpoint=checkpoint)
         return classifier.eval(), metrics
     generator = seed_everything(seed)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tlpipe import distill, selfsup
 from tlpipe.checkpoints import FILE, Checkpoint
 from tlpipe.models import Classifier, build_backbone
 from tlpipe.training import train_classifier
@@ -103,3 +104,40 @@ def test_saves_within_an_epoch_follow_the_interval(tmp_path):
     checkpoint.save({"x": torch.ones(2)}, {"epoch": 1})
     assert not checkpoint.due() and checkpoint.load()[1] == {"epoch": 1}
     assert not Checkpoint(tmp_path).due() and Checkpoint(tmp_path / "none").load() is None
+
+
+def small_backbone(seed=7, width=4):
+    torch.manual_seed(seed)
+    return build_backbone(embedding_size=width, hidden_sizes=[4, 8], depths=[1, 1])
+
+
+LOOPS = {
+    "simclr": lambda images, **kw: selfsup.pretrain_simclr(
+        small_backbone(), images, epochs=3, batch_size=16, lr=1e-2, weight_decay=0.01, temperature=0.5,
+        projection_dim=8, seed=2, device=CPU, **kw),
+    "byol": lambda images, **kw: selfsup.pretrain_byol(  # its target network is in the checkpoint
+        small_backbone(), images, epochs=3, batch_size=16, lr=1e-2, weight_decay=0.01, projection_dim=8,
+        predictor_hidden=16, base_momentum=0.9, seed=2, device=CPU, **kw),
+    "seed": lambda images, **kw: distill.distill(  # its queues are in the checkpoint
+        small_backbone(width=4), small_backbone(seed=8, width=8).eval(), images, epochs=3, batch_size=16, lr=1e-2,
+        weight_decay=0.01, queue_size=24, tau_s=0.2, tau_t=0.1, seed=2, device=CPU, method="seed", **kw),
+    "compress": lambda images, **kw: distill.distill(
+        small_backbone(width=4), small_backbone(seed=8, width=8).eval(), images, epochs=3, batch_size=16, lr=1e-2,
+        weight_decay=0.01, queue_size=24, tau_s=0.2, tau_t=0.1, seed=2, device=CPU, method="compress", **kw),
+}
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
+def test_a_crashed_self_supervised_or_distillation_loop_resumes_to_the_uninterrupted_weights(tmp_path, loop):
+    images, _ = data()
+    history, expected_history = [], []
+    expected, expected_metrics = LOOPS[loop](FailingImages(images), on_metrics=lambda e, m: expected_history.append(
+        (e, m["loss"])))
+    with pytest.raises(Crash):  # in epoch 2 of 3, 4 batches an epoch
+        LOOPS[loop](FailingImages(images, fail_at=7), checkpoint=Checkpoint(tmp_path, every_minutes=0.0))
+    resumed = FailingImages(images)
+    got, metrics = LOOPS[loop](resumed, checkpoint=Checkpoint(tmp_path, every_minutes=0.0),
+                               on_metrics=lambda e, m: history.append((e, m["loss"])))
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in got.state_dict().items())
+    assert history == expected_history and metrics["loss_history"] == expected_metrics["loss_history"]
+    assert (metrics["resumed_from_epoch"], metrics["resumed_from_batch"]) == (2, 2) and resumed.reads == 12 - 6
