@@ -150,9 +150,11 @@ class _Pixels:
     """
 
     RELEASE_BYTES = 32 << 20
-    # What one read of a row maps at least: the kernel maps the pages around a faulting one too
-    # (fault-around, 64 KiB by default), so scattered small rows map far more than their bytes.
-    FAULT_AROUND = 64 << 10
+    # What one read of a row may map: a fault maps the pages around the faulting one too (fault-around,
+    # 64 KiB), and a large folio of the page cache whole (up to 2 MiB), so scattered small rows map far
+    # more than their bytes. Counting 2 MiB a row: 256 random rows of a 1M-image split held 683 MB at
+    # 64 KiB a row and 361 MB at 2 MiB, and were gathered no slower (115 vs 107 batches/s).
+    FAULT_AROUND = 2 << 20
 
     def __init__(self, item_shape: tuple[int, ...], files: list[str] | None = None, table: pa.Table | None = None):
         self.item_shape, self.files, self._table = tuple(item_shape), files, table
