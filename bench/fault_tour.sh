@@ -56,6 +56,7 @@ case_ "shots beyond a class" $T run -s prepare.target.shots_per_class=500
 case_ "missing target path" $T run -s prepare.target.name=./no/such
 case_ "TLPIPE_DEVICE=cuda, no GPU" TLPIPE_DEVICE=cuda $T run
 case_ "TLPIPE_DEVICE=bogus" TLPIPE_DEVICE=bogus $T run
+case_ "TLPIPE_CHECKPOINT_MINUTES=often" TLPIPE_CHECKPOINT_MINUTES=often $T run
 case_ "MLFLOW_TRACKING_URI dead" MLFLOW_TRACKING_URI=http://127.0.0.1:9 $T run
 case_ "PREFECT_API_URL dead" PREFECT_API_URL=http://127.0.0.1:9/api $T run
 case_ "ratio out of range" $T run -s prune.ratio=1.0

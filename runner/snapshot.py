@@ -19,6 +19,7 @@ from tlpipe import config
 from tlpipe.io import staged_outputs
 
 from runner import inputs
+from runner.context import checkpoint_minutes
 from runner.spec import STAGE_DIRS, StageSpec, load_pipeline, producer_of, producers, stage_outputs
 
 
@@ -102,6 +103,7 @@ def check_writable(project: Path, stages: list[StageSpec], overridden: set[str] 
 def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -> None:
     """Every check that can fail on bad input, run before any stage computes anything."""
     config.check_combination(params)
+    checkpoint_minutes()  # TLPIPE_CHECKPOINT_MINUTES is a number
     for spec in stages:
         check_declaration(spec)
     check_producers(load_pipeline(project), stages)

@@ -141,3 +141,19 @@ def test_a_crashed_self_supervised_or_distillation_loop_resumes_to_the_uninterru
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in got.state_dict().items())
     assert history == expected_history and metrics["loss_history"] == expected_metrics["loss_history"]
     assert (metrics["resumed_from_epoch"], metrics["resumed_from_batch"]) == (2, 2) and resumed.reads == 12 - 6
+
+
+@pytest.mark.parametrize(("value", "minutes"), [(None, 10.0), ("0", 0.0), ("2.5", 2.5),
+                                                ("often", None), ("-1", None), ("nan", None), ("inf", None)])
+def test_the_checkpoint_interval_comes_from_the_environment(monkeypatch, value, minutes):
+    from runner.context import checkpoint_minutes
+
+    if value is None:
+        monkeypatch.delenv("TLPIPE_CHECKPOINT_MINUTES", raising=False)
+    else:
+        monkeypatch.setenv("TLPIPE_CHECKPOINT_MINUTES", value)
+    if minutes is None:
+        with pytest.raises(ValueError, match="TLPIPE_CHECKPOINT_MINUTES=.* must be a number of minutes >= 0"):
+            checkpoint_minutes()
+    else:
+        assert checkpoint_minutes() == minutes
