@@ -143,10 +143,10 @@ class _Pixels:
     """The pixel column of a split as one zero-copy uint8 view [n, C, H, W] per Arrow record batch.
 
     Mapped from the split's files by this process itself, so that it can let go of the pages it has
-    read: every `RELEASE_BYTES` of pages touched, the mapping is advised MADV_DONTNEED. The pages stay
-    in the kernel's page cache (reading them again costs a minor fault), but they leave this process's
-    resident set, which then does not grow with the source. Pickles as its file names (DataLoader
-    workers map the files again).
+    read: every `RELEASE_BYTES` of pages touched (of a split larger than that), the mapping is advised
+    MADV_DONTNEED. The pages stay in the kernel's page cache (reading them again costs a minor fault),
+    but they leave this process's resident set, which then does not grow with the source. Pickles as
+    its file names (DataLoader workers map the files again).
     """
 
     RELEASE_BYTES = 32 << 20
@@ -197,7 +197,8 @@ class _Pixels:
 
     def _release(self, touched: int) -> None:
         self._touched += touched
-        if self._touched >= self.RELEASE_BYTES and self._maps:
+        # a split no larger than what is let go at a time can stay mapped whole: nothing to gain by faulting it in again
+        if self._touched >= self.RELEASE_BYTES and sum(map(len, self._maps)) > self.RELEASE_BYTES:
             for mapped in self._maps:
                 mapped.madvise(mmap.MADV_DONTNEED)
             self._touched = 0
