@@ -19,15 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def _die_with_parent() -> None:
-    """In the server's process before it starts: on Linux, the kernel sends it SIGTERM when the command
-    that started it dies, even by SIGKILL, so no server outlives its run. Elsewhere nothing."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+from runner.processes import die_with_parent
 
 
 def _free_port() -> int:
@@ -61,7 +53,7 @@ class TemporaryServer:
         if not services:
             command += ["--no-services", "--no-ui"]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
+                                        stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent)
         atexit.register(self.stop)
 
     def wait(self, timeout: float) -> str:

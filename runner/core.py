@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tlpipe.io import remove_path, staged_outputs, write_json
 
-from runner import inputs, keys
+from runner import inputs, keys, ranks
 from runner.context import StageContext
 from runner.dvc import md5_path
 from runner.events import RAN, Events, Observer, Outcome, StageRun, varies_by_attempt
@@ -94,7 +94,7 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
         events.emit("stage_started", run)  # an observer failing here ends the run like the stage failing
         with staged_outputs(out, metrics_path) as (tmp_out, tmp_metrics):
             tmp_out.mkdir()
-            metrics = module.run(StageContext(run, tmp_out, workspace, events))
+            metrics = ranks.run_stage(module, StageContext(run, tmp_out, workspace, events), run, workspace, events)
             metrics["wall_time_s"] = time.perf_counter() - started
             # Timings stay out of the metrics file, a DVC output that downstream stages read: an output
             # must depend on its inputs alone. They go to the record, MLflow and lineage.

@@ -18,7 +18,7 @@ from pathlib import Path
 from tlpipe import config
 from tlpipe.io import staged_outputs
 
-from runner import inputs
+from runner import inputs, keys, ranks
 from runner.context import checkpoint_minutes
 from runner.spec import STAGE_DIRS, StageSpec, load_pipeline, producer_of, producers, stage_outputs
 
@@ -104,6 +104,7 @@ def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -
     """Every check that can fail on bad input, run before any stage computes anything."""
     config.check_combination(params)
     checkpoint_minutes()  # TLPIPE_CHECKPOINT_MINUTES is a number
+    ranks.check(stages, params, keys.device_name())
     for spec in stages:
         check_declaration(spec)
     check_producers(load_pipeline(project), stages)

@@ -79,7 +79,6 @@ def stage_costs(ctx) -> dict:
 
 
 def run(ctx) -> dict:
-    p = ctx.params
     target = data.load_prepared(ctx.upstream("prepare") / "target")
     names = list(target["test"].features["label"].names)
     test, train = data.to_arrays(target["test"]), data.to_arrays(target["train"])

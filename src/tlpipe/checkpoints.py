@@ -25,6 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tlpipe import distributed
+from tlpipe.distributed import Ranks
+
 FILE = "checkpoint.safetensors"
 
 
@@ -39,13 +42,18 @@ class Checkpoint:
     """
 
     def __init__(self, folder: str | os.PathLike, every_minutes: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.folder, self.every_minutes, self.clock = Path(folder), every_minutes, clock
+                 clock: Callable[[], float] = time.monotonic, file: str = FILE):
+        self.folder, self.every_minutes, self.clock, self.file = Path(folder), every_minutes, clock, file
         self._last = clock()
 
     @property
     def path(self) -> Path:
-        return self.folder / FILE
+        return self.folder / self.file
+
+    def of_rank(self, rank: int) -> "Checkpoint":
+        """The file of process `rank` of a process group (rank 0's is this one): the others keep what is
+        their own (their random generators, their share of the running sums)."""
+        return self if rank == 0 else Checkpoint(self.folder, self.every_minutes, self.clock, f"rank-{rank}.{FILE}")
 
     def due(self) -> bool:
         """Whether a save within the epoch is due."""
@@ -54,7 +62,7 @@ class Checkpoint:
     def save(self, tensors: dict[str, torch.Tensor], document: dict) -> None:
         """Writes the checkpoint atomically (tensors are copied to the CPU)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f".{FILE}.tmp-{os.getpid()}"
+        temporary = self.folder / f".{self.file}.tmp-{os.getpid()}"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary),
                   metadata={"document": json.dumps(document)})
         os.replace(temporary, self.path)
@@ -78,13 +86,19 @@ class LoopState:
     The loop calls `resume()` once before its first epoch, `begin_epoch()` at the start of each epoch,
     `step_done(batch)` after each optimizer step (it saves when the checkpoint's interval is due) and
     `end_epoch(metrics)` after each epoch (it saves). Without a checkpoint every call is cheap.
+
+    In a process group (`ranks`), every rank saves at the same step (rank 0's clock decides): rank 0
+    the whole state, the others what is theirs (generators, running sums: `Checkpoint.of_rank`). A
+    rank resumes from rank 0's file and its own; files of different steps (a crash between two
+    writes) are not resumed from.
     """
 
     def __init__(self, checkpoint: Checkpoint | None, *, modules: dict[str, nn.Module],
                  optimizer: torch.optim.Optimizer, schedule, data_generator: torch.Generator,
                  generators: dict[str, torch.Generator] | None = None, tensors: dict[str, torch.Tensor] | None = None,
-                 values: dict | None = None):
+                 values: dict | None = None, ranks: Ranks = Ranks()):
         self.checkpoint, self.modules, self.optimizer, self.schedule = checkpoint, modules, optimizer, schedule
+        self.ranks = ranks
         self.data_generator, self.generators = data_generator, generators or {}
         self.tensors, self.values = tensors or {}, values if values is not None else {}
         self.epoch, self.batch, self.history = 1, 0, []
@@ -95,32 +109,44 @@ class LoopState:
         """Loads the checkpoint, if any, into the loop's objects; the epochs it holds are told to
         `on_metrics` again (a resumed run's history is complete). Returns (first epoch, batches of it
         already done)."""
-        found = None if self.checkpoint is None else self.checkpoint.load()
+        found = self._load()
         if found is None:
             return 1, 0
-        tensors, document = found
+        (tensors, document), (own, own_document) = found
         for name, module in self.modules.items():
             module.load_state_dict(_prefixed(tensors, f"module.{name}."))
         self.optimizer.load_state_dict(_optimizer_state(tensors, document["optimizer"]))
         self.schedule.load_state_dict(document["schedule"])
         for name, tensor in self.tensors.items():
             tensor.copy_(tensors[f"tensor.{name}"])
-        for name, value in document["values"].items():
+        for name, value in own_document["values"].items():
             if isinstance(self.values.get(name), torch.Tensor):
-                self.values[name].copy_(tensors[f"value.{name}"])  # in place: the loop holds it
+                self.values[name].copy_(own[f"value.{name}"])  # in place: the loop holds it
             else:
                 self.values[name] = value
         for name, generator in self.generators.items():
-            generator.set_state(tensors[f"generator.{name}"])
-        _set_global_rng(tensors, document["rng"])
+            generator.set_state(own[f"generator.{name}"])
+        _set_global_rng(own, own_document["rng"])
         self._epoch_start_data = tensors["generator.data_at_epoch_start"]
         self.data_generator.set_state(self._epoch_start_data)  # the epoch's order is drawn again
         self.epoch, self.batch, self.history = document["epoch"], document["batch"], document["history"]
         self._resumed_at = (self.epoch, self.batch)
-        if on_metrics is not None:
+        if on_metrics is not None and self.ranks.writer:
             for row in self.history:
                 on_metrics(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
         return self.epoch, self.batch
+
+    def _load(self):
+        """((tensors, document) of rank 0, those of this rank), or None: no checkpoint, files of different
+        steps, or a rank that cannot see them all (the ranks agree before any resumes)."""
+        if self.checkpoint is None:
+            return None
+        found = [self.checkpoint.of_rank(rank).load() for rank in range(self.ranks.world)]
+        usable = all(f is not None for f in found) and len({(d["epoch"], d["batch"]) for _, d in found}) == 1
+        # on several hosts without a shared folder some ranks do not see the files: then all start afresh
+        if not distributed.agree(usable, every=True):
+            return None
+        return found[0], found[self.ranks.rank]
 
     def resumed(self) -> dict:
         """{"resumed_from_epoch", "resumed_from_batch"} (batches of that epoch already done) when the
@@ -140,7 +166,7 @@ class LoopState:
     def step_done(self, batch: int) -> None:
         """After batch `batch` (counted from 1) of the current epoch."""
         self.batch = batch
-        if self.checkpoint is not None and self.checkpoint.due():
+        if self.checkpoint is not None and distributed.agree(self.ranks.main and self.checkpoint.due()):
             self.save()
 
     def end_epoch(self, metrics: dict) -> None:
@@ -151,14 +177,7 @@ class LoopState:
             self.save()
 
     def save(self) -> None:
-        tensors = {f"module.{name}.{k}": v for name, module in self.modules.items()
-                   for k, v in module.state_dict().items()}
-        optimizer = self.optimizer.state_dict()
-        for index, state in optimizer["state"].items():
-            tensors.update({f"optimizer.{index}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
-        tensors.update({f"tensor.{name}": t for name, t in self.tensors.items()})
-        tensors.update({f"generator.{name}": g.get_state() for name, g in self.generators.items()})
-        tensors["generator.data_at_epoch_start"] = self._epoch_start_data
+        tensors = {f"generator.{name}": g.get_state() for name, g in self.generators.items()}
         rng = _global_rng(tensors)
         values = {}
         for name, value in self.values.items():
@@ -167,9 +186,19 @@ class LoopState:
                 values[name] = None
             else:
                 values[name] = value
+        document = {"epoch": self.epoch, "batch": self.batch, "values": values, "rng": rng}
+        if not self.ranks.main:  # the rest is the same on every rank: rank 0 keeps it
+            self.checkpoint.of_rank(self.ranks.rank).save(tensors, document)
+            return
+        tensors.update({f"module.{name}.{k}": v for name, module in self.modules.items()
+                        for k, v in module.state_dict().items()})
+        optimizer = self.optimizer.state_dict()
+        for index, state in optimizer["state"].items():
+            tensors.update({f"optimizer.{index}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+        tensors.update({f"tensor.{name}": t for name, t in self.tensors.items()})
+        tensors["generator.data_at_epoch_start"] = self._epoch_start_data
         self.checkpoint.save(tensors, {
-            "epoch": self.epoch, "batch": self.batch, "history": self.history, "values": values, "rng": rng,
-            "schedule": self.schedule.state_dict(),
+            **document, "history": self.history, "schedule": self.schedule.state_dict(),
             "optimizer": {"param_groups": optimizer["param_groups"],
                           "state": {str(i): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)}
                                     for i, s in optimizer["state"].items()}},

@@ -38,6 +38,8 @@ OPTIM = {
     "weight_decay": Float(0.0, 1.0),
 }
 
+# Data-parallel training: processes per host and hosts (runner/ranks.py); the global batch is split over them
+PARALLEL = {"nproc": Int(1, 1024), "nnodes": Int(1, 1024)}
 SSL = {"temperature": Positive(), "projection_dim": Int(1, 65_536)}  # SimCLR/BYOL heads (unused when supervised)
 NEEDS_CLASSIFIER = tuple(name for name, m in registry.PRUNING.items() if "logits" in m.needs)
 SURROGATE_MODES = tuple(name for name, m in registry.SOURCE_MODES.items() if m.surrogate)
@@ -67,7 +69,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "label_column": STR,
         },
     },
-    "surrogate": {"mode": Choice(*SURROGATE_MODES), "seed": SEED, "model": MODEL, **OPTIM, **SSL},
+    "surrogate": {"mode": Choice(*SURROGATE_MODES), "seed": SEED, "model": MODEL, **OPTIM, **PARALLEL, **SSL},
     "prune": {
         "method": Choice(*registry.PRUNING),
         "ratio": RATIO,
@@ -81,6 +83,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "seed": SEED,
         "model": MODEL,
         **OPTIM,
+        **PARALLEL,
         "label_smoothing": Float(0.0, 0.5),
         **SSL,
         "predictor_hidden": Int(1, 65_536),
@@ -94,6 +97,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "seed": SEED,
         "model": MODEL,
         **OPTIM,
+        **PARALLEL,
         "queue_size": Int(1, 1_000_000),
         "tau_s": Positive(),
         "tau_t": Positive(),
@@ -220,6 +224,10 @@ def _validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str)
 
 
 def _check_cross_fields(stage: str, values: dict, source: str) -> None:
+    processes = values.get("nproc", 1) * values.get("nnodes", 1)
+    if values.get("batch_size", 0) % processes:
+        raise ParamsError(f"{source}: batch_size={values['batch_size']} must be a multiple of nproc x nnodes "
+                          f"= {processes} (every process takes an equal share of each batch)")
     model = values.get("model")
     if model is not None and len(model["hidden_sizes"]) != len(model["depths"]):
         raise ParamsError(

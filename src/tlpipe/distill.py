@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlpipe import distributed
 from tlpipe.augment import augment_batch
+from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.losses.compress import build_compress_memory_bank, compress_loss
 from tlpipe.losses.mse import feature_regression_loss
 from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
 from tlpipe.models import ProjectionHead, embed, feature_dim
 from tlpipe.registry import DISTILLATION
-from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, extract_features, make_optimizer, param_groups, steps_per_epoch
 from tlpipe.transferability import logme, teacher_weights
@@ -195,20 +196,24 @@ def distill(
     student = prepare_module(MultiHeadStudent(copy.deepcopy(student_backbone), dims), device)
     objectives = [Objective(method, dim, queue_size=queue_size, tau_s=tau_s, tau_t=tau_t, seed=seed + k).to(device)
                   for k, dim in enumerate(dims)]
-    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)  # draws happen where the batch is
+    ranks = distributed.current()
+    distributed.check_batch(batch_size, ranks.world)
+    forward = distributed.wrap(student, device, ranks)
+    # draws happen where the batch is; each rank draws its own
+    augment_generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed + 1, ranks))
     steps = epochs * steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(student, lr, weight_decay), steps)
     log = LossLog(device, on_metrics)
     state = LoopState(checkpoint, modules={"student": student, **{f"objective{k}": o for k, o in enumerate(objectives)}},
                       optimizer=optimizer, schedule=schedule, data_generator=generator,
-                      generators={"augment": augment_generator}, values=log.totals)  # the queues are buffers
+                      generators={"augment": augment_generator}, values=log.totals, ranks=ranks)  # queues: buffers
     first_epoch, skip = state.resume(on_metrics)
     positions = np.arange(len(images))
     for epoch in range(first_epoch, epochs + 1):
         state.begin_epoch(epoch)
         student.train()
         batches = iter_batches(images, positions, batch_size=batch_size, device=device, generator=generator,
-                               drop_last=True, skip=skip)
+                               drop_last=True, skip=skip, shard=(ranks.rank, ranks.world))
         for batch, (x, index) in enumerate(batches, start=skip + 1):
             if augment:
                 x = augment_batch(x, generator=augment_generator)
@@ -218,7 +223,7 @@ def distill(
             else:
                 targets = [table[index.cpu()].to(device, non_blocking=True) for table in tables]
             with autocast(device):
-                outputs = [out.float() for out in student(x)]  # [B, D_k] each
+                outputs = [out.float() for out in forward(x)]  # [B, D_k] each
             parts = [objective.loss(out, target) for objective, out, target in zip(objectives, outputs, targets)]
             loss = parts[0] if len(parts) == 1 else sum(float(w) * part for w, part in zip(weights, parts))
             optimizer.zero_grad(set_to_none=True)
@@ -226,7 +231,8 @@ def distill(
             optimizer.step()
             schedule.step()
             for objective, out, target in zip(objectives, outputs, targets):
-                objective.remember(out, target)
+                # several ranks: every rank's queues take the whole global batch, in order, as in one process
+                objective.remember(distributed.gather(out.detach()), distributed.gather(target))
             log.add(loss, len(x))
             state.step_done(batch)
         skip = 0

@@ -115,6 +115,7 @@ def iter_batches(
     drop_last: bool = False,
     workers: int | None = None,
     skip: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
 
@@ -132,13 +133,21 @@ def iter_batches(
             DataLoader; the order is the same for any number); None: the device's default.
         skip: batches of this epoch already done: the permutation is drawn as usual (the generator
             ends in the same state) and the iteration starts after them, reading nothing before.
+        shard: (rank, processes): this process's share of every batch, for data-parallel training
+            (`tlpipe.distributed`): every process draws the same order and takes the rank-th of
+            `processes` equal parts of each batch of `batch_size` (which they divide); drop_last only.
     """
     n = len(images)
+    rank, processes = shard
+    if processes > 1 and (not drop_last or batch_size % processes or n < batch_size):
+        raise ValueError(f"a batch of {batch_size} is shared by {processes} processes only in whole batches "
+                         f"(drop_last, a multiple of {processes}, at most the {n} images)")
     order = torch.randperm(n, generator=generator) if generator is not None else None
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
+    part = batch_size // processes
+    starts = [s + rank * part for s in range(0, min(stop, n), batch_size)][skip:]
     # in order: slices (a view of an array, a zero-copy read of a mapped table); shuffled: the batch's indices
-    index = [slice(s, s + batch_size) if order is None else order[s : s + batch_size].numpy()
-             for s in range(0, min(stop, n), batch_size)][skip:]
+    index = [slice(s, min(s + part, n)) if order is None else order[s : s + part].numpy() for s in starts]
     settings = device_settings(device.type)
     workers = settings["loader_workers"] if workers is None else workers
     targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)

@@ -14,15 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlpipe import distributed
 from tlpipe.augment import ViewConfig, make_view
 from tlpipe.losses.byol import byol_loss, byol_momentum, ema_update
 from tlpipe.losses.ntxent import nt_xent_loss
-from tlpipe.models import ProjectedBackbone, ProjectionHead, feature_dim
-from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
+from tlpipe.models import ProjectedBackbone, ProjectionHead
 from tlpipe.checkpoints import Checkpoint, LoopState
+from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
 
-TwoViewLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TwoViewLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (forward, view 1, view 2)
 
 
 def _check_args(images: np.ndarray, epochs: int, batch_size: int, weight_decay: float, projection_dim: int,
@@ -62,30 +63,34 @@ def _fit_two_views(
     checkpoint: Checkpoint | None = None,
     also_saved: dict[str, nn.Module] | None = None,
 ) -> dict:
-    """Trains `model`'s parameters on loss_fn(view 1, view 2) of every full batch; returns metrics.
+    """Trains `model`'s parameters on loss_fn(forward, view 1, view 2) of every full batch, `forward`
+    being `model` itself or, in a process group, its DDP wrapper; returns metrics.
 
     `after_step(k)` runs after the k-th optimizer step (k from 0), e.g. BYOL's target update. With a
     `checkpoint`, the loop (and the modules `also_saved`, e.g. BYOL's target network) resumes from it.
     """
     config = view_config or ViewConfig()
-    # views are drawn where the batch lives, so their generator lives there too
-    view_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    ranks = distributed.current()
+    distributed.check_batch(batch_size, ranks.world)
+    forward = distributed.wrap(model, device, ranks)
+    # views are drawn where the batch lives, so their generator lives there too; each rank draws its own
+    view_generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed + 1, ranks))
     per_epoch = steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay), epochs * per_epoch)
     log = LossLog(device, on_metrics)
     state = LoopState(checkpoint, modules={"model": model, **(also_saved or {})}, optimizer=optimizer,
                       schedule=schedule, data_generator=generator, generators={"views": view_generator},
-                      values=log.totals)
+                      values=log.totals, ranks=ranks)
     first_epoch, skip = state.resume(on_metrics)
     for epoch in range(first_epoch, epochs + 1):
         state.begin_epoch(epoch)
         model.train()
         batches = iter_batches(images, batch_size=batch_size, device=device, generator=generator, drop_last=True,
-                               skip=skip)
+                               skip=skip, shard=(ranks.rank, ranks.world))
         for batch, (x, _) in enumerate(batches, start=skip + 1):
             view1 = make_view(x, config, generator=view_generator)
             view2 = make_view(x, config, generator=view_generator)
-            loss = loss_fn(view1, view2)
+            loss = loss_fn(forward, view1, view2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -146,11 +151,12 @@ def pretrain_simclr(
     generator = seed_everything(seed)
     model = prepare_module(ProjectedBackbone(copy.deepcopy(backbone), projection_dim), device)
 
-    def loss_fn(view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+    def loss_fn(forward: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         with autocast(device):
-            z = model(torch.cat([view1, view2])).float()  # [2B, projection_dim]
+            z = forward(torch.cat([view1, view2])).float()  # [2B, projection_dim]
         z1, z2 = z.chunk(2)
-        return nt_xent_loss(z1, z2, temperature=temperature)
+        # several ranks: the negatives are the whole global batch, as in one process
+        return nt_xent_loss(distributed.gather(z1), distributed.gather(z2), temperature=temperature)
 
     metrics = _fit_two_views(model, images, loss_fn, epochs=epochs, batch_size=batch_size, lr=lr,
                              weight_decay=weight_decay, seed=seed, generator=generator, device=device,
@@ -205,14 +211,14 @@ def pretrain_byol(
     generator = seed_everything(seed)
     online = ProjectedBackbone(copy.deepcopy(backbone), projection_dim)
     predictor = ProjectionHead(projection_dim, projection_dim, predictor_hidden)
-    model = prepare_module(nn.ModuleDict({"online": online, "predictor": predictor}), device)
+    model = prepare_module(nn.Sequential(online, predictor), device)  # the online network's forward
     target = copy.deepcopy(online).requires_grad_(False).train()
     total_steps = epochs * steps_per_epoch(len(images), batch_size)
 
-    def loss_fn(view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+    def loss_fn(forward: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         x = torch.cat([view1, view2])
         with autocast(device):
-            p = predictor(online(x)).float()  # [2B, projection_dim]
+            p = forward(x).float()  # [2B, projection_dim]
             with torch.no_grad():
                 z = target(x).float()
         (p1, p2), (z1, z2) = p.chunk(2), z.chunk(2)

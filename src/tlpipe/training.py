@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlpipe import distributed
 from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.models import Classifier, embed
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
@@ -87,12 +88,14 @@ class LossLog:
         """Closes an epoch (numbered from 1): records its mean loss, calls `on_metrics` and returns
         the epoch's {"loss", "lr"}."""
         totals = self.totals
-        totals["images_seen"] += totals["seen"]
-        totals["history"].append(totals["sum"].item() / totals["seen"])
+        loss_sum, seen = distributed.sum_over_ranks(  # every rank's share of the epoch
+            totals["sum"], torch.tensor(totals["seen"], device=self.device))
+        totals["images_seen"] += int(seen)
+        totals["history"].append(loss_sum.item() / int(seen))
         totals["sum"].zero_()
         totals["seen"] = 0
         metrics = {"loss": totals["history"][-1], "lr": lr}
-        if self.on_metrics is not None:
+        if self.on_metrics is not None and distributed.current().writer:
             self.on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - self.start})
         return metrics
 
@@ -125,7 +128,9 @@ def train_classifier(
 ) -> dict:
     """Trains `model` in place with AdamW, warmup-cosine lr and cross-entropy.
 
-    Deterministic on CPU: the same model, data and seed give bit-identical weights.
+    Deterministic on CPU: the same model, data and seed give bit-identical weights. In a process group
+    (`tlpipe.distributed`), each rank trains on its share of every batch and the gradients are averaged
+    (DDP); the first rank of each host validates and reports, rank 0 checkpoints.
 
     Args:
         model: maps float pixels [B, C, H, W] to logits [B, K]; trained in place, moved to `device`.
@@ -150,12 +155,15 @@ def train_classifier(
         epoch), and val_accuracy when a validation set is given; resumed_from_epoch and
         resumed_from_batch when it resumed (time and images per second are this attempt's).
     """
+    ranks = distributed.current()
+    distributed.check_batch(batch_size, ranks.world)
     generator = seed_everything(seed)
     model = prepare_module(model, device)
+    forward = distributed.wrap(model, device, ranks)
     steps = epochs * steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay, backbone_lr_scale), steps)
     # summed on the device (no sync per step); kept in the loop's state, so a resumed epoch sums on
-    state = LoopState(checkpoint, modules={"model": model}, optimizer=optimizer, schedule=schedule,
+    state = LoopState(checkpoint, ranks=ranks, modules={"model": model}, optimizer=optimizer, schedule=schedule,
                       data_generator=generator, values={
                           "loss_sum": torch.zeros((), device=device),
                           "correct": torch.zeros((), device=device, dtype=torch.int64),
@@ -170,10 +178,10 @@ def train_classifier(
             totals["loss_sum"].zero_(), totals["correct"].zero_()
             totals["epoch_seen"] = 0
         batches = iter_batches(images, labels, batch_size=batch_size, device=device,
-                               generator=generator, drop_last=True, skip=skip)
+                               generator=generator, drop_last=True, skip=skip, shard=(ranks.rank, ranks.world))
         for batch, (x, y) in enumerate(batches, start=skip + 1):
             with autocast(device):
-                logits = model(x)
+                logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,16 +193,18 @@ def train_classifier(
             attempt_seen += len(y)
             state.step_done(batch)
         skip = 0
-        epoch_seen = totals["epoch_seen"]
+        loss_sum, correct, seen = distributed.sum_over_ranks(  # every rank's share of the epoch
+            totals["loss_sum"], totals["correct"], torch.tensor(totals["epoch_seen"], device=device))
+        epoch_seen = int(seen)
         totals["images_seen"] += epoch_seen
-        metrics = {"train_loss": totals["loss_sum"].item() / epoch_seen,
-                   "train_accuracy": totals["correct"].item() / epoch_seen, "lr": schedule.get_last_lr()[0]}
-        if val_images is not None and val_labels is not None:
+        metrics = {"train_loss": loss_sum.item() / epoch_seen, "train_accuracy": correct.item() / epoch_seen,
+                   "lr": schedule.get_last_lr()[0]}
+        if val_images is not None and val_labels is not None and ranks.writer:
             val_start = time.perf_counter()
             predicted = predict_classes(model, val_images, batch_size=batch_size, device=device)
             metrics["val_accuracy"] = float((predicted == np.asarray(val_labels)).mean())
             val_s += time.perf_counter() - val_start
-        if on_metrics is not None:
+        if on_metrics is not None and ranks.writer:
             on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - start})
         state.end_epoch(metrics)
     wall = time.perf_counter() - start
