@@ -236,5 +236,6 @@ def distill(
             log.add(loss, len(x))
             state.step_done(batch)
         skip = 0
+        distributed.share_buffers(student)  # the queues are the same on every rank already
         state.end_epoch(log.end_epoch(epoch, schedule.get_last_lr()[0]))
     return student.backbone.eval(), {**log.metrics(), "teacher_forward": live, **state.resumed()}

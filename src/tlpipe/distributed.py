@@ -100,6 +100,16 @@ def sum_over_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def share_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP sends them before each
+    forward, but each rank's own batch then moves them again: shared after an epoch, every rank
+    validates and saves the same model."""
+    if current().world == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def gather(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's `tensor` [n, ...] joined in rank order [world * n, ...] (the global batch, as one
     process would hold it). Gradients flow back to each rank's own part (every rank's loss over the

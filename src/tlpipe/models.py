@@ -169,8 +169,14 @@ class ProjectedBackbone(nn.Module):
 
 
 def save_backbone(backbone: transformers.PreTrainedModel, path: str | Path) -> None:
-    """Writes config.json + model.safetensors to the directory `path` (byte-identical for equal weights)."""
-    backbone.save_pretrained(str(path))
+    """Writes config.json + model.safetensors to the directory `path` (byte-identical for equal weights),
+    the files `save_pretrained` writes and `load_backbone` reads. Written here rather than by
+    `save_pretrained`, which writes nothing on ranks other than 0 of a process group: every host of a
+    data-parallel stage writes its outputs."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    backbone.config.save_pretrained(str(path))
+    state = {name: t.detach().cpu().contiguous() for name, t in backbone.state_dict().items()}
+    safetensors.torch.save_file(state, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_backbone(path: str | Path) -> transformers.PreTrainedModel:

@@ -100,6 +100,8 @@ def _fit_two_views(
             log.add(loss, len(x))  # each image counts once, not once per view
             state.step_done(batch)
         skip = 0
+        for module in (model, *(also_saved or {}).values()):
+            distributed.share_buffers(module)
         state.end_epoch(log.end_epoch(epoch, schedule.get_last_lr()[0]))
     return {**log.metrics(), **state.resumed()}
 

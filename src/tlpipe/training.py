@@ -193,6 +193,7 @@ def train_classifier(
             attempt_seen += len(y)
             state.step_done(batch)
         skip = 0
+        distributed.share_buffers(model)
         loss_sum, correct, seen = distributed.sum_over_ranks(  # every rank's share of the epoch
             totals["loss_sum"], totals["correct"], torch.tensor(totals["epoch_seen"], device=device))
         epoch_seen = int(seen)
