@@ -122,9 +122,11 @@ def digest(images) -> str:
     return images.digest()
 
 
-def _gather(parts: list, starts: np.ndarray, positions: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
-    """Rows `positions` of `parts` laid end to end (part i holds rows starts[i] to starts[i + 1])."""
-    out = np.empty((len(positions), *item_shape), dtype=np.uint8)
+def _gather(parts: list, starts: np.ndarray, positions: np.ndarray, item_shape: tuple[int, ...],
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Rows `positions` of `parts` laid end to end (part i holds rows starts[i] to starts[i + 1]), into
+    `out` when given."""
+    out = np.empty((len(positions), *item_shape), dtype=np.uint8) if out is None else out
     part_of = np.searchsorted(starts, positions, side="right") - 1
     for i in np.unique(part_of):
         where = part_of == i
@@ -151,9 +153,10 @@ class _Pixels:
 
     RELEASE_BYTES = 32 << 20
     # What one read of a row may map: a fault maps the pages around the faulting one too (fault-around,
-    # 64 KiB), and a large folio of the page cache whole (up to 2 MiB), so scattered small rows map far
-    # more than their bytes. Counting 2 MiB a row: 256 random rows of a 1M-image split held 683 MB at
-    # 64 KiB a row and 361 MB at 2 MiB, and were gathered no slower (115 vs 107 batches/s).
+    # 64 KiB), and a large folio of the page cache whole (up to 2 MiB; a split just written is cached in
+    # such folios), so scattered small rows map far more than their bytes. Rows are gathered a few at a
+    # time, counting 2 MiB for every 2 MiB region they lie in: a surrogate epoch over a 1M-image split
+    # just written held up to 512 MB of it while one batch of 256 rows was gathered.
     FAULT_AROUND = 2 << 20
 
     def __init__(self, item_shape: tuple[int, ...], files: list[str] | None = None, table: pa.Table | None = None):
@@ -176,6 +179,9 @@ class _Pixels:
         self._views = [_flat(chunk).reshape(len(chunk), *self.item_shape)
                        for chunk in table.column("pixels").chunks if len(chunk)]
         self._starts = np.cumsum([0, *(len(v) for v in self._views)])
+        self._addresses = np.array([v.ctypes.data for v in self._views], dtype=np.int64)
+        # a split no larger than what is let go at a time can stay mapped whole: nothing to gain by faulting it in again
+        self._releases = sum(map(len, self._maps)) > self.RELEASE_BYTES
         self._touched = self.RELEASE_BYTES  # reading the batch headers mapped pages throughout: let them go
         self._release(0)
 
@@ -191,14 +197,23 @@ class _Pixels:
     def gather(self, rows: np.ndarray) -> np.ndarray:
         if self._views is None:
             self._load()
-        out = _gather(self._views, self._starts, rows, self.item_shape)
-        self._release(len(rows) * max(out[0].nbytes if len(rows) else 0, self.FAULT_AROUND))
+        out = np.empty((len(rows), *self.item_shape), dtype=np.uint8)
+        step = max(1, self.RELEASE_BYTES // self.FAULT_AROUND) if self._releases else max(len(rows), 1)
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            _gather(self._views, self._starts, chunk, self.item_shape, out[start : start + step])
+            self._release(self._regions(chunk) * self.FAULT_AROUND)
         return out
+
+    def _regions(self, rows: np.ndarray) -> int:
+        """How many FAULT_AROUND-aligned regions of the mapping the rows lie in."""
+        part = np.searchsorted(self._starts, rows, side="right") - 1
+        first = self._addresses[part] + (rows - self._starts[part]) * self._views[0][0].nbytes
+        return len(np.unique(first // self.FAULT_AROUND))
 
     def _release(self, touched: int) -> None:
         self._touched += touched
-        # a split no larger than what is let go at a time can stay mapped whole: nothing to gain by faulting it in again
-        if self._touched >= self.RELEASE_BYTES and sum(map(len, self._maps)) > self.RELEASE_BYTES:
+        if self._touched >= self.RELEASE_BYTES and self._releases:
             for mapped in self._maps:
                 mapped.madvise(mmap.MADV_DONTNEED)
             self._touched = 0
