@@ -72,7 +72,7 @@ class LossLog:
     def __init__(self, device: torch.device, on_metrics: MetricsCallback | None = None):
         self.device, self.on_metrics = device, on_metrics
         self.totals = {"sum": torch.zeros((), device=device), "seen": 0, "images_seen": 0, "history": []}
-        self.start, self._attempt_seen = time.perf_counter(), 0
+        self.start, self._attempt_seen, self._world = time.perf_counter(), 0, distributed.current().world
 
     @property
     def history(self) -> list[float]:
@@ -82,7 +82,7 @@ class LossLog:
         """Counts one step: `loss` is the mean over its `n` images."""
         self.totals["sum"] += loss.detach() * n
         self.totals["seen"] += n
-        self._attempt_seen += n
+        self._attempt_seen += n * self._world  # every rank takes an equal share of the batch
 
     def end_epoch(self, epoch: int, lr: float) -> dict:
         """Closes an epoch (numbered from 1): records its mean loss, calls `on_metrics` and returns
@@ -190,7 +190,7 @@ def train_classifier(
             totals["loss_sum"] += loss.detach() * len(y)
             totals["correct"] += (logits.argmax(1) == y).sum()
             totals["epoch_seen"] += len(y)
-            attempt_seen += len(y)
+            attempt_seen += len(y) * ranks.world  # every rank takes an equal share of the batch
             state.step_done(batch)
         skip = 0
         distributed.share_buffers(model)
