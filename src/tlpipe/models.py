@@ -174,6 +174,8 @@ def save_backbone(backbone: transformers.PreTrainedModel, path: str | Path) -> N
     `save_pretrained`, which writes nothing on ranks other than 0 of a process group: every host of a
     data-parallel stage writes its outputs."""
     Path(path).mkdir(parents=True, exist_ok=True)
+    backbone.config.dtype = str(backbone.dtype).split(".")[1]  # what save_pretrained records, as it does
+    backbone.config.architectures = [type(backbone).__name__]
     backbone.config.save_pretrained(str(path))
     state = {name: t.detach().cpu().contiguous() for name, t in backbone.state_dict().items()}
     safetensors.torch.save_file(state, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})

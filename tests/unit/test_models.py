@@ -117,3 +117,16 @@ def test_classifier_round_trip(tmp_path):
     save_classifier(model, tmp_path)
     x = torch.randn(3, 1, 16, 16)
     assert torch.equal(model(x), load_classifier(tmp_path)(x))
+
+
+def test_save_backbone_writes_what_save_pretrained_writes(tmp_path):
+    """The backbone's files are transformers' own (read back by `from_pretrained` and the hub tools),
+    written by us so that every rank of a data-parallel stage can write them."""
+    torch.manual_seed(0)
+    backbone = build_backbone(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    save_backbone(backbone, tmp_path / "ours")
+    backbone.save_pretrained(str(tmp_path / "theirs"))
+    for name in ("config.json", "model.safetensors"):
+        assert hashlib.md5((tmp_path / "ours" / name).read_bytes()).digest() == \
+            hashlib.md5((tmp_path / "theirs" / name).read_bytes()).digest(), name
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["config.json", "model.safetensors"]
