@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from runner import ranks
 from runner.core import run_stage
 from runner.events import RAN
 from runner.spec import StageSpec
@@ -34,24 +35,27 @@ def gpu_index(device: str) -> int | None:
     return int(visible[local]) if local < len(visible) and visible[local].isdigit() else local
 
 
-def accelerator_slot(spec: StageSpec, device: str):
-    """The GPU's 1-slot global concurrency limit, held while a stage marked `meta.accelerator: gpu`
-    runs on CUDA (two workers on one GPU take turns); nothing for CPU stages or devices."""
+def accelerator_slot(spec: StageSpec, device: str, processes: int = 1):
+    """The 1-slot global concurrency limits of the GPUs a stage marked `meta.accelerator: gpu` trains
+    on with CUDA, held while it runs (two workers on one GPU take turns): its device's, or with
+    `processes` training processes (`nproc`) the first `processes` GPUs this worker sees, all at once.
+    Nothing for CPU stages or devices."""
     from prefect.concurrency.sync import concurrency
 
     from flows.deploy import gpu_slot
 
-    index = gpu_index(device)
-    if index is None or spec.meta.get("accelerator") != "gpu":
+    kind, _, first = device.partition(":")
+    if gpu_index(device) is None or spec.meta.get("accelerator") != "gpu":
         return contextlib.nullcontext()
-    return concurrency(gpu_slot(index), occupy=1)
+    devices = [device] if processes == 1 else [f"{kind}:{int(first or 0) + k}" for k in range(processes)]
+    return concurrency([gpu_slot(gpu_index(d)) for d in devices], occupy=1)
 
 
 def run_one(spec: StageSpec, params: dict, workspace, *, device: str, observers: list, refresh: bool,
             slot: bool = True) -> dict:
     """The stage as a Prefect task named after it, holding its GPU slot when it trains on CUDA."""
     configured = stage_task.with_options(name=spec.name, task_run_name=spec.name)
-    with accelerator_slot(spec, device) if slot else contextlib.nullcontext():
+    with accelerator_slot(spec, device, ranks.shape(params)[0]) if slot else contextlib.nullcontext():
         state = configured(spec, params, workspace, device=device, observers=observers, refresh=refresh,
                            return_state=True)
     return state.result()

@@ -53,3 +53,25 @@ def test_training_stages_on_one_gpu_take_turns(prefect_harness, monkeypatch):
 @pytest.mark.parametrize("spec, device", [(PREPARE, "cuda:0"), (TRAIN, "cpu"), (TRAIN, "mps")])
 def test_cpu_stages_and_devices_take_no_slot(spec, device):
     assert isinstance(accelerator_slot(spec, device), contextlib.nullcontext)
+
+
+def test_a_stage_of_two_processes_holds_both_gpus(prefect_harness, monkeypatch):
+    """`nproc: 2` trains on the worker's first two GPUs: a one-process stage on the second waits for it."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    deploy.ensure_pools_and_limits(2)
+    spans = {}
+
+    def stage(name, device, processes, delay):
+        time.sleep(delay)
+        with accelerator_slot(TRAIN, device, processes):
+            start = time.monotonic()
+            time.sleep(0.5)
+            spans[name] = (start, time.monotonic())
+
+    threads = [threading.Thread(target=stage, args=("two", "cuda", 2, 0.0)),
+               threading.Thread(target=stage, args=("one", "cuda:1", 1, 0.2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert spans["one"][0] >= spans["two"][1]  # GPU 1 was held by the two-process stage
