@@ -60,6 +60,8 @@ case_ "TLPIPE_CHECKPOINT_MINUTES=often" TLPIPE_CHECKPOINT_MINUTES=often $T run
 case_ "MLFLOW_TRACKING_URI dead" MLFLOW_TRACKING_URI=http://127.0.0.1:9 $T run
 case_ "PREFECT_API_URL dead" PREFECT_API_URL=http://127.0.0.1:9/api $T run
 case_ "ratio out of range" $T run -s prune.ratio=1.0
+case_ "nproc not dividing the batch" $T run -s pretrain.nproc=3
+case_ "nnodes without TLPIPE_RDZV_ENDPOINT" $T run -s pretrain.nnodes=2
 case_ "unknown key" $T run -s prune.colour=red
 case_ "unknown --until" $T run --until deploy
 case_ "read-only data/ with -s" unshare --mount sh -c 'mount --bind data data && mount -o remount,bind,ro data && exec "$@"' x $T run -s prune.ratio=0.25

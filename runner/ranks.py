@@ -60,7 +60,10 @@ def check(stages, params: dict[str, dict], device: str) -> None:
         nproc, nnodes = shape(params.get(spec.name, {}))
         if nproc * nnodes == 1:
             continue
-        launcher_arguments(nproc, nnodes)
+        try:
+            launcher_arguments(nproc, nnodes)
+        except ValueError as exc:
+            raise ValueError(f"params/{spec.name}.yaml: {exc}") from None
         if device.startswith("cuda"):
             import torch
 
