@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -72,16 +73,15 @@ class Checkpoint:
         """(tensors, document) of the last checkpoint, or None when there is none."""
         if not self.path.is_file():
             return None
-        from safetensors import safe_open
-
         with safe_open(str(self.path), framework="pt") as f:
             document = json.loads(f.metadata()["document"])
         return load_file(str(self.path)), document
 
 
 class LoopState:
-    """A training loop's resumable state: its modules, optimizer, scheduler, generators, extra tensors
-    (queues) and `values` (accumulators: tensors or JSON-able numbers), with the epoch and batch reached.
+    """A training loop's resumable state: its modules (their buffers hold queues and BatchNorm
+    statistics), optimizer, scheduler, generators and `values` (accumulators: tensors or JSON-able
+    numbers), with the epoch and batch reached.
 
     The loop calls `resume()` once before its first epoch, `begin_epoch()` at the start of each epoch,
     `step_done(batch)` after each optimizer step (it saves when the checkpoint's interval is due) and
@@ -95,12 +95,12 @@ class LoopState:
 
     def __init__(self, checkpoint: Checkpoint | None, *, modules: dict[str, nn.Module],
                  optimizer: torch.optim.Optimizer, schedule, data_generator: torch.Generator,
-                 generators: dict[str, torch.Generator] | None = None, tensors: dict[str, torch.Tensor] | None = None,
-                 values: dict | None = None, ranks: Ranks = Ranks()):
+                 generators: dict[str, torch.Generator] | None = None, values: dict | None = None,
+                 ranks: Ranks = Ranks()):
         self.checkpoint, self.modules, self.optimizer, self.schedule = checkpoint, modules, optimizer, schedule
         self.ranks = ranks
         self.data_generator, self.generators = data_generator, generators or {}
-        self.tensors, self.values = tensors or {}, values if values is not None else {}
+        self.values = values if values is not None else {}
         self.epoch, self.batch, self.history = 1, 0, []
         self._resumed_at: tuple[int, int] | None = None
         self._epoch_start_data = data_generator.get_state()
@@ -117,8 +117,6 @@ class LoopState:
             module.load_state_dict(_prefixed(tensors, f"module.{name}."))
         self.optimizer.load_state_dict(_optimizer_state(tensors, document["optimizer"]))
         self.schedule.load_state_dict(document["schedule"])
-        for name, tensor in self.tensors.items():
-            tensor.copy_(tensors[f"tensor.{name}"])
         for name, value in own_document["values"].items():
             if isinstance(self.values.get(name), torch.Tensor):
                 self.values[name].copy_(own[f"value.{name}"])  # in place: the loop holds it
@@ -195,7 +193,6 @@ class LoopState:
         optimizer = self.optimizer.state_dict()
         for index, state in optimizer["state"].items():
             tensors.update({f"optimizer.{index}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
-        tensors.update({f"tensor.{name}": t for name, t in self.tensors.items()})
         tensors["generator.data_at_epoch_start"] = self._epoch_start_data
         self.checkpoint.save(tensors, {
             **document, "history": self.history, "schedule": self.schedule.state_dict(),

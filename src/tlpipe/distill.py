@@ -196,9 +196,8 @@ def distill(
     student = prepare_module(MultiHeadStudent(copy.deepcopy(student_backbone), dims), device)
     objectives = [Objective(method, dim, queue_size=queue_size, tau_s=tau_s, tau_t=tau_t, seed=seed + k).to(device)
                   for k, dim in enumerate(dims)]
-    ranks = distributed.current()
-    distributed.check_batch(batch_size, ranks.world)
-    forward = distributed.wrap(student, device, ranks)
+
+    ranks, forward = distributed.join(student, device, batch_size)
     # draws happen where the batch is; each rank draws its own
     augment_generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed + 1, ranks))
     steps = epochs * steps_per_epoch(len(images), batch_size)

@@ -100,6 +100,14 @@ def sum_over_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def join(model: nn.Module, device: torch.device, batch_size: int) -> tuple[Ranks, nn.Module]:
+    """What a training loop needs in a process group (or alone): this process's ranks and the module
+    its training forward calls (`wrap`), after checking that the batch splits evenly over the ranks."""
+    ranks = current()
+    check_batch(batch_size, ranks.world)
+    return ranks, wrap(model, device, ranks)
+
+
 def share_buffers(module: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm's running statistics) on every rank. DDP sends them before each
     forward, but each rank's own batch then moves them again: shared after an epoch, every rank

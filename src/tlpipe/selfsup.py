@@ -16,10 +16,10 @@ from torch import nn
 
 from tlpipe import distributed
 from tlpipe.augment import ViewConfig, make_view
+from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.losses.byol import byol_loss, byol_momentum, ema_update
 from tlpipe.losses.ntxent import nt_xent_loss
 from tlpipe.models import ProjectedBackbone, ProjectionHead
-from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
 
@@ -70,9 +70,8 @@ def _fit_two_views(
     `checkpoint`, the loop (and the modules `also_saved`, e.g. BYOL's target network) resumes from it.
     """
     config = view_config or ViewConfig()
-    ranks = distributed.current()
-    distributed.check_batch(batch_size, ranks.world)
-    forward = distributed.wrap(model, device, ranks)
+
+    ranks, forward = distributed.join(model, device, batch_size)
     # views are drawn where the batch lives, so their generator lives there too; each rank draws its own
     view_generator = torch.Generator(device=device).manual_seed(distributed.rank_seed(seed + 1, ranks))
     per_epoch = steps_per_epoch(len(images), batch_size)

@@ -155,11 +155,10 @@ def train_classifier(
         epoch), and val_accuracy when a validation set is given; resumed_from_epoch and
         resumed_from_batch when it resumed (time and images per second are this attempt's).
     """
-    ranks = distributed.current()
-    distributed.check_batch(batch_size, ranks.world)
+
     generator = seed_everything(seed)
     model = prepare_module(model, device)
-    forward = distributed.wrap(model, device, ranks)
+    ranks, forward = distributed.join(model, device, batch_size)
     steps = epochs * steps_per_epoch(len(images), batch_size)
     optimizer, schedule = make_optimizer(param_groups(model, lr, weight_decay, backbone_lr_scale), steps)
     # summed on the device (no sync per step); kept in the loop's state, so a resumed epoch sums on
