@@ -20,6 +20,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TLPIPE = str(Path(sys.executable).with_name("tlpipe"))
 FOUR_EPOCHS = {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 4, "batch_size": 8}}
+# (stage, params, a per-epoch metric): supervised and self-supervised pretrain, distillation with its queues
+CASES = {
+    "pretrain": ("pretrain", FOUR_EPOCHS, "train_loss"),
+    "simclr": ("pretrain", {**TINY, "pretrain": {**FOUR_EPOCHS["pretrain"], "mode": "simclr"}}, "loss"),
+    "distill": ("distill", {**TINY, "distill": {**TINY["distill"], "epochs": 4, "batch_size": 8}}, "loss"),
+}
 
 
 def run_until(project: Path, stage: str, **kwargs):
@@ -51,37 +57,39 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_pretrain_killed_in_epoch_3_of_4_resumes_to_the_uninterrupted_outputs(env, monkeypatch):
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_stage_killed_in_epoch_3_of_4_resumes_to_the_uninterrupted_outputs(env, monkeypatch, case):
+    stage, params, metric = CASES[case]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env / 'reference.db'}")
-    reference = make_project(env / "reference", FOUR_EPOCHS)
-    done = run_until(reference, "pretrain")
+    reference = make_project(env / "reference", params)
+    done = run_until(reference, stage)
     assert done.wait(timeout=900) == 0, done.stderr.read()[-3000:]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env / 'mlflow.db'}")
-    project = make_project(env / "project", FOUR_EPOCHS)
-    process = run_until(project, "pretrain", start_new_session=True)
+    project = make_project(env / "project", params)
+    process = run_until(project, stage, start_new_session=True)
     deadline = time.monotonic() + 900
-    while (position := checkpoint_position(project, "pretrain")) is None or position < (3, 2):
+    while (position := checkpoint_position(project, stage)) is None or position < (3, 2):
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)  # the whole process group, mid-epoch 3
     process.wait(timeout=60)
-    killed_at = checkpoint_position(project, "pretrain")
+    killed_at = checkpoint_position(project, stage)
     assert killed_at[0] == 3, f"killed at {killed_at}, not in epoch 3 of 4"
 
-    again = run_until(project, "pretrain")
+    again = run_until(project, stage)
     assert again.wait(timeout=900) == 0, again.stderr.read()[-3000:]
-    assert output_hash(project, "pretrain") == output_hash(reference, "pretrain")
-    assert not list((project / ".tlpipe" / "checkpoints" / "pretrain").glob("*/train"))  # removed when done
+    assert output_hash(project, stage) == output_hash(reference, stage)
+    assert not list((project / ".tlpipe" / "checkpoints" / stage).glob("*/train"))  # removed when done
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     finished = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  filter_string="attributes.status = 'FINISHED' and tags.`tlpipe.stage` = 'pretrain'")
+                                  filter_string=f"attributes.status = 'FINISHED' and tags.`tlpipe.stage` = '{stage}'")
     assert len(finished) == 1
     metrics = finished[0].data.metrics
     # it took over at the last step saved before the kill: less than an epoch is done again
     assert (metrics["resumed_from_epoch"], metrics["resumed_from_batch"]) == killed_at
-    history = client.get_metric_history(finished[0].info.run_id, "train_loss")
+    history = client.get_metric_history(finished[0].info.run_id, metric)
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # the epochs before the kill are in the run too
-    metrics_file = json.loads((project / "data" / "metrics" / "pretrain.json").read_text())
+    metrics_file = json.loads((project / "data" / "metrics" / f"{stage}.json").read_text())
     assert "resumed_from_epoch" not in metrics_file  # a fact of the attempt, not of the outputs
