@@ -4,7 +4,6 @@ two processes killed mid-epoch resumes to the uninterrupted outputs."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.integration.conftest import TINY, make_project
+from tests.integration.servers import free_port
 from tests.integration.test_resume import checkpoint_position, output_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,11 +24,6 @@ TLPIPE = str(Path(sys.executable).with_name("tlpipe"))
 TWO = {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 3, "batch_size": 16, "nproc": 2}}
 TWO_HOSTS = {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 3, "batch_size": 16, "nnodes": 2}}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def until_pretrain(project: Path, env: dict | None = None, **kwargs) -> subprocess.Popen:
