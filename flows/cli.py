@@ -22,8 +22,18 @@ from tlpipe import config
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"tlpipe {version('tlpipe')}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _commands() -> None:
+def _commands(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     """Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate."""
 
 
@@ -100,11 +110,8 @@ def lineage_command(
     tracking.configure(root)
     try:
         doc, focus, warnings = lineage.resolve(ref, root)
-    except ValueError as exc:
+    except (ValueError, LookupError) as exc:  # not a reference, or one that nothing answers for
         raise bad_input(str(exc))
-    except LookupError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1)
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:

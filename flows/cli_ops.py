@@ -95,7 +95,7 @@ def doctor(
     else:
         table = Table(title=f"tlpipe doctor: {root}")
         for column in ("component", "setting", "state", "detail"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # a path or URL is folded on a narrow terminal, never cut
         marks = {True: "[green]ok[/]", False: "[red]unreachable[/]", None: "[cyan]local[/]"}
         for r in rows:
             table.add_row(r["component"], r["setting"], marks[r["ok"]], r["detail"])

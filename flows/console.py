@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from runner.progress import make_console
 from tlpipe import config
 
-err = Console(stderr=True)
-out = Console()
+err = make_console(stderr=True)
+out = make_console()
 EXIT_BAD_INPUT = 2
 
 QUIET_DEFAULTS = {
@@ -20,6 +20,7 @@ QUIET_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per artifact read; ask for it with =true
 }
 
 

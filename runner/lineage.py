@@ -11,6 +11,7 @@ and then Prefect answer, with a warning, so lineage stays readable with one back
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -171,13 +172,28 @@ def mlflow_reachable() -> tuple[bool, str]:
     return True, uri
 
 
+@contextlib.contextmanager
+def _not_found_as(message: str):
+    """MLflow's "does not exist" (a run id, model version or alias nobody made) as a LookupError with
+    `message`; other MLflow errors go on as they are."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise LookupError(message) from None
+
+
 def _from_mlflow(kind: str, ref: str, project: Path) -> tuple[dict, str | None]:
     from runner import tracking
 
     mlf = tracking.client()
     focus = None
     if kind == "mlflow_run":
-        run = mlf.get_run(ref)
+        with _not_found_as(f"{ref}: no MLflow run with this id in {tracking.configure(project)}"):
+            run = mlf.get_run(ref)
         parent, focus = run.data.tags.get("mlflow.parentRunId", ref), run.data.tags.get(tracking.TAG_STAGE)
     elif kind == "flow_run":
         runs = [r for r in tracking.find_runs(f"tags.`{tracking.TAG_FLOW_RUN}` = '{ref}'")
@@ -187,8 +203,10 @@ def _from_mlflow(kind: str, ref: str, project: Path) -> tuple[dict, str | None]:
         parent = runs[0].info.run_id
     elif kind == "model":
         m = MODEL_REF.match(ref)
-        version = (mlf.get_model_version(m["name"], m["version"]) if m["version"]
-                   else mlf.get_model_version_by_alias(m["name"], m["alias"]))
+        what = f"version {m['version']}" if m["version"] else f"alias {m['alias']!r}"
+        with _not_found_as(f"{ref}: the registered model {m['name']!r} has no {what} ({_versions(mlf, m['name'])})"):
+            version = (mlf.get_model_version(m["name"], m["version"]) if m["version"]
+                       else mlf.get_model_version_by_alias(m["name"], m["alias"]))
         parent, focus = version.tags[tracking.TAG_PIPELINE_RUN], "finetune"
     else:
         rel, md5 = current_output(project, ref)
@@ -197,6 +215,19 @@ def _from_mlflow(kind: str, ref: str, project: Path) -> tuple[dict, str | None]:
             raise LookupError(f"{ref}: no run in MLflow produced {rel} with md5 {md5}")
         parent, focus = runs[0].data.tags.get("mlflow.parentRunId", runs[0].info.run_id), runs[0].data.tags.get(tracking.TAG_STAGE)
     return _stored_document(mlf, parent), focus
+
+
+def _versions(mlf, name: str) -> str:
+    """What a registered model does have, for an error message."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlf.get_registered_model(name)
+    except MlflowException:
+        return "no model of this name is registered"
+    versions = sorted(int(v.version) for v in mlf.search_model_versions(f"name = '{name}'"))
+    aliases = ", ".join(f"@{alias}" for alias in sorted(model.aliases or {}))
+    return f"versions {', '.join(map(str, versions)) or 'none'}" + (f"; aliases {aliases}" if aliases else "")
 
 
 def _stored_document(mlf, parent: str) -> dict:

@@ -3,17 +3,26 @@
 
 from __future__ import annotations
 
-import sys
-
 from runner.events import Observer, StageRun
+
+PIPE_WIDTH = 10_000  # lines written to a file or a pipe are not wrapped: the reader's tools wrap them
+
+
+def make_console(stderr: bool = False):
+    """A rich console for people: on a terminal as wide as the terminal; into a pipe or a file (CI
+    logs, `| grep`, `> out.txt`) every line and table row whole, never wrapped at 80 columns."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
 
 
 class ConsoleProgress(Observer):
     def __init__(self, show: bool = True, console=None):
-        from rich.console import Console
-
         self.show = show
-        self.console = console or Console(file=sys.stderr)
+        self.console = console or make_console(stderr=True)
         self.live = show and self.console.is_terminal
         self._bars: dict[str, tuple] = {}  # label -> (rich Progress, its task)
 
