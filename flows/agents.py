@@ -52,7 +52,7 @@ def stage(stage: str, params: dict, known: dict[str, str], device: str, project:
     with dvc.Commits(project_path) as commits:
         result = run_one(spec, params, workspace, device=device, refresh=refresh,
                          observers=[Recorder(parent_id, tags or {}, project_path), commits,
-                                    ConsoleProgress(False)])
+                                    ConsoleProgress(False)]).result()
     dvc.push_outputs(project_path, list(result["outs"].values()))
     return {k: result[k] for k in ("stage", "status", "cache_key", "outs", "mlflow_run_id")}
 

@@ -78,7 +78,7 @@ def _run(root: Path, server, set_: list[str], refresh: list[str], until: str | N
             tracking.configure(root)
             tracking.client()
             api = server.wait(server_timeout()) if server else None
-            result = run_flow(pipeline, api_url=api, project=str(root), snapshot=taken.as_dict(), refresh=refresh,
+            result = run_flow(pipeline, api_url=api, temporary=server is not None, project=str(root), snapshot=taken.as_dict(), refresh=refresh,
                               until=until, device=device)
         except Exception as exc:  # the stage's own traceback is already in the Prefect log above
             err.print(f"[bold red]error:[/] pipeline failed: {type(exc).__name__}: {exc}", highlight=False)
@@ -157,7 +157,7 @@ def _sweep(root: Path, server, spec: dict, path: Path) -> dict:
         configured = sweep_flow.with_options(task_runner=task_runner(spec["cluster"]))
         # Dask workers inherit PREFECT_API_URL; without it each would start a Prefect server of its own.
         with _environment(PREFECT_API_URL=api):
-            return run_flow(configured, api_url=api, project=str(root), sweep_file=str(path), device=device)
+            return run_flow(configured, api_url=api, temporary=server is not None, project=str(root), sweep_file=str(path), device=device)
     except Exception as exc:
         err.print(f"[bold red]error:[/] sweep failed: {type(exc).__name__}: {exc}", highlight=False)
         raise typer.Exit(1)

@@ -56,19 +56,26 @@ def server_timeout() -> float:
     return float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
 
 
-def run_flow(flow_fn, api_url: str | None = None, **kwargs) -> dict:
-    """Calls a flow (against `api_url` when given) without the sync engine's one-second heartbeat join."""
+def run_flow(flow_fn, api_url: str | None = None, temporary: bool = False, **kwargs) -> dict:
+    """Calls a flow (against `api_url` when given) without the sync engine's one-second heartbeat join;
+    returns its result, raising as the flow did. With a `temporary` server, waits until the server has
+    recorded the run's task runs (they arrive as events), so that stopping it loses none of them."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.server import settle
 
     updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     if api_url:
         updates[PREFECT_API_URL] = api_url
     with temporary_settings(updates=updates):
         try:
-            return flow_fn(**kwargs)
+            state = flow_fn(**kwargs, return_state=True)
         finally:  # the flow's logs and events reach the API before the command may stop it
             from prefect.events.worker import EventsWorker
             from prefect.logging.handlers import APILogWorker
 
             APILogWorker.drain_all(timeout=5)
             EventsWorker.drain_all(timeout=5)
+    if api_url and temporary:
+        settle(api_url, str(state.state_details.flow_run_id))
+    return state.result()

@@ -18,7 +18,7 @@ from runner.lock import project_lock
 from runner.progress import ConsoleProgress
 from runner.recorder import Recorder
 from runner.snapshot import Snapshot, take
-from runner.spec import StageSpec, load_pipeline, select_stages
+from runner.spec import StageSpec, load_pipeline, producers, select_stages, upstream_of
 from runner.workspace import ProjectWorkspace
 
 from flows import promotion
@@ -26,12 +26,53 @@ from flows.agents import dispatch
 from flows.stages import run_one
 
 
+def data_name(spec: dict) -> str:
+    """A data set's short name: `digits`, `cifar10` for `uoft-cs/cifar10`, the folder of a local path."""
+    return Path(str(spec.get("name", "?")).rstrip("/")).name or "?"
+
+
+def run_labels(project: Path, params: dict, digest: str | None = None) -> tuple[str, list[str]]:
+    """(flow-run name, tags) that tell a project's runs apart in the Prefect UI: `proj: digits from
+    glyphs [3f2a91c0]`, tags project:, target:, source:, params: (the snapshot digest's prefix)."""
+    source, target = (data_name(params.get("prepare", {}).get(side, {})) for side in ("source", "target"))
+    name = f"{project.name}: {target} from {source}" + (f" [{digest[:8]}]" if digest else "")
+    tags = [f"project:{project.name}", f"target:{target}", f"source:{source}"]
+    return name, tags + ([f"params:{digest[:8]}"] if digest else [])
+
+
+def pipeline_run_name() -> str:
+    """The flow run's name, from its parameters (Prefect calls this as the run starts)."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    project = Path(given.get("project") or ".").resolve()
+    if given.get("snapshot"):
+        taken = Snapshot.from_dict(given["snapshot"])
+        return run_labels(project, taken.params, taken.digest)[0]
+    try:  # a deployment or schedule: the params files as they are (the snapshot is taken in the run)
+        from tlpipe import config
+
+        return run_labels(project, config.load_all_params(project))[0]
+    except Exception:  # noqa: BLE001 - bad params fail the run itself, with the one-line message
+        return f"{project.name}: pipeline"
+
+
+def label_flow_run(flow_run_id: str, tags: list[str], add: bool = True) -> None:
+    """Adds `tags` to the flow run (Prefect takes tags only at creation; these are known later)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        current = prefect.read_flow_run(flow_run_id).tags if add else []
+        prefect.update_flow_run(flow_run_id, tags=sorted({*current, *tags}))
+
+
 def start_tracked_run(project: Path, kind: str, snapshot: Snapshot, params: dict | None = None) -> tuple[str, str, dict]:
     """(MLflow parent run id, Prefect flow-run id, tags) of the flow run in progress; the parent run
-    records the run's params snapshot (`params` instead, when given)."""
+    records the run's params snapshot (`params` instead, when given). The flow run gets its tags."""
     tracking.configure(project)
     flow_run_id = str(get_run_context().flow_run.id)
-    tags = {tracking.TAG_FLOW_RUN: flow_run_id, tracking.TAG_GIT: tracking.git_commit(project)}
+    label_flow_run(flow_run_id, [*run_labels(project, snapshot.params, snapshot.digest)[1], f"kind:{kind}"])
+    tags = {tracking.TAG_FLOW_RUN: flow_run_id, **tracking.source_tags(project)}
     run_name = f"{kind}-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     parent = tracking.start_pipeline_run(project, run_name=run_name, params=params or snapshot.params,
                                          tags={**tags, "tlpipe.params_digest": snapshot.digest,
@@ -59,7 +100,7 @@ def store_lineage(project: Path, doc: dict) -> None:
                              description=f"lineage of pipeline run {doc['pipeline_run']}")
 
 
-@flow(name="tlpipe")
+@flow(name="tlpipe", flow_run_name=pipeline_run_name)
 def pipeline(project: str = ".", overrides: list[str] | None = None, snapshot: dict | None = None,
              refresh: list[str] | None = None, until: str | None = None, show_progress: bool = True,
              device: str | None = None, registered_model: str | None = None,
@@ -92,20 +133,23 @@ def run_pipeline(project: Path, snapshot: Snapshot, stages: list[StageSpec], *, 
     clean_up_after_killed_runs(workspace)
     parent_id, flow_run_id, tags = start_tracked_run(project, "pipeline", snapshot)
     recorder, console = Recorder(parent_id, tags), ConsoleProgress(show_progress)
+    made_by, states = producers(stages), {}  # task-run states: the run graph's edges in the Prefect UI
     try:
         with dvc.Commits(project) as commits:
             for spec in stages:
                 pool = spec.meta.get("accelerator", "cpu")
+                after = [states[name] for name in upstream_of(spec, made_by) if name in states]
                 if pool not in agents:
-                    run_one(spec, snapshot.stage(spec.name), workspace, device=device,
-                            observers=[recorder, commits, collector, console], refresh=spec.name in refresh_set)
+                    states[spec.name] = run_one(spec, snapshot.stage(spec.name), workspace, device=device,
+                                                observers=[recorder, commits, collector, console],
+                                                refresh=spec.name in refresh_set, after=after)
                     continue
                 commits.wait()  # the agent may need upstream outputs from the DVC remote
                 dispatch(spec, project, snapshot.stage(spec.name), workspace.known, pool=pool, device=agents[pool],
                          refresh=spec.name in refresh_set, parent_id=parent_id, tags=tags)
                 collector.ran_on(spec.name, pool)  # its MLflow run is the agent's; here its outputs arrive
-                run_one(spec, snapshot.stage(spec.name), workspace, device=agents[pool],
-                        observers=[commits, collector], refresh=False, slot=False)
+                states[spec.name] = run_one(spec, snapshot.stage(spec.name), workspace, device=agents[pool],
+                                            observers=[commits, collector], refresh=False, slot=False, after=after)
         results = collector.stages
         pushed = dvc.push_outputs(project, [md5 for r in results for md5 in r["outs"].values()])
         if pushed:
@@ -119,9 +163,12 @@ def run_pipeline(project: Path, snapshot: Snapshot, stages: list[StageSpec], *, 
         registered = promotion.register_and_report(project, results, registered_model or
                                                    promotion.model_name(snapshot.params), parent_id, tags,
                                                    snapshot.params["evaluate"]["promote_margin"])
-    store_lineage(project, lineage.document(parent_id=parent_id, flow_run_id=flow_run_id, git=tags[tracking.TAG_GIT],
+    store_lineage(project, lineage.document(parent_id=parent_id, flow_run_id=flow_run_id, git=tags.get(tracking.TAG_GIT, "unknown"),
+                                            git_dirty=tags.get(tracking.TAG_DIRTY) == "true",
                                             stages=results, params=snapshot.params, registered=registered, data=data))
     tracking.end_run(parent_id, metrics={k: v for k, v in final.items() if k in ("accuracy", "macro_f1")})
+    if results:  # the last stage's key chains every input, param and code of the run
+        label_flow_run(flow_run_id, [f"key:{results[-1]['cache_key'][:12]}"])
     return {"mlflow_run_id": parent_id, "flow_run_id": flow_run_id, "stages": results, "data": data,
             "tracking_uri": tracking.configure(project), "registered": registered,
             "params_digest": snapshot.digest}

@@ -37,11 +37,22 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# What a plain run's server keeps: the services that turn the run's events into task runs and stored
+# events (so that the UI, opened later on the same database, shows the run graph); nothing that
+# schedules, reschedules, cancels or reacts.
+RECORDING_ONLY = {f"PREFECT_SERVER_SERVICES_{name}_ENABLED": value for name, value in {
+    "TASK_RUN_RECORDER": "true", "EVENT_PERSISTER": "true",
+    "SCHEDULER": "false", "LATE_RUNS": "false", "FOREMAN": "false", "PAUSE_EXPIRATIONS": "false",
+    "CANCELLATION_CLEANUP": "false", "REPOSSESSOR": "false", "TRIGGERS": "false", "CLEANUP_RECONCILER": "false",
+    "DB_VACUUM": "false"}.items()}
+
+
 class TemporaryServer:
     """`prefect server start` on a loopback port, stopped when the command ends.
 
-    Without `services` (a plain run) it has no UI and no background services. With them (`tlpipe
-    serve`) the scheduler creates the scheduled runs and the UI shows them, on `port` if it is free.
+    Without `services` (a plain run) it has no UI and records only (`RECORDING_ONLY`). With them
+    (`tlpipe serve`) the scheduler creates the scheduled runs and the UI shows them, on `port` if it
+    is free.
     """
 
     def __init__(self, services: bool = False, port: int | None = None) -> None:
@@ -50,9 +61,11 @@ class TemporaryServer:
         prefect = Path(sys.executable).with_name("prefect")
         command = [str(prefect) if prefect.exists() else "prefect", "server", "start", "--host", "127.0.0.1",
                    "--port", str(self.port)]
+        environment = dict(os.environ)
         if not services:
-            command += ["--no-services", "--no-ui"]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            command += ["--no-ui"]
+            environment.update(RECORDING_ONLY)
+        self.process = subprocess.Popen(command, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent)
         atexit.register(self.stop)
 
@@ -81,6 +94,30 @@ class TemporaryServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def settle(api_url: str, flow_run_id: str, timeout: float = 15.0) -> bool:
+    """Waits until the server has recorded the task runs of `flow_run_id` in final states (a task
+    run reaches the database through an event, after the flow has returned); True when it has. A
+    temporary server stopped before that would leave the UI without the run's graph."""
+    import json
+
+    final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+    body = json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode()
+    deadline, previous = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{api_url}/task_runs/filter", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                states = sorted((run["id"], (run.get("state") or {}).get("type")) for run in json.load(response))
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            states = None
+        if states and states == previous and all(kind in final for _, kind in states):
+            return True
+        previous = states
+        time.sleep(0.2)
+    return False
 
 
 def start_if_needed() -> TemporaryServer | None:

@@ -7,6 +7,7 @@ import os
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.states import Completed
 
 from runner import ranks
@@ -52,10 +53,14 @@ def accelerator_slot(spec: StageSpec, device: str, processes: int = 1):
 
 
 def run_one(spec: StageSpec, params: dict, workspace, *, device: str, observers: list, refresh: bool,
-            slot: bool = True) -> dict:
-    """The stage as a Prefect task named after it, holding its GPU slot when it trains on CUDA."""
+            slot: bool = True, after: list[State] = ()) -> State:
+    """The stage as a Prefect task named after it, holding its GPU slot when it trains on CUDA; returns
+    its final state (`.result()` is the stage's summary, and raises when the stage failed). `after`
+    holds the states of its upstream stages: Prefect records them as the task run's inputs, which the
+    UI draws as the edges of the run graph."""
     configured = stage_task.with_options(name=spec.name, task_run_name=spec.name)
     with accelerator_slot(spec, device, ranks.shape(params)[0]) if slot else contextlib.nullcontext():
         state = configured(spec, params, workspace, device=device, observers=observers, refresh=refresh,
-                           return_state=True)
-    return state.result()
+                           return_state=True, wait_for=list(after) or None)
+    state.result()  # a failed stage ends the run here
+    return state

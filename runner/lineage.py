@@ -49,7 +49,7 @@ class Collector(Observer):
 
 
 def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], params: dict,
-             registered: dict | None, data: dict[str, str] | None = None) -> dict:
+             registered: dict | None, data: dict[str, str] | None = None, git_dirty: bool = False) -> dict:
     """The lineage document of one pipeline run from the flow's per-stage results; `data` holds the
     versions of the `dvc add`ed data in the project ({path: md5}) when the run started."""
     producer = {}
@@ -65,7 +65,8 @@ def document(*, parent_id: str, flow_run_id: str, git: str, stages: list[dict], 
             "upstream": sorted({p for d in s.get("deps", {}) if (p := producer_of(d, producer))} - {s["stage"]},
                                key=[x["stage"] for x in stages].index),
         })
-    return {"pipeline_run": parent_id, "flow_run": flow_run_id, "git_commit": git, "registered_model": registered,
+    return {"pipeline_run": parent_id, "flow_run": flow_run_id, "git_commit": git, "git_dirty": git_dirty,
+            "registered_model": registered,
             "data": dict(data or {}), "stages": entries}
 
 
@@ -84,7 +85,8 @@ def save_local(project: Path, doc: dict) -> Path:
 def to_markdown(doc: dict) -> str:
     """The document for people (a table) and for machines (the JSON, fenced), in one markdown text."""
     lines = [f"# Lineage of pipeline run {doc['pipeline_run']}", "",
-             f"Prefect flow run `{doc['flow_run']}`, git commit `{doc['git_commit']}`.", "",
+             f"Prefect flow run `{doc['flow_run']}`, git commit `{doc['git_commit']}`"
+             f"{' (with uncommitted changes)' if doc.get('git_dirty') else ''}.", "",
              "| stage | status | produced by run | cache key | upstream |", "|---|---|---|---|---|"]
     for s in doc["stages"]:
         lines.append(f"| {s['stage']} | {s['status']} | {s['produced_by_run']} | {s['cache_key'][:16]} | "
@@ -103,7 +105,8 @@ def from_markdown(text: str) -> dict:
 def render(doc: dict, *, focus: str | None = None) -> str:
     """Plain text for the terminal: a header, then per stage its status, producer, key, params, data, metrics."""
     model = doc.get("registered_model")
-    out = [f"pipeline run {doc['pipeline_run']}   Prefect flow run {doc['flow_run']}   git {doc['git_commit'][:12]}"]
+    dirty = " (dirty)" if doc.get("git_dirty") else ""
+    out = [f"pipeline run {doc['pipeline_run']}   Prefect flow run {doc['flow_run']}   git {doc['git_commit'][:12]}{dirty}"]
     if model:
         out.append(f"registered model: models:/{model['model']}/{model['version']}")
     if doc.get("data"):

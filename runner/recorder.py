@@ -7,8 +7,28 @@ from pathlib import Path
 
 from runner.events import Observer, Outcome, StageRun
 from runner.spec import stage_outputs
-from runner.tracking import (REPORT_SUFFIXES, TAG_CACHE_KEY, TAG_CACHED, TAG_GIT, TAG_PRODUCED_BY, TAG_STAGE,
-                             StageTracker, client, experiment_id, git_commit, owner_tags)
+from runner.tracking import (REPORT_SUFFIXES, TAG_CACHE_KEY, TAG_CACHED, TAG_DIRTY, TAG_FLOW_RUN, TAG_GIT,
+                             TAG_PRODUCED_BY, TAG_STAGE, StageTracker, client, experiment_id, owner_tags,
+                             source_tags)
+
+
+TAG_NOTE = "mlflow.note.content"  # the run's description, markdown in the UI
+
+
+def reuse_note(outcome: Outcome, key: str) -> str:
+    """The description of a reused stage's run: which run computed its outputs, as a link the MLflow
+    UI follows (within the same tracking server)."""
+    producer = outcome.produced_by
+    how = "put back from the DVC cache" if outcome.status == "restored" else "found in place"
+    if not producer:
+        return f"Outputs reused ({how}, cache key `{key[:16]}`); the run that computed them is not recorded."
+    try:
+        found = client().get_run(producer)
+        link = f"[{found.info.run_name or producer}](#/experiments/{found.info.experiment_id}/runs/{producer})"
+    except Exception:  # noqa: BLE001 - a store that no longer holds it: the id still says which run
+        link = f"`{producer}` (not in this tracking store)"
+    return (f"Outputs reused ({how}, cache key `{key[:16]}`): computed by run {link}, run id `{producer}`. "
+            "Inputs, figures and reports here are those of that computation.")
 
 
 class Recorder(Observer):
@@ -18,9 +38,7 @@ class Recorder(Observer):
 
     def __init__(self, parent_id: str | None, tags: dict[str, str] | None = None, project: Path | None = None):
         self.parent_id = parent_id
-        self.tags = dict(tags or {})
-        if TAG_GIT not in self.tags and project is not None:
-            self.tags[TAG_GIT] = git_commit(project)
+        self.tags = {**(source_tags(project) if project is not None else {}), **(tags or {})}
         self._trackers: dict[str, StageTracker] = {}
 
     def _open(self, run: StageRun, **tags: str) -> StageTracker:
@@ -36,8 +54,26 @@ class Recorder(Observer):
     def stage_started(self, run: StageRun) -> None:
         tracker = self._trackers[run.key] = self._open(run)
         run.record["mlflow_run_id"] = tracker.run_id
+        # Where the computation is recorded, for the stage's own reports (evaluate's report says it).
+        run.record.update({key: value for key, value in (
+            ("pipeline_run", self.parent_id), ("flow_run", self.tags.get(TAG_FLOW_RUN)),
+            ("git_commit", self.tags.get(TAG_GIT)), ("git_dirty", self.tags.get(TAG_DIRTY))) if value})
+        self._log_inputs(tracker, run)
+
+    @staticmethod
+    def _log_inputs(tracker: StageTracker, run: StageRun) -> None:
         for dep, path in run.inputs.items():
             tracker.log_dataset(dep, path, run.deps[dep], context="input")
+
+    @staticmethod
+    def _log_reports(tracker: StageTracker, run: StageRun) -> None:
+        """The metrics file and the small files people read (tables, figures, the report); models and
+        data stay in DVC."""
+        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec.name))
+        tracker.log_artifact(metrics_file)
+        for report in sorted(folder.iterdir()):
+            if report.is_file() and report.suffix in REPORT_SUFFIXES:
+                tracker.log_artifact(report, run.spec.name)
 
     def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
         self._trackers[run.key].log_metrics(metrics, step=step)
@@ -54,17 +90,19 @@ class Recorder(Observer):
     def stage_finished(self, run: StageRun, outcome: Outcome) -> None:
         tracker = self._trackers.pop(run.key)
         tracker.log_summary(outcome.metrics)
-        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec.name))
-        tracker.log_artifact(metrics_file)
-        for report in sorted(folder.iterdir()):
-            if report.is_file() and report.suffix in REPORT_SUFFIXES:
-                tracker.log_artifact(report, run.spec.name)
+        self._log_reports(tracker, run)
         tracker.set_tags({f"tlpipe.out.{rel}": md5 for rel, md5 in outcome.outs.items()})
         client().set_terminated(tracker.run_id, "FINISHED")
 
     def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
-        tracker = self._open(run, **{TAG_CACHED: "true", TAG_PRODUCED_BY: outcome.produced_by or ""})
+        """A run of its own for a reused stage, with the same inputs, figures and reports as the run
+        that computed the outputs, and a link to that run in its description."""
+        tags = {TAG_CACHED: "true", TAG_PRODUCED_BY: outcome.produced_by or "",
+                TAG_NOTE: reuse_note(outcome, run.key)}
+        tracker = self._open(run, **tags)
+        self._log_inputs(tracker, run)
         tracker.log_metrics(outcome.metrics)
+        self._log_reports(tracker, run)
         client().set_terminated(tracker.run_id, "FINISHED")
 
     stage_restored = stage_cached

@@ -24,6 +24,8 @@ TAG_CACHE_KEY = "tlpipe.cache_key"
 TAG_PRODUCED_BY = "tlpipe.produced_by_run"
 TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_GIT = "mlflow.source.git.commit"
+TAG_DIRTY = "tlpipe.git.dirty"  # "true" when tracked files differed from the commit
+TAG_USER, TAG_SOURCE, TAG_SOURCE_TYPE = "mlflow.user", "mlflow.source.name", "mlflow.source.type"
 TAG_PIPELINE_RUN = "tlpipe.pipeline_run"
 TAG_HOST, TAG_PID = "tlpipe.host", "tlpipe.pid"  # the process that keeps the run open
 REPORT_SUFFIXES = {".csv", ".json", ".md", ".png", ".html"}  # logged as artifacts; models and data stay in DVC
@@ -105,8 +107,9 @@ def _local_artifact_location() -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
-def git_commit(project: Path) -> str:
-    """HEAD of the project's git repository, with `-dirty` when tracked files are modified."""
+def git_state(project: Path) -> tuple[str, bool | None]:
+    """(HEAD commit id of the project's repository, whether tracked files differ from it);
+    ("unknown", None) outside a git repository."""
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=project, capture_output=True, text=True, check=True
@@ -116,8 +119,39 @@ def git_commit(project: Path) -> str:
         head = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+        return "unknown", None
+    return head, bool(dirty)
+
+
+def command_line() -> str:
+    """The command this process runs, as a person typed it: `tlpipe run -s prune.ratio=0.5`,
+    `python -m tasks.prune` (under `dvc repro`)."""
+    import shlex
+    import sys
+
+    if Path(sys.argv[0]).name == "tlpipe":
+        return shlex.join(["tlpipe", *sys.argv[1:]])
+    argv = getattr(sys, "orig_argv", sys.argv)
+    return shlex.join([Path(argv[0]).name, *argv[1:]])
+
+
+def user_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return f"uid {os.getuid()}"
+
+
+def source_tags(project: Path) -> dict[str, str]:
+    """What MLflow's UI shows as a run's user, source and commit (it fills them only for runs it
+    starts itself): the command, who ran it, the plain commit id and, apart, whether it was dirty."""
+    head, dirty = git_state(project)
+    tags = {TAG_USER: user_name(), TAG_SOURCE: command_line(), TAG_SOURCE_TYPE: "LOCAL"}
+    if dirty is not None:
+        tags.update({TAG_GIT: head, TAG_DIRTY: str(dirty).lower()})
+    return tags
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
