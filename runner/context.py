@@ -59,6 +59,14 @@ class StageContext:
         outcome = self._workspace.outcomes.get(stage)
         return {k: v for k, v in outcome.metrics.items() if is_timing(k)} if outcome else {}
 
+    def provenance(self) -> dict:
+        """Where this computation is recorded, as far as the observers said (`None` where nothing
+        records it): its MLflow run, the pipeline's run, the Prefect flow run, the commit; and its key."""
+        record = self._run.record
+        return {"stage_run": record.get("mlflow_run_id"), "pipeline_run": record.get("pipeline_run"),
+                "flow_run": record.get("flow_run"), "git_commit": record.get("git_commit"),
+                "git_dirty": record.get("git_dirty") == "true", "cache_key": self._run.key}
+
     def checkpoint(self, name: str) -> Checkpoint:
         """Where the training loop `name` of this stage saves and finds its state: keyed by the stage's
         cache key, so a changed param or code starts afresh. Within an epoch it saves every

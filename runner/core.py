@@ -82,6 +82,12 @@ def run_stage(spec: StageSpec, params: dict, workspace, *, device: str, observer
     return outcome
 
 
+def of_outputs(metrics: dict) -> dict:
+    """The metrics that describe the outputs: those that vary by attempt (timings, where a resumed
+    run took over) left out at every depth (evaluate's per-stage cost nests its times)."""
+    return {k: of_outputs(v) if isinstance(v, dict) else v for k, v in metrics.items() if not varies_by_attempt(k)}
+
+
 def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
     """Runs the stage into temporary outputs; `wall_time_s` counts from its start event to its metrics
     (its keys and lookup are the runner's; `Outcome.seconds` counts those too, from `began`)."""
@@ -98,7 +104,7 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
             metrics["wall_time_s"] = time.perf_counter() - started
             # Timings stay out of the metrics file, a DVC output that downstream stages read: an output
             # must depend on its inputs alone. They go to the record, MLflow and lineage.
-            write_json(tmp_metrics, {k: v for k, v in metrics.items() if not varies_by_attempt(k)})
+            write_json(tmp_metrics, of_outputs(metrics))
     except Exception as exc:
         events.emit_each("stage_failed", run, exc)
         raise

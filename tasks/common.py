@@ -10,13 +10,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from tlpipe import io, models
+from tlpipe import io, models, plots
 from tlpipe.pretraining import fit_source_model
+
+
+CURVES = "curves.png"  # beside the history: the training curves as `dvc plots show` and the report show them
 
 
 @contextlib.contextmanager
 def recorded(ctx, total: int, label: str, history: Path) -> Iterator:
-    """A per-epoch callback that reports progress; the epochs are written to `history` (CSV) after."""
+    """A per-epoch callback that reports progress; the epochs are written to `history` (CSV) after,
+    and drawn, one panel per metric, to `curves.png` beside it."""
     rows: list[dict] = []
     with ctx.progress(total, label) as report:
         def on_metrics(epoch: int, metrics: dict) -> None:
@@ -25,6 +29,10 @@ def recorded(ctx, total: int, label: str, history: Path) -> Iterator:
 
         yield on_metrics
     io.write_history(history, rows)
+    curves = {name: [row.get(name, float("nan")) for row in rows] for name in rows[0] if name != "epoch"
+              and not io.is_wall_clock(name) and all(isinstance(row.get(name), (int, float)) for row in rows)} if rows else {}
+    if curves:
+        io.write_figure(history.with_name(CURVES), plots.plot_curves(curves, title=f"{ctx.stage}: {label}"))
 
 
 def train_source(ctx, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],

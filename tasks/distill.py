@@ -89,6 +89,7 @@ def run(ctx) -> dict:
     largest = max(models.count_parameters(t) for t in teachers.values())
     return {
         **metrics, **counts,
+        "method": ctx.params["method"],
         "parameters": models.count_parameters(student),
         "teacher_parameters": largest,
         "teachers": len(teachers),

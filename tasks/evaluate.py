@@ -6,10 +6,16 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+import shutil
+import time
+from datetime import datetime, timezone
+
 from tlpipe import data, efficiency, io, metrics, models, plots, probe, report, runtime, training
 
-COST_STAGES = ("surrogate", "prune", "pretrain", "distill", "finetune")
+COST_STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune")
+CURVE_STAGES = ("surrogate", "pretrain", "distill", "finetune")
 REPORT_TITLE = "tlpipe evaluation"
+PROBE_FIGURE = "probe_shots.png"
 
 
 def backbones(ctx) -> dict:
@@ -67,11 +73,13 @@ def size_and_speed(nets: dict, image_shape: tuple) -> dict[str, dict]:
     return {name: {**profiles[name], **ratios[name]} for name in profiles}
 
 
-def stage_costs(ctx) -> dict:
-    """Images seen and wall time of each upstream stage, and the end-to-end sums (surrogate included);
-    a time is None where this run does not know it (the stage ran in another process, e.g. dvc repro)."""
+def stage_costs(ctx, evaluate_s: float) -> dict:
+    """Images seen and wall time of every stage (evaluate's own up to its report), and the end-to-end
+    sums; a time is None where this run does not know it (the stage ran in another process, e.g. dvc
+    repro). Timings stay out of the metrics file (the runner drops them); the report and MLflow keep them."""
     costs = {stage: {"wall_time_s": ctx.upstream_timings(stage).get("wall_time_s"),
                      "images_seen": ctx.upstream_metrics(stage).get("images_seen", 0)} for stage in COST_STAGES}
+    costs["evaluate"] = {"wall_time_s": evaluate_s, "images_seen": 0}
     times = [c["wall_time_s"] for c in costs.values()]
     costs["end_to_end"] = {"wall_time_s": None if None in times else sum(times),
                            "images_seen": sum(c["images_seen"] for c in costs.values())}
@@ -79,6 +87,7 @@ def stage_costs(ctx) -> dict:
 
 
 def run(ctx) -> dict:
+    started = time.perf_counter()
     target = data.load_prepared(ctx.upstream("prepare") / "target")
     names = list(target["test"].features["label"].names)
     test, train = data.to_arrays(target["test"]), data.to_arrays(target["train"])
@@ -103,16 +112,60 @@ def run(ctx) -> dict:
         "transfer": transfer,
         "transferability": transferability_scores(ctx, nets, train),
         "efficiency": size_and_speed(nets, tuple(test[0].shape[1:])),
-        "cost": stage_costs(ctx),
         "pretrain_source_fraction": pretrain["source_fraction"],
         "test_images": len(test[1]),
     }
     result["retention"] = retention(result)
-    sections = report.evaluation_sections(result)
+    io.write_json(ctx.out / "summary.json", summary(ctx, result))
+    io.write_figure(ctx.out / PROBE_FIGURE, plots.plot_probe_vs_shots(result["transfer"]))
+    curves = [(stage, copy_figure(ctx, stage, "curves.png", f"curves_{stage}.png")) for stage in CURVE_STAGES]
+    votes = copy_figure(ctx, "prune", "votes.png", "votes.png")
+    result["cost"] = stage_costs(ctx, time.perf_counter() - started)
+    sections = report.evaluation_sections(result, context=run_context(ctx), votes=votes, probe_figure=PROBE_FIGURE,
+                                          curves=[(stage, name) for stage, name in curves if name])
     io.write_text(ctx.out / "report.md", report.render_markdown(REPORT_TITLE, sections))
     figures = {s.figure: (ctx.out / s.figure).read_bytes() for s in sections if s.figure}
     io.write_text(ctx.out / "report.html", report.render_html(REPORT_TITLE, sections, figures))
     return result
+
+
+def copy_figure(ctx, stage: str, name: str, as_name: str) -> str:
+    """Copies an upstream stage's figure beside the report (report.md links figures by file name);
+    returns its name there, "" when the stage drew none."""
+    found = ctx.upstream(stage) / name
+    if not found.is_file():
+        return ""
+    shutil.copyfile(found, ctx.out / as_name)
+    return as_name
+
+
+def run_context(ctx) -> dict:
+    """What the report states first: the data, the pruning and distillation that made the model, and
+    where this computation is recorded (run ids, commit, date)."""
+    return {"source": ctx.upstream_metrics("prepare").get("source_data"),
+            "target": ctx.upstream_metrics("prepare").get("target_data"),
+            **{stage: ctx.upstream_metrics(stage) for stage in ("prepare", "prune", "distill")},
+            "runs": {**ctx.provenance(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}}
+
+
+SUMMARY_SHOTS = "10shot"
+
+
+def summary(ctx, result: dict) -> dict:
+    """The headline figures of the run, one flat row for `dvc metrics show` (dvc.yaml's top-level
+    metrics): deterministic, no timings; everything else is in data/metrics/<stage>.json."""
+    shots = SUMMARY_SHOTS if SUMMARY_SHOTS in result["transfer"]["student"] else list(result["transfer"]["student"])[-1]
+    prune, pretrain, distill = (ctx.upstream_metrics(s) for s in ("prune", "pretrain", "distill"))
+    return {
+        "accuracy": result["accuracy"],
+        "macro_f1": result["macro_f1"],
+        f"student_probe_{shots}": result["transfer"]["student"][shots]["mean"],
+        f"teacher_probe_{shots}": result["transfer"]["teacher"][shots]["mean"],
+        "source_kept": prune["kept_fraction"],
+        "teacher_val_acc": pretrain.get("val_accuracy"),
+        "student_params": distill["parameters"],
+        "teacher_params": distill["teacher_parameters"],
+    }
 
 
 def retention(result: dict) -> dict:

@@ -19,6 +19,8 @@ def run(ctx) -> dict:
     counts = {f"source_{k}": n for k, n in sizes.items()} | {f"target_{k}": len(v) for k, v in target.items()}
     return {
         **counts,
+        "source_data": params["source"]["name"],  # what the data sets are, for reports
+        "target_data": params["target"]["name"],
         "source_classes": len(source.names()),
         "target_classes": target["train"].features["label"].num_classes,
     }

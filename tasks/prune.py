@@ -95,6 +95,8 @@ def run(ctx) -> dict:
                                      kept_classes, ylabel="kept source images", what=f"{p['method']} selection"))
     io.write_figure(ctx.out / "votes.png", figure)
     return {
+        "method": p["method"],
+        "ratio": p["ratio"],
         "kept_classes": int(len(kept_classes)),
         "source_classes": len(class_names),
         "kept_train_images": int(len(kept)),

@@ -174,12 +174,19 @@ def write_table(path: Path, frame) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
+WALL_CLOCK_COLUMNS = ("elapsed_s",)
+
+
+def is_wall_clock(column: str) -> bool:
+    return column in WALL_CLOCK_COLUMNS
+
+
 def write_history(path: Path, history: list[dict]) -> None:
-    """Per-epoch metrics ({"epoch": ..., metric: value}) as CSV for `dvc plots`; wall-clock columns
-    are left out so the file is reproducible."""
+    """Per-epoch metrics ({"epoch": ..., metric: value}) as CSV; wall-clock columns are left out so
+    the file is reproducible."""
     import pandas as pd
 
-    write_table(path, pd.DataFrame(history).drop(columns=["elapsed_s"], errors="ignore"))
+    write_table(path, pd.DataFrame(history).drop(columns=list(WALL_CLOCK_COLUMNS), errors="ignore"))
 
 
 def write_figure(path: Path, figure) -> None:

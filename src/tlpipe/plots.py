@@ -126,6 +126,34 @@ def plot_curves(history: dict[str, list[float]], *, title: str) -> Figure:
     return fig
 
 
+def plot_probe_vs_shots(transfer: dict[str, dict[str, dict]]) -> Figure:
+    """Few-shot linear-probe accuracy against labelled images per class, one line per backbone with
+    ± one standard deviation over the draws as a band.
+
+    Args:
+        transfer: backbone -> {"<k>shot": {"mean": ..., "std": ...}}, as evaluate's metrics hold it.
+    """
+    if not transfer:
+        raise ValueError("transfer must hold at least one backbone")
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, by_shots in transfer.items():
+        shots = sorted(by_shots, key=lambda k: int(k.removesuffix("shot")))
+        x = np.array([int(k.removesuffix("shot")) for k in shots])
+        mean = np.array([by_shots[k]["mean"] for k in shots], dtype=np.float64)
+        std = np.nan_to_num(np.array([by_shots[k]["std"] for k in shots], dtype=np.float64))
+        (line,) = ax.plot(x, mean, marker="o", label=name)
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled target images per class (shots)")
+    ax.set_ylabel("test accuracy of a linear probe")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
 def _method_styles(methods: Sequence[str]) -> dict[str, dict]:
     """A distinct colour, marker and line style per method (ten colours, then dashed lines)."""
     markers = "osD^v<>Ph*X"

@@ -94,21 +94,62 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def evaluation_sections(result: dict) -> list[Section]:
-    """The sections of the evaluation report, from the `evaluate` stage's result dict."""
+def context_bullets(context: dict) -> list[str]:
+    """What the report is about, in lines: the data, the choices that made the model, the runs.
+
+    Args:
+        context: {"source", "target": data set names; "prepare", "prune", "distill": those stages'
+            metrics; "runs": where the computation is recorded (ids may be None)}.
+    """
+    prep, prune, distill, runs = (context.get(k) or {} for k in ("prepare", "prune", "distill", "runs"))
+    lines = [f"target data: {context.get('target', '?')}: {prep.get('target_classes', '?')} classes, "
+             f"{prep.get('target_train', '?')} labelled train, {prep.get('target_unlabeled', '?')} unlabelled, "
+             f"{prep.get('target_test', '?')} test images",
+             f"source data: {context.get('source', '?')}: {prep.get('source_classes', '?')} classes, "
+             f"{prep.get('source_train', '?')} train images"]
+    if prune:
+        lines.append(f"source pruning: {prune.get('method', '?')} at ratio {prune.get('ratio', '?')}: kept "
+                     f"{prune.get('kept_classes', '?')}/{prune.get('source_classes', '?')} classes, "
+                     f"{prune.get('kept_fraction', 0):.1%} of the source images")
+    if distill:
+        lines.append(f"distillation: {distill.get('method', '?')} from {distill.get('teachers', '?')} teacher(s) into "
+                     f"a student of {distill.get('parameters', 0):,} parameters")
+    commit = runs.get("git_commit") or "unknown"
+    lines += [f"pipeline run (MLflow): {runs.get('pipeline_run') or 'none (stage run on its own, e.g. dvc repro)'}; "
+              f"evaluate's run: {runs.get('stage_run') or 'not recorded'}",
+              f"Prefect flow run: {runs.get('flow_run') or 'none'}",
+              f"code: git commit {commit}" + (" with uncommitted changes" if runs.get("git_dirty") else ""),
+              f"evaluated: {runs.get('date', '?')}; cache key {str(runs.get('cache_key', '?'))[:16]}"]
+    return lines
+
+
+def evaluation_sections(result: dict, context: dict | None = None, curves: Sequence[tuple[str, str]] = (),
+                        votes: str = "", probe_figure: str = "") -> list[Section]:
+    """The sections of the evaluation report, from the `evaluate` stage's result dict.
+
+    Args:
+        result: evaluate's metrics.
+        context: see `context_bullets`; the report opens with it when given.
+        curves: (stage, PNG file name) of the training curves to show.
+        votes: PNG file name of prune's class votes ("" leaves it out).
+        probe_figure: PNG file name of the probe accuracy against shots ("" leaves it out).
+    """
     deployed = result["deployed_backbone"]
     summary = [f"deployed model: fine-tuned {deployed}; test accuracy {result['accuracy']:.4f}, "
                f"macro-F1 {result['macro_f1']:.4f} on {result['test_images']} test images",
                f"pretraining used {result['pretrain_source_fraction']:.1%} of the source images"]
     summary += [f"retention (student / teacher), {k.replace('_', ' ')}: {v:.1%}" for k, v in result["retention"].items()]
     shots = list(next(iter(result["transfer"].values())))
-    sections = [
+    sections = [Section("Context", bullets=context_bullets(context))] if context else []
+    sections += [
         Section("Summary", bullets=summary),
         Section("Fine-tuned on the target train split, scored on the test split", header=["backbone", "accuracy", "macro-F1"],
                 rows=[[name, fmt(r["accuracy"], 4), fmt(r["macro_f1"], 4)] for name, r in result["finetuned"].items()]),
         Section("Few-shot linear probe (mean ± std over paired draws)", header=["backbone", *shots],
                 rows=[[name, *(f"{s['mean']:.3f} ± {s['std']:.3f}" for s in by_shots.values())]
                       for name, by_shots in result["transfer"].items()]),
+        *([Section("Probe accuracy against shots", figure=probe_figure,
+                   note="Mean over the paired draws, the band one standard deviation.")] if probe_figure else []),
         _transferability_section(result["transferability"]),
         Section("Size and speed (this machine; ratios against the teacher)",
                 header=["backbone", "parameters", "MACs", "latency, batch 1 (ms)", "throughput (img/s)",
@@ -119,8 +160,13 @@ def evaluation_sections(result: dict) -> list[Section]:
         Section("Per-class accuracy of the deployed model", header=["class", "accuracy"],
                 rows=[[name, fmt(acc)] for name, acc in result["per_class_accuracy"].items()]),
         Section("Confusion matrix of the deployed model", figure="confusion.png"),
+        *([Section("Source classes: pruning votes", figure=votes,
+                   note="Each source class's vote from the target; the kept classes are highlighted.")] if votes else []),
+        *(Section(f"Training curves: {stage}", figure=name) for stage, name in curves),
         Section("Cost", header=["stage", "wall time (s)", "images seen"],
-                rows=[[stage, fmt(c["wall_time_s"], 1), str(c["images_seen"])] for stage, c in result["cost"].items()]),
+                rows=[[stage, fmt(c["wall_time_s"], 1), str(c["images_seen"])] for stage, c in result["cost"].items()],
+                note="Wall time of each stage in the run that computed it (– where this run did not see it: "
+                     "a stage computed by another process, e.g. dvc repro); evaluate's up to this report."),
     ]
     return sections
 
