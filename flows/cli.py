@@ -213,7 +213,7 @@ def print_summary(root: Path, result: dict) -> None:
     uri = result["tracking_uri"]
     out.print("Look at it:", highlight=False)
     out.print(f"  mlflow ui --backend-store-uri {uri}", highlight=False)
-    out.print("  dvc metrics show   |   dvc plots show   |   dvc dag", highlight=False)
+    out.print("  dvc metrics show   |   dvc plots show   |   dvc dag --md", highlight=False)
     if "evaluate" in by_stage:
         out.print(f"  report: {root / 'data' / 'evaluate' / 'report.md'} (and report.html)", highlight=False)
     if result.get("registered"):
@@ -225,7 +225,7 @@ def print_summary(root: Path, result: dict) -> None:
 
 
 def _transfer_table(m: dict) -> Table:
-    table = Table(title="transfer score: few-shot linear probe on target test (mean ± std over paired draws)")
+    table = Table(title="few-shot linear probe, target test (mean ± std)")
     shots = list(next(iter(m["transfer"].values())))
     table.add_column("backbone")
     for s in shots:

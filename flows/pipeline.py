@@ -73,9 +73,11 @@ def start_tracked_run(project: Path, kind: str, snapshot: Snapshot, params: dict
     flow_run_id = str(get_run_context().flow_run.id)
     label_flow_run(flow_run_id, [*run_labels(project, snapshot.params, snapshot.digest)[1], f"kind:{kind}"])
     tags = {tracking.TAG_FLOW_RUN: flow_run_id, **tracking.source_tags(project)}
+    note = (f"{get_run_context().flow_run.name}: `{tags[tracking.TAG_SOURCE]}` in {project}. "
+            f"Prefect flow run `{flow_run_id}`; `tlpipe lineage {flow_run_id}` tells where every output came from.")
     run_name = f"{kind}-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     parent = tracking.start_pipeline_run(project, run_name=run_name, params=params or snapshot.params,
-                                         tags={**tags, "tlpipe.params_digest": snapshot.digest,
+                                         tags={**tags, tracking.TAG_NOTE: note, "tlpipe.params_digest": snapshot.digest,
                                                "tlpipe.overrides": " ".join(snapshot.overrides)})
     return parent, flow_run_id, tags
 

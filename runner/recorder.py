@@ -7,12 +7,9 @@ from pathlib import Path
 
 from runner.events import Observer, Outcome, StageRun
 from runner.spec import stage_outputs
-from runner.tracking import (REPORT_SUFFIXES, TAG_CACHE_KEY, TAG_CACHED, TAG_DIRTY, TAG_FLOW_RUN, TAG_GIT,
+from runner.tracking import (REPORT_SUFFIXES, TAG_CACHE_KEY, TAG_CACHED, TAG_DIRTY, TAG_FLOW_RUN, TAG_GIT, TAG_NOTE,
                              TAG_PRODUCED_BY, TAG_STAGE, StageTracker, client, experiment_id, owner_tags,
                              source_tags)
-
-
-TAG_NOTE = "mlflow.note.content"  # the run's description, markdown in the UI
 
 
 def reuse_note(outcome: Outcome, key: str) -> str:

@@ -26,6 +26,7 @@ TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_GIT = "mlflow.source.git.commit"
 TAG_DIRTY = "tlpipe.git.dirty"  # "true" when tracked files differed from the commit
 TAG_USER, TAG_SOURCE, TAG_SOURCE_TYPE = "mlflow.user", "mlflow.source.name", "mlflow.source.type"
+TAG_NOTE = "mlflow.note.content"  # a run's description, markdown in the UI
 TAG_PIPELINE_RUN = "tlpipe.pipeline_run"
 TAG_HOST, TAG_PID = "tlpipe.host", "tlpipe.pid"  # the process that keeps the run open
 REPORT_SUFFIXES = {".csv", ".json", ".md", ".png", ".html"}  # logged as artifacts; models and data stay in DVC

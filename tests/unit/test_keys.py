@@ -50,3 +50,11 @@ def test_stage_module_requires_python_m():
     assert SPEC.module == "tasks.prune"
     with pytest.raises(ValueError, match="must run `python -m tasks"):
         StageSpec("x", "bash run.sh", (), {}, ()).module
+
+
+def test_the_metrics_file_leaves_out_what_varies_by_attempt_at_every_depth():
+    from runner.core import of_outputs
+
+    metrics = {"accuracy": 0.9, "wall_time_s": 3.0, "resumed_from_epoch": 2, "images_per_s": 10.0,
+               "cost": {"pretrain": {"wall_time_s": 1.0, "images_seen": 5}, "end_to_end": {"wall_time_s": None}}}
+    assert of_outputs(metrics) == {"accuracy": 0.9, "cost": {"pretrain": {"images_seen": 5}, "end_to_end": {}}}

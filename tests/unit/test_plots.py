@@ -98,3 +98,22 @@ def test_unicode_and_dollar_names_render_without_mathtext_errors(tmp_path):
         _save(fig, tmp_path, "glyphs_cm")
         fig = plot_class_votes(np.arange(len(GLYPHS)), GLYPHS, [0, 1])
         _save(fig, tmp_path, "glyphs_votes")
+
+
+def test_probe_against_shots_draws_one_line_per_backbone_at_the_shots(tmp_path):
+    from tlpipe.plots import plot_probe_vs_shots
+
+    transfer = {"teacher": {"1shot": {"mean": 0.6, "std": 0.1}, "10shot": {"mean": 0.9, "std": 0.0},
+                            "3shot": {"mean": 0.8, "std": 0.05}},
+                "student": {"1shot": {"mean": 0.5, "std": None}, "3shot": {"mean": 0.7, "std": 0.1},
+                            "10shot": {"mean": 0.85, "std": 0.02}}}
+    fig = plot_probe_vs_shots(transfer)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"teacher", "student"}
+    assert list(lines["teacher"].get_xdata()) == [1, 3, 10]  # sorted by shots, not by key order
+    assert list(lines["teacher"].get_ydata()) == [0.6, 0.8, 0.9]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "10"]
+    fig.savefig(tmp_path / "probe.png")
+    with pytest.raises(ValueError, match="at least one backbone"):
+        plot_probe_vs_shots({})

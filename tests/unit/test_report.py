@@ -2,6 +2,7 @@ import base64
 
 import pytest
 
+from tlpipe import report
 from tlpipe.report import Section, evaluation_sections, fmt, render_html, render_markdown
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
@@ -68,3 +69,46 @@ def test_evaluation_sections_from_a_result():
     assert "retention (student / teacher), probe 1shot: 97.0%" in text
     assert "| student | -0.2000 | 1.0000 | – | – |" in text  # LEEP/NCE need a source classifier
     assert "| student | 250 | 20,000 |" in text and "| 1 | – |" in text
+
+
+CONTEXT = {
+    "source": "glyphs", "target": "digits",
+    "prepare": {"target_classes": 10, "target_train": 30, "target_unlabeled": 200, "target_test": 90,
+                "source_classes": 94, "source_train": 1000},
+    "prune": {"method": "lm", "ratio": 0.8, "kept_classes": 19, "source_classes": 94, "kept_fraction": 0.2021},
+    "distill": {"method": "seed", "teachers": 1, "parameters": 42776},
+    "runs": {"pipeline_run": "p" * 32, "stage_run": "s" * 32, "flow_run": "f-1", "git_commit": "c" * 40,
+             "git_dirty": True, "cache_key": "k" * 64, "date": "2026-12-04 10:00 UTC"},
+}
+
+
+def test_the_context_names_data_choices_and_runs():
+    lines = "\n".join(report.context_bullets(CONTEXT))
+    for fact in ("target data: digits: 10 classes, 30 labelled train, 200 unlabelled, 90 test images",
+                 "source data: glyphs: 94 classes, 1000 train images",
+                 "source pruning: lm at ratio 0.8: kept 19/94 classes, 20.2% of the source images",
+                 "distillation: seed from 1 teacher(s) into a student of 42,776 parameters",
+                 f"pipeline run (MLflow): {'p' * 32}", "Prefect flow run: f-1",
+                 f"git commit {'c' * 40} with uncommitted changes", "2026-12-04 10:00 UTC", "k" * 16):
+        assert fact in lines, fact
+    alone = "\n".join(report.context_bullets({**CONTEXT, "runs": {"stage_run": "s" * 32}}))
+    assert "none (stage run on its own, e.g. dvc repro)" in alone and "git commit unknown" in alone
+
+
+def test_evaluation_sections_open_with_the_context_and_show_every_figure():
+    summary = {"mean": 0.5, "std": 0.1}
+    profile = {"parameters": 1000, "macs": 20000, "latency_ms": 1.5, "throughput_ips": 900.0,
+               "parameters_ratio": 1.0, "latency_speedup": 1.0, "throughput_ratio": 1.0}
+    result = {"accuracy": 0.9, "macro_f1": 0.88, "deployed_backbone": "student", "test_images": 10,
+              "pretrain_source_fraction": 0.2, "retention": {}, "finetuned": {}, "per_class_accuracy": {},
+              "transfer": {"teacher": {"1shot": summary}}, "transferability": {"teacher": {"logme": 0.1}},
+              "efficiency": {"teacher": profile},
+              "cost": {s: {"wall_time_s": 1.0, "images_seen": 1} for s in ("prepare", "evaluate", "end_to_end")}}
+    sections = evaluation_sections(result, context=CONTEXT, curves=[("pretrain", "curves_pretrain.png")],
+                                   votes="votes.png", probe_figure="probe_shots.png")
+    titles = [s.title for s in sections]
+    assert titles[:2] == ["Context", "Summary"] and titles[-1] == "Cost"
+    figures = [s.figure for s in sections if s.figure]
+    assert figures == ["probe_shots.png", "confusion.png", "votes.png", "curves_pretrain.png"]
+    assert [row[0] for row in sections[-1].rows] == ["prepare", "evaluate", "end_to_end"]
+    assert "Context" not in [s.title for s in evaluation_sections(result)]  # without a context, none is made up

@@ -41,3 +41,36 @@ def test_a_copied_project_reads_and_writes_its_own_artifacts(tmp_path, monkeypat
     assert not list((original / "mlartifacts").rglob("later"))  # the original project is untouched
     assert tracking.relocate_artifacts(copy / "mlflow.db") == []  # once relocated, nothing more to do
     assert tracking.relocate_artifacts(original / "mlflow.db") == []  # the original was never moved
+
+
+def _git(folder, *args):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
+    return subprocess.run(["git", *args], cwd=folder, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_source_tags_hold_a_plain_commit_id_and_a_separate_dirty_flag(tmp_path, monkeypatch):
+    import getpass
+
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "first")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/tlpipe", "run", "-s", "prune.ratio=0.5"])
+    tags = tracking.source_tags(tmp_path)
+    assert tags[tracking.TAG_GIT] == _git(tmp_path, "rev-parse", "HEAD") and len(tags[tracking.TAG_GIT]) == 40
+    assert tags[tracking.TAG_DIRTY] == "false"
+    assert tags[tracking.TAG_SOURCE] == "tlpipe run -s prune.ratio=0.5" and tags[tracking.TAG_SOURCE_TYPE] == "LOCAL"
+    assert tags[tracking.TAG_USER] == getpass.getuser()
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    assert tracking.source_tags(tmp_path)[tracking.TAG_DIRTY] == "true"
+    assert tracking.source_tags(tmp_path)[tracking.TAG_GIT] == tags[tracking.TAG_GIT]
+    (tmp_path / "outside").mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    assert tracking.TAG_GIT not in tracking.source_tags(tmp_path / "outside")  # no repository: nothing made up
+
+
+def test_the_command_of_a_stage_under_dvc_repro(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/project/tasks/prune.py"])
+    monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "-m", "tasks.prune"])
+    assert tracking.command_line() == "python -m tasks.prune"
