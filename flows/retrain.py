@@ -57,7 +57,14 @@ def summarise(changes: dict, previous: dict | None, result: dict) -> str:
     return text
 
 
-@flow(name="tlpipe-retrain")
+def retrain_run_name() -> str:
+    """`<project>: retrain`, from the flow run's parameters (the pipeline inside adds target and digest tags)."""
+    from prefect.runtime import flow_run
+
+    return f"{Path(flow_run.parameters.get('project') or '.').resolve().name}: retrain"
+
+
+@flow(name="tlpipe-retrain", flow_run_name=retrain_run_name)
 def retrain(project: str = ".", pull: bool = True, registered_model: str | None = None,
             agents: dict[str, str] | None = None) -> dict:
     """Pulls the DVC-tracked data (when a remote is set and `pull`), compares its versions with the

@@ -104,7 +104,15 @@ def run_shared(project: Path, base: dict, device: str, parent_id: str, tags: dic
     return dict(workspace.entries)
 
 
-@flow(name="tlpipe-sweep")
+def sweep_run_name() -> str:
+    """`<project>: sweep <file>`, from the flow run's parameters (Prefect calls this as the run starts)."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    return f"{Path(given.get('project') or '.').resolve().name}: sweep {Path(given.get('sweep_file') or 'sweep').stem}"
+
+
+@flow(name="tlpipe-sweep", flow_run_name=sweep_run_name)
 def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     """Runs every point of the sweep file; writes the results table and plots; returns where they are."""
     project_path = Path(project).resolve()
