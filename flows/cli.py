@@ -213,6 +213,7 @@ def print_summary(root: Path, result: dict) -> None:
     uri = result["tracking_uri"]
     out.print("Look at it:", highlight=False)
     out.print(f"  mlflow ui --backend-store-uri {uri}", highlight=False)
+    out.print(f"  {prefect_ui(result['flow_run_id'])}", highlight=False)
     out.print("  dvc metrics show   |   dvc plots show   |   dvc dag --md", highlight=False)
     if "evaluate" in by_stage:
         out.print(f"  report: {root / 'data' / 'evaluate' / 'report.md'} (and report.html)", highlight=False)
@@ -222,6 +223,15 @@ def print_summary(root: Path, result: dict) -> None:
         out.print(f"  model: {state} models:/{reg['model']}/{reg['version']}", highlight=False)
         if "alias" in reg:
             out.print(f"  {reg['alias']}: {reg['reason']}", highlight=False)
+
+
+def prefect_ui(flow_run_id: str) -> str:
+    """Where the flow run's page is: on the configured server's UI, or on the UI of a `prefect server
+    start` over the database this run's temporary server wrote to."""
+    api = os.environ.get("PREFECT_API_URL", "")
+    if api:
+        return f"Prefect UI: {api.rstrip('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+    return f"prefect server start   (then http://127.0.0.1:4200/runs/flow-run/{flow_run_id})"
 
 
 def _transfer_table(m: dict) -> Table:

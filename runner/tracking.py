@@ -89,15 +89,23 @@ def relocate_artifacts(database: Path) -> list[str]:
     return sorted(olds - {new})
 
 
+# The MLflow UI shows an experiment of this kind as model training (runs, metrics, models), not as
+# GenAI evaluations, which it guesses for experiments whose runs log data sets.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(mlf: MlflowClient) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     found = mlf.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return mlf.create_experiment(name, artifact_location=_local_artifact_location())
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-        return mlf.get_experiment_by_name(name).experiment_id
+    if found is None:
+        try:
+            return mlf.create_experiment(name, artifact_location=_local_artifact_location(), tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            found = mlf.get_experiment_by_name(name)
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in found.tags:  # an experiment made before (or by another tool): say what it holds
+            mlf.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def _local_artifact_location() -> str | None:

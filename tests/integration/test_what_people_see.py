@@ -106,6 +106,8 @@ def test_mlflow_runs_show_their_user_source_and_plain_commit(runs, mlflow):
             assert tags[tracking.TAG_GIT] == head  # a commit id, nothing appended
             assert tags[tracking.TAG_DIRTY] == "false"  # the project's tracked files are as committed
         assert flow_run in mlflow.get_run(parent).data.tags[tracking.TAG_NOTE]
+    experiment = mlflow.get_experiment(mlflow.get_run(runs["ids"][0][0]).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
 
 
 def test_a_reused_stage_run_links_the_run_that_computed_it(runs, mlflow):
@@ -210,6 +212,8 @@ def test_output_into_a_pipe_is_not_wrapped(runs):
     epochs = [line for line in first.stderr.splitlines() if re.match(r"pretrain epochs \d+/\d+", line)]
     assert epochs and all("val_accuracy=" in line for line in epochs)  # an epoch's figures on its own line
     assert not any(line.startswith("val_accuracy=") for line in first.stderr.splitlines())
+    flow_run = runs["ids"][0][1]
+    assert f"prefect server start   (then http://127.0.0.1:4200/runs/flow-run/{flow_run})" in first.stdout
 
 
 @pytest.mark.parametrize("ref, message", [
