@@ -105,9 +105,13 @@ def lineage_command(
     import json
 
     root = project_root(project)
+    from flows.doctor import refused
     from runner import lineage, tracking
 
     tracking.configure(root)
+    problems = refused(root)  # a server that is down is answered from the stored document; one that refuses is not
+    if problems:
+        raise bad_input("; ".join(problems))
     try:
         doc, focus, warnings = lineage.resolve(ref, root)
     except (ValueError, LookupError) as exc:  # not a reference, or one that nothing answers for

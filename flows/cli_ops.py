@@ -96,9 +96,10 @@ def doctor(
         table = Table(title=f"tlpipe doctor: {root}")
         for column in ("component", "setting", "state", "detail"):
             table.add_column(column, overflow="fold")  # a path or URL is folded on a narrow terminal, never cut
-        marks = {True: "[green]ok[/]", False: "[red]unreachable[/]", None: "[cyan]local[/]"}
+        marks = {True: "[green]ok[/]", False: "[red]failing[/]", None: "[cyan]local[/]"}
         for r in rows:
-            table.add_row(r["component"], r["setting"], marks[r["ok"]], r["detail"])
+            state = "[yellow]warning[/]" if r.get("warning") else marks[r["ok"]]
+            table.add_row(r["component"], r["setting"], state, r["detail"] + (f"; {r['warning']}" if r.get("warning") else ""))
         out.print(table)
     if any(r["ok"] is False for r in rows):
         raise typer.Exit(1)

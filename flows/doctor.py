@@ -1,22 +1,134 @@
 """`tlpipe doctor`: which backends this project is configured to use, and whether each one answers.
 
-One check per backend; each returns a row {component, setting, ok, detail}. `ok` is None for a
-backend that is not set up (the local default is used instead), False for one that is configured
-but unreachable.
+One check per backend; each returns a row {component, setting, ok, detail, warning}. `ok` is None
+for a backend that is not set up (the local default is used instead), False for one that is
+configured but unreachable or that refuses this client. `warning` says what is wrong with one that
+works (a server anyone on the network can use without credentials).
+
+Credentials come from where the tools themselves read them: Prefect's setting PREFECT_API_AUTH_STRING
+(environment or profile) and MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD (environment or
+~/.mlflow/credentials) or MLFLOW_TRACKING_TOKEN.
 """
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import os
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 TIMEOUT_S = 3.0
 
 
-def _row(component: str, setting: str, ok: bool | None, detail: str) -> dict:
-    return {"component": component, "setting": setting, "ok": ok, "detail": detail}
+def _row(component: str, setting: str, ok: bool | None, detail: str, warning: str = "") -> dict:
+    return {"component": component, "setting": setting, "ok": ok, "detail": detail, "warning": warning}
+
+
+def _status(url: str, authorization: str | None = None) -> int | None:
+    """The HTTP status of a GET (None when nothing answers)."""
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+def basic(user_password: str) -> str:
+    return "Basic " + base64.b64encode(user_password.encode()).decode("ascii")
+
+
+def prefect_authorization() -> str | None:
+    """The Authorization header Prefect's client sends: from PREFECT_API_AUTH_STRING (or a key)."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    auth = api.auth_string.get_secret_value() if api.auth_string else None
+    key = api.key.get_secret_value() if api.key else None
+    return basic(auth) if auth else (f"Bearer {key}" if key else None)
+
+
+def mlflow_authorization() -> str | None:
+    """The Authorization header MLflow's client sends: basic from MLFLOW_TRACKING_USERNAME/PASSWORD
+    (or ~/.mlflow/credentials), else a bearer MLFLOW_TRACKING_TOKEN."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    if creds.username and creds.password:
+        return basic(f"{creds.username}:{creds.password}")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return f"Bearer {token}" if token else None
+
+
+def is_loopback(url: str) -> bool:
+    """Whether the host of `url` is this machine's loopback (127.0.0.0/8, ::1, localhost)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+CREDENTIALS = {  # what a member sets, per server kind
+    "prefect": "PREFECT_API_AUTH_STRING=<user>:<password> (environment, or `prefect config set`)",
+    "mlflow": "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (environment, or ~/.mlflow/credentials)",
+}
+
+
+def judge_auth(kind: str, url: str, anonymous: int | None, with_ours: int | None, have_credentials: bool,
+               loopback: bool) -> dict:
+    """The auth row of a server from what it answered to a protected request without credentials
+    (`anonymous`) and with this client's (`with_ours`, None when it has none)."""
+    component = f"{kind} auth"
+    if anonymous is None:
+        return _row(component, url, None, "not checked: the server does not answer")
+    if anonymous in (401, 403):
+        if not have_credentials:
+            return _row(component, url, False, f"the server asks for credentials and none are set: set {CREDENTIALS[kind]}")
+        if with_ours in (401, 403):
+            return _row(component, url, False, f"the server refused this client's credentials (HTTP {with_ours}): "
+                                                f"check {CREDENTIALS[kind]}")
+        return _row(component, url, True, "asks for credentials; this client's are accepted")
+    if loopback:
+        return _row(component, url, None, "no authentication (loopback only: this machine's users)")
+    return _row(component, url, None, "no authentication",
+                warning=f"{url} answers without credentials: anyone who can reach it can read, change and delete "
+                        "runs; start it with authentication (see README, Share runs with your team)")
+
+
+def prefect_auth_row(api: str) -> dict:
+    probe = api.rstrip("/") + "/version"  # /health answers everyone; /version needs the auth string
+    ours = prefect_authorization()
+    return judge_auth("prefect", api, _status(probe), _status(probe, ours) if ours else None, ours is not None,
+                      is_loopback(api))
+
+
+def mlflow_auth_row(uri: str) -> dict:
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    ours = mlflow_authorization()
+    return judge_auth("mlflow", uri, _status(probe), _status(probe, ours) if ours else None, ours is not None,
+                      is_loopback(uri))
+
+
+def refused(project: Path) -> list[str]:
+    """One line per configured server that will not let this client in (no or wrong credentials)."""
+    from runner import tracking
+
+    problems = []
+    api, uri = os.environ.get("PREFECT_API_URL", ""), tracking.configure(project)
+    for variable, url, row in (("PREFECT_API_URL", api, prefect_auth_row),
+                               ("MLFLOW_TRACKING_URI", uri, mlflow_auth_row)):
+        if url.startswith(("http://", "https://")):
+            found = row(url)
+            if found["ok"] is False:
+                problems.append(f"{variable}={url}: {found['detail']}")
+    return problems
 
 
 def _get(url: str) -> tuple[bool, str]:
@@ -35,7 +147,9 @@ def check_prefect() -> list[dict]:
     ok, detail = _get(url.rstrip("/") + "/health")
     rows = [_row("prefect", url, ok, detail)]
     if ok:
-        rows.append(_work_pools())
+        rows.append(auth := prefect_auth_row(url))
+        if auth["ok"] is not False:
+            rows.append(_work_pools())
     return rows
 
 
@@ -61,9 +175,11 @@ def check_mlflow(project: Path) -> list[dict]:
         ok, detail = _get(uri.rstrip("/") + "/health")
         rows = [_row("mlflow", uri, ok, detail)]
         if ok:
-            proxied, proxy_detail = _get(uri.rstrip("/") + "/api/2.0/mlflow-artifacts/artifacts")
-            rows.append(_row("mlflow artifacts", "proxied by the server", proxied,
-                             proxy_detail if proxied else "start the server with --serve-artifacts"))
+            rows.append(auth := mlflow_auth_row(uri))
+            if auth["ok"] is not False:
+                status = _status(uri.rstrip("/") + "/api/2.0/mlflow-artifacts/artifacts", mlflow_authorization())
+                rows.append(_row("mlflow artifacts", "proxied by the server", status == 200,
+                                 f"HTTP {status}" if status == 200 else "start the server with --serve-artifacts"))
         return rows
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
@@ -140,6 +256,7 @@ def unreachable(project: Path) -> list[str]:
             ok, detail = _get(url.rstrip("/") + "/health")
             if not ok:
                 problems.append(f"{variable}={url}: {detail}; start that server, or unset {variable} ({fallback})")
+    problems += refused(project)
     (remote,) = check_dvc(project)
     if remote["ok"] is False:
         problems.append(f"DVC remote {remote['setting']}: {remote['detail']}; fix it with `dvc remote modify` "
