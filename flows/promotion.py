@@ -8,7 +8,10 @@ the version either way.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 from prefect import get_run_logger
@@ -37,14 +40,40 @@ def register_and_report(project: Path, results: list[dict], name: str, parent_id
     lineage_tags.update({tracking.TAG_PIPELINE_RUN: parent_id, **tags,
                          "test_accuracy": repr(evaluate["metrics"]["accuracy"]),
                          "test_macro_f1": repr(evaluate["metrics"]["macro_f1"])})
-    version, created = register_model(name, finetune["model_uri"], run_id=finetune["mlflow_run_id"],
-                                      tags=lineage_tags, identity=f"{finetune['cache_key']}:{evaluate['cache_key']}")
+    with registry_lock():
+        version, created = register_model(name, finetune["model_uri"], run_id=finetune["mlflow_run_id"],
+                                          tags=lineage_tags, identity=f"{finetune['cache_key']}:{evaluate['cache_key']}")
+        registered = {"model": name, "version": version, "new_version": created}
+        if created:
+            registered.update(promote(name, version, evaluate["metrics"]["accuracy"], margin))
     report = (project / "data" / "evaluate" / "report.md").read_text(encoding="utf-8")
     create_markdown_artifact(key="evaluation-report", markdown=report, description=f"{name} version {version}")
-    registered = {"model": name, "version": version, "new_version": created}
-    if created:
-        registered.update(promote(name, version, evaluate["metrics"]["accuracy"], margin))
     return registered
+
+
+REGISTRY_LIMIT = "tlpipe-registry"
+
+
+@contextlib.contextmanager
+def registry_lock() -> Iterator[None]:
+    """Registration is search-then-create, and promotion read-then-move: two runs of one model ending
+    together (two members of a team) would both register a version, or both take `champion`. With a
+    Prefect server shared by the team (PREFECT_API_URL), its 1-slot global concurrency limit makes them
+    take turns; its lease (60 s) frees the slot of a process killed while holding it. Runs in one
+    project already take turns on the project lock."""
+    if not os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=REGISTRY_LIMIT, limit=1))
+    with concurrency(REGISTRY_LIMIT, occupy=1, timeout_seconds=600, lease_duration=60, strict=True):
+        yield
 
 
 def promote(name: str, version: str, accuracy: float, margin: float) -> dict:

@@ -119,7 +119,8 @@ def mlflow_server(state: Path, database: str | None = None, artifacts: str | Non
         config.write_text("[mlflow]\ndefault_permission = EDIT\n"
                           f"database_uri = {users}\n"
                           f"admin_username = {MLFLOW_ADMIN[0]}\nadmin_password = {MLFLOW_ADMIN[1]}\n"
-                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                          "auth_cache_ttl_seconds = 60\n")  # one password hash check per user a minute
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="team-flask-secret")
         command += ["--app-name", "basic-auth"]
     uri = f"http://127.0.0.1:{port}"
