@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -160,7 +161,7 @@ def audit(servers: dict, members: dict, results: list[dict]) -> list[str]:
     s3 = servers["s3"]
     bucket = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"], region_name=s3["AWS_DEFAULT_REGION"])
-    with _environment(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=MEMBERS["alice"]):
+    with mock.patch.dict(os.environ, MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=MEMBERS["alice"]):
         client = MlflowClient(servers["tracking_uri"])
         finetuned: set[str] = set()
         with temporary_settings(updates={PREFECT_API_URL: servers["api"], PREFECT_API_AUTH_STRING: PREFECT_AUTH}):
@@ -243,22 +244,6 @@ def _exists(bucket, key: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - botocore's ClientError (404) and its kin
         return False
-
-
-@contextlib.contextmanager
-def _environment(**values: str):
-    import os
-
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -28,16 +28,20 @@ def _row(component: str, setting: str, ok: bool | None, detail: str, warning: st
     return {"component": component, "setting": setting, "ok": ok, "detail": detail, "warning": warning}
 
 
-def _status(url: str, authorization: str | None = None) -> int | None:
-    """The HTTP status of a GET (None when nothing answers)."""
+def _answer(url: str, authorization: str | None = None) -> tuple[int | None, str]:
+    """(HTTP status of a GET, or None when nothing answers; why not)."""
     request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return response.status
+            return response.status, ""
     except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return None
+        return exc.code, ""
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        return None, str(getattr(exc, "reason", exc))
+
+
+def _status(url: str, authorization: str | None = None) -> int | None:
+    return _answer(url, authorization)[0]
 
 
 def basic(user_password: str) -> str:
@@ -132,11 +136,8 @@ def refused(project: Path) -> list[str]:
 
 
 def _get(url: str) -> tuple[bool, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            return response.status == 200, f"HTTP {response.status}"
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-        return False, f"no answer ({getattr(exc, 'reason', exc)})"
+    status, reason = _answer(url)
+    return status == 200, f"HTTP {status}" if status is not None else f"no answer ({reason})"
 
 
 def check_prefect() -> list[dict]:
