@@ -26,15 +26,10 @@ from flows.agents import dispatch
 from flows.stages import run_one
 
 
-def data_name(spec: dict) -> str:
-    """A data set's short name: `digits`, `cifar10` for `uoft-cs/cifar10`, the folder of a local path."""
-    return Path(str(spec.get("name", "?")).rstrip("/")).name or "?"
-
-
 def run_labels(project: Path, params: dict, digest: str | None = None) -> tuple[str, list[str]]:
     """(flow-run name, tags) that tell a project's runs apart in the Prefect UI: `proj: digits from
     glyphs [3f2a91c0]`, tags project:, target:, source:, params: (the snapshot digest's prefix)."""
-    source, target = (data_name(params.get("prepare", {}).get(side, {})) for side in ("source", "target"))
+    source, target = (promotion.data_name(params.get("prepare", {}).get(side, {})) for side in ("source", "target"))
     name = f"{project.name}: {target} from {source}" + (f" [{digest[:8]}]" if digest else "")
     tags = [f"project:{project.name}", f"target:{target}", f"source:{source}"]
     return name, tags + ([f"params:{digest[:8]}"] if digest else [])
@@ -57,12 +52,12 @@ def pipeline_run_name() -> str:
         return f"{project.name}: pipeline"
 
 
-def label_flow_run(flow_run_id: str, tags: list[str], add: bool = True) -> None:
+def label_flow_run(flow_run_id: str, tags: list[str]) -> None:
     """Adds `tags` to the flow run (Prefect takes tags only at creation; these are known later)."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
-        current = prefect.read_flow_run(flow_run_id).tags if add else []
+        current = prefect.read_flow_run(flow_run_id).tags
         prefect.update_flow_run(flow_run_id, tags=sorted({*current, *tags}))
 
 

@@ -21,9 +21,14 @@ from runner import tracking
 CHAMPION, CHALLENGER = "champion", "challenger"  # registry aliases
 
 
+def data_name(spec: dict) -> str:
+    """A data set's short name: `digits`, `cifar10` for `uoft-cs/cifar10`, the folder of a local path."""
+    return Path(str(spec.get("name", "?")).rstrip("/")).name or "?"
+
+
 def model_name(params: dict) -> str:
     """The registered model's default name: tlpipe-<target data set>."""
-    target = Path(str(params["prepare"]["target"]["name"]).rstrip("/")).name
+    target = data_name(params["prepare"]["target"])
     return "tlpipe-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in target)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 
 from tlpipe import io, models, plots
@@ -28,9 +29,9 @@ def recorded(ctx, total: int, label: str, history: Path) -> Iterator:
             report(epoch, metrics)
 
         yield on_metrics
-    io.write_history(history, rows)
-    curves = {name: [row.get(name, float("nan")) for row in rows] for name in rows[0] if name != "epoch"
-              and not io.is_wall_clock(name) and all(isinstance(row.get(name), (int, float)) for row in rows)} if rows else {}
+    frame = io.write_history(history, rows)
+    curves = {name: frame[name].tolist() for name in frame.columns
+              if name != "epoch" and pd.api.types.is_numeric_dtype(frame[name]) and frame[name].notna().all()}
     if curves:
         io.write_figure(history.with_name(CURVES), plots.plot_curves(curves, title=f"{ctx.stage}: {label}"))
 

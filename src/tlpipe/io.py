@@ -174,19 +174,14 @@ def write_table(path: Path, frame) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
-WALL_CLOCK_COLUMNS = ("elapsed_s",)
-
-
-def is_wall_clock(column: str) -> bool:
-    return column in WALL_CLOCK_COLUMNS
-
-
-def write_history(path: Path, history: list[dict]) -> None:
+def write_history(path: Path, history: list[dict]):
     """Per-epoch metrics ({"epoch": ..., metric: value}) as CSV; wall-clock columns are left out so
-    the file is reproducible."""
+    the file is reproducible. Returns the table written (a pandas DataFrame)."""
     import pandas as pd
 
-    write_table(path, pd.DataFrame(history).drop(columns=list(WALL_CLOCK_COLUMNS), errors="ignore"))
+    frame = pd.DataFrame(history).drop(columns=["elapsed_s"], errors="ignore")
+    write_table(path, frame)
+    return frame
 
 
 def write_figure(path: Path, figure) -> None:
