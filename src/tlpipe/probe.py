@@ -46,7 +46,7 @@ def teacher_backbone(pretrain_dir: Path):
 
 
 def transferability_of(backbone, train, *, classifier_dir: Path | None, batch_size: int, device: torch.device) -> dict:
-    """LogME and H-score of `backbone`'s features on the labeled target train split (no fine-tuning);
+    """LogME, H-score and TMI of `backbone`'s features on the labeled target train split (no fine-tuning);
     LEEP and NCE too when `classifier_dir` holds a source classifier (a supervised teacher's model/)."""
     features = training.extract_features(backbone, train[0], batch_size=batch_size, device=device)
     probs = None
@@ -68,7 +68,7 @@ def finetuned_accuracy(backbone, train, test, recipe: dict, num_classes: int, de
 
 def score_teacher(prepared_dir: Path, pretrain_dir: Path, params: dict, device: str, finetune: dict | None = None) -> dict:
     """The teacher's probe accuracy per shot count ({"probe_1shot": mean, "probe_1shot_std": std, ..}),
-    its transferability scores (logme, h_score, leep, nce) and, given the finetune params, its
+    its transferability scores (logme, h_score, tmi, leep, nce) and, given the finetune params, its
     fine-tuned test accuracy (`finetune_accuracy`)."""
     target = data.load_prepared(Path(prepared_dir) / "target")
     pool, test, train = probe_pool(target), data.to_arrays(target["test"]), data.to_arrays(target["train"])

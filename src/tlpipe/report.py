@@ -172,9 +172,9 @@ def evaluation_sections(result: dict, context: dict | None = None, curves: Seque
 
 
 def _transferability_section(scores: dict[str, dict]) -> Section:
-    columns = ["logme", "h_score", "leep", "nce", "weight"]
+    columns = ["logme", "h_score", "tmi", "leep", "nce", "weight"]
     used = [c for c in columns if any(c in s for s in scores.values())]
     return Section("Transferability before fine-tuning (target train split)", header=["backbone", *used],
                    rows=[[name, *(fmt(s.get(c), 4) for c in used)] for name, s in scores.items()],
-                   note="LogME (Bayesian evidence), H-score, LEEP and NCE (these two need a source classifier). "
-                        "Higher is better for each.")
+                   note="LogME (Bayesian evidence), H-score, TMI (intra-class feature entropy), LEEP and NCE "
+                        "(these two need a source classifier). Higher is better for each.")

@@ -104,7 +104,7 @@ def seconds_column(table: pd.DataFrame) -> str:
     return "pretrain_time_s" if full is not None and len(full) and full.notna().all() else "pretrain_wall_s"
 
 
-SCORES = ("logme", "h_score", "leep", "nce")  # transferability scores, measured before any fine-tuning
+SCORES = ("logme", "h_score", "tmi", "leep", "nce")  # transferability scores, measured before any fine-tuning
 
 
 def rank_correlations(table: pd.DataFrame, *, scores=SCORES, targets: list[str] | None = None) -> pd.DataFrame:

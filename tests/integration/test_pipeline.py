@@ -64,8 +64,8 @@ def test_first_run_outputs(project_run):
         assert (project / "data" / "evaluate" / name).stat().st_size > 0
     assert set(evaluation["finetuned"]) == {"student", "teacher"}  # finetune.compare fits the teacher too
     assert evaluation["deployed_backbone"] == "student"
-    assert {"logme", "h_score", "leep", "nce"} <= set(evaluation["transferability"]["teacher"])
-    assert {"logme", "h_score"} <= set(evaluation["transferability"]["student"])
+    assert {"logme", "h_score", "tmi", "leep", "nce"} <= set(evaluation["transferability"]["teacher"])
+    assert {"logme", "h_score", "tmi"} <= set(evaluation["transferability"]["student"])
     size = evaluation["efficiency"]
     assert size["student"]["parameters"] < size["teacher"]["parameters"] and size["student"]["macs"] > 0
     assert size["teacher"]["parameters_ratio"] == 1.0 and size["student"]["throughput_ips"] > 0

@@ -69,7 +69,7 @@ def test_every_point_runs_once_and_the_table_is_tidy(swept):
     assert len(table) == 2 * 1 * 2 + 2  # methods x ratios x seeds + the full source per seed
     assert set(table["method"]) == {"lm", "random", "full"}
     assert {"probe_1shot", "probe_3shot", "pretrain_time_s", "pretrain_wall_s", "images_seen", "kept_classes",
-            "logme", "h_score", "leep", "nce", "finetune_accuracy"} <= set(table.columns)
+            "logme", "h_score", "tmi", "leep", "nce", "finetune_accuracy"} <= set(table.columns)
     assert (table["pretrain_time_s"] < table["pretrain_wall_s"]).all()  # the stage adds validation, loading, saving
     assert table["finetune_accuracy"].between(0, 1).all() and table["logme"].notna().all()
     assert table["probe_1shot"].between(0, 1).all()
@@ -80,7 +80,7 @@ def test_every_point_runs_once_and_the_table_is_tidy(swept):
     assert (table[["prune_status", "pretrain_status", "probe_status"]] == "ran").all().all()
     folder = sorted((project / "data" / "sweeps").iterdir())[0]
     ranks = pd.read_csv(folder / "rank_correlation.csv")
-    assert set(ranks["score"]) == {"logme", "h_score", "leep", "nce"} and (ranks["points"] == len(table)).all()
+    assert set(ranks["score"]) == {"logme", "h_score", "tmi", "leep", "nce"} and (ranks["points"] == len(table)).all()
     assert set(ranks["target"]) == {"finetune_accuracy", "probe_1shot", "probe_3shot"}
     for name in ("results.csv", "summary.csv", "probe_1shot_vs_ratio.png", "cost_vs_ratio.png"):
         assert (folder / name).stat().st_size > 0, name

@@ -59,15 +59,16 @@ def test_evaluation_sections_from_a_result():
         "pretrain_source_fraction": 0.2, "retention": {"probe_1shot": 0.97, "finetuned": 0.99},
         "finetuned": {"student": {"accuracy": 0.9, "macro_f1": 0.88}, "teacher": {"accuracy": 0.91, "macro_f1": 0.9}},
         "transfer": {"teacher": {"1shot": summary}, "student": {"1shot": summary}},
-        "transferability": {"teacher": {"logme": -0.1, "h_score": 2.0, "leep": -1.0, "nce": -0.5},
-                            "student": {"logme": -0.2, "h_score": 1.0}},
+        "transferability": {"teacher": {"logme": -0.1, "h_score": 2.0, "tmi": 3.0, "leep": -1.0, "nce": -0.5},
+                            "student": {"logme": -0.2, "h_score": 1.0, "tmi": 2.5}},
         "efficiency": {"teacher": profile, "student": {**profile, "parameters": 250, "parameters_ratio": 0.25}},
         "per_class_accuracy": {"0": 1.0, "1": None},
         "cost": {"pretrain": {"wall_time_s": 3.0, "images_seen": 100}},
     }
     text = render_markdown("t", evaluation_sections(result))
     assert "retention (student / teacher), probe 1shot: 97.0%" in text
-    assert "| student | -0.2000 | 1.0000 | – | – |" in text  # LEEP/NCE need a source classifier
+    assert "| backbone | logme | h_score | tmi | leep | nce |" in text
+    assert "| student | -0.2000 | 1.0000 | 2.5000 | – | – |" in text  # LEEP/NCE need a source classifier
     assert "| student | 250 | 20,000 |" in text and "| 1 | – |" in text
 
 

@@ -87,10 +87,12 @@ def test_probe_columns_in_shot_order():
 
 def test_rank_correlations_against_measured_accuracy():
     table = pd.DataFrame({"logme": [0.1, 0.2, 0.3, 0.4], "h_score": [4.0, 3.0, 2.0, 1.0], "leep": [1.0] * 4,
+                          "tmi": [2.0, 1.0, 4.0, 3.0],
                           "finetune_accuracy": [0.5, 0.6, 0.7, 0.8], "probe_1shot": [0.3, 0.2, 0.5, 0.4]})
     found = sweeps.rank_correlations(table).set_index(["score", "target"])
     assert found.loc[("logme", "finetune_accuracy"), "tau"] == pytest.approx(1.0)
     assert found.loc[("h_score", "finetune_accuracy"), "tau"] == pytest.approx(-1.0)
+    assert found.loc[("tmi", "finetune_accuracy"), "tau"] == pytest.approx(1 / 3)
     assert found.loc[("logme", "probe_1shot"), "tau"] == pytest.approx(1 / 3)
     assert np.isnan(found.loc[("leep", "finetune_accuracy"), "tau"])  # a constant score ranks nothing
     assert "nce" not in found.index.get_level_values(0)  # absent columns are skipped

@@ -1,4 +1,5 @@
 import json
+import math
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from tlpipe.transferability import (
     logme_per_class,
     nce,
     teacher_weights,
+    tmi,
     transferability_scores,
 )
 
@@ -126,12 +128,13 @@ def test_h_score_parity(cases, case):
 def test_scores_bundle_matches_the_single_metrics(cases, case):
     c = cases[case]
     got = transferability_scores(c["features"], c["labels"], c["source_probs"])
-    assert set(got) == {"logme", "h_score", "leep", "nce"}
+    assert set(got) == {"logme", "h_score", "tmi", "leep", "nce"}
     np.testing.assert_allclose(got["logme"], c["expected_logme"], rtol=1e-8)
     np.testing.assert_allclose(got["h_score"], c["expected_hscore"], rtol=1e-8)
+    assert got["tmi"] == tmi(c["features"], c["labels"])  # no reference fixture: see the TMI tests below
     np.testing.assert_allclose(got["leep"], c["expected_leep"], rtol=1e-10)
     np.testing.assert_allclose(got["nce"], c["expected_nce"], rtol=1e-10)  # from the argmax
-    assert set(transferability_scores(c["features"], c["labels"])) == {"logme", "h_score"}
+    assert set(transferability_scores(c["features"], c["labels"])) == {"logme", "h_score", "tmi"}
 
 
 def test_torch_inputs_give_the_numpy_values(cases):
@@ -140,6 +143,7 @@ def test_torch_inputs_give_the_numpy_values(cases):
     labels, probs = torch.tensor(c["labels"]), torch.tensor(c["source_probs"])
     assert logme(features, labels) == logme(c["features"], c["labels"])
     assert h_score(features, labels) == h_score(c["features"], c["labels"])
+    assert tmi(features, labels) == tmi(c["features"], c["labels"])
     assert leep(probs, labels) == leep(c["source_probs"], c["labels"])
     assert nce(torch.tensor(c["source_pseudo_labels"]), labels) == nce(c["source_pseudo_labels"], c["labels"])
 
@@ -186,6 +190,7 @@ def test_single_class():
     assert np.isfinite(logme(features, labels))
     assert logme_per_class(features, labels)["evidence"].shape == (1,)
     assert h_score(features, labels) == 0.0  # cov(g) = 0
+    assert tmi(features, labels) > 0.0  # one class still has its spread
     assert nce(probs.argmax(axis=1), labels) == 0.0
     assert abs(leep(probs, labels)) < 1e-12  # cond = 1, so ln(1) up to rounding
 
@@ -194,6 +199,8 @@ def test_single_class():
 def test_constant_features(row):
     features, labels = np.tile(row, (12, 1)), np.arange(12) % 3
     assert h_score(features, labels) == 0.0  # cov(f) = 0, so pinv = 0
+    assert tmi(features, labels) == pytest.approx(0.0, abs=1e-12)  # no spread inside any class
+    assert tmi(features, labels, normalize=False) == pytest.approx(0.0, abs=1e-12)
     fit = logme_per_class(features, labels)
     assert all(np.isfinite(v).all() for v in fit.values())
     assert np.isfinite(logme(features, labels))
@@ -255,12 +262,147 @@ P4 = np.full((4, 2), 0.5)
         (lambda: leep(np.array([[1.5, -0.5]] * 4), Y4), "non-negative"),
         (lambda: leep(np.where(P4 > 0, np.nan, P4), Y4), "finite"),
         (lambda: h_score(F4[:1], Y4[:1]), "N >= 2"),
+        (lambda: tmi(F4, [0, 2, 0, 2]), r"missing classes \[1\]"),
+        (lambda: tmi(F4[:3], Y4), "labels"),
+        (lambda: tmi(F4, Y4.astype(float)), "integer"),
+        (lambda: tmi(np.where(F4 > 5, np.nan, F4), Y4), "features"),
+        (lambda: tmi(F4.ravel(), Y4), "features"),
+        (lambda: tmi(F4, Y4, eps_sq=0.0), "eps_sq"),
+        (lambda: tmi(F4, Y4, eps_sq=-0.5), "eps_sq"),
+        (lambda: tmi(F4, Y4, eps_sq=float("nan")), "eps_sq"),
+        (lambda: tmi(F4, Y4, eps_sq=float("inf")), "eps_sq"),
+        (lambda: tmi(F4, Y4, eps_sq="small"), "eps_sq"),
         (lambda: transferability_scores(F4, Y4, P4[:2]), "source_probs"),
     ],
 )
 def test_invalid_inputs_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- TMI -----------------------------------------------------------------------------------------
+
+
+def _brute_force_tmi(features, labels, eps_sq, normalize):
+    """TMI written out naively: unit-norm rows by hand, each class's mean and D x D covariance from
+    loops over its samples, and det(I + D / eps^2 cov) as the product of its eigenvalues, always in
+    D x D (no Gram-matrix switch, no log1p)."""
+    n, d = features.shape
+    rows = [[float(x) for x in row] for row in features]
+    if normalize:
+        rows = [[x / math.sqrt(sum(v * v for v in row)) for x in row] for row in rows]
+    total = 0.0
+    for c in sorted(set(labels.tolist())):
+        members = [rows[i] for i in range(n) if labels[i] == c]
+        mean = [sum(row[j] for row in members) / len(members) for j in range(d)]
+        cov = np.zeros((d, d))
+        for row in members:
+            diff = np.array([row[j] - mean[j] for j in range(d)])
+            cov += np.outer(diff, diff)
+        cov /= len(members)
+        det = np.prod(np.linalg.eigvals(np.eye(d) + d / eps_sq * cov)).real
+        total += len(members) / n * 0.5 * math.log(det)
+    return total
+
+
+def _uneven_classes(sizes, d, seed, spread=1.0):
+    """Gaussian classes of the given sizes, shuffled, with well separated means."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    means = rng.normal(scale=3.0, size=(len(sizes), d))
+    return means[labels] + spread * rng.normal(size=(labels.size, d)), labels
+
+
+@pytest.mark.parametrize(
+    ("sizes", "d", "eps_sq", "normalize"),
+    [
+        ((5, 5, 5), 4, 0.5, True),
+        ((5, 5, 5), 4, 0.5, False),
+        ((2, 5, 9), 3, 0.5, True),  # uneven classes: weights n_c / N, not 1 / C
+        ((2, 5, 9), 3, 2.0, False),
+        ((3, 3, 4), 7, 0.1, True),  # n_c < D: the n_c x n_c Gram path
+        ((1, 4, 6), 9, 0.5, False),  # a single-sample class adds 0
+    ],
+)
+def test_tmi_matches_brute_force(sizes, d, eps_sq, normalize):
+    features, labels = _uneven_classes(sizes, d, seed=sum(sizes) + d)
+    got = tmi(features, labels, eps_sq=eps_sq, normalize=normalize)
+    assert got == pytest.approx(_brute_force_tmi(features, labels, eps_sq, normalize), rel=1e-10, abs=1e-12)
+
+
+def test_tmi_by_hand():
+    # 1-D, not normalised, eps^2 = 0.5: class 0 {1, 3} has variance 1, class 1 {0, 0, 6} variance 8,
+    # so R_0 = 1/2 ln(1 + 1 / 0.5), R_1 = 1/2 ln(1 + 8 / 0.5), weighted 2/5 and 3/5.
+    features, labels = np.array([[1.0], [3.0], [0.0], [0.0], [6.0]]), np.array([0, 0, 1, 1, 1])
+    expected = 2 / 5 * 0.5 * np.log(3.0) + 3 / 5 * 0.5 * np.log(17.0)
+    assert tmi(features, labels, eps_sq=0.5, normalize=False) == pytest.approx(expected, rel=1e-14)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_tmi_is_invariant_to_order_class_names_and_orthogonal_maps(normalize):
+    features, labels = _uneven_classes((4, 7, 9), 6, seed=11)
+    base = tmi(features, labels, normalize=normalize)
+    rng = np.random.default_rng(5)
+    order = rng.permutation(labels.size)
+    names = np.array([2, 0, 1])  # class c is renamed names[c]
+    rotation, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    variants = {
+        "shuffled samples": (features[order], labels[order]),
+        "renamed classes": (features, names[labels]),
+        "permuted dimensions": (features[:, rng.permutation(6)], labels),
+        "rotated features": (features @ rotation, labels),
+    }
+    for name, (f, y) in variants.items():
+        assert tmi(f, y, normalize=normalize) == pytest.approx(base, rel=1e-10), name
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.5, 7.0, -2.0])
+def test_tmi_normalised_ignores_the_scale_of_each_feature_vector(scale):
+    features, labels = _uneven_classes((6, 6, 6), 5, seed=2)
+    base = tmi(features, labels)
+    assert tmi(scale * features, labels) == pytest.approx(base, rel=1e-10)
+    per_row = scale * np.random.default_rng(3).uniform(0.1, 10.0, size=(labels.size, 1))
+    assert tmi(per_row * features, labels) == pytest.approx(base, rel=1e-10)
+    assert tmi(features + 1.0, labels) != pytest.approx(base, rel=1e-3)  # but the origin matters
+
+
+@pytest.mark.parametrize("scale", [1e-2, 0.5, 3.0, -4.0])
+def test_tmi_unnormalised_scale_trades_against_eps(scale):
+    features, labels = _uneven_classes((6, 6, 6), 5, seed=4)
+    scaled = tmi(scale * features, labels, eps_sq=0.5, normalize=False)
+    assert scaled == pytest.approx(tmi(features, labels, eps_sq=0.5 / scale**2, normalize=False), rel=1e-10)
+    base = tmi(features, labels, eps_sq=0.5, normalize=False)
+    assert (scaled > base) == (abs(scale) > 1)  # the score itself is not scale-free
+
+
+def test_tmi_unnormalised_ignores_where_each_class_sits():
+    features, labels = _uneven_classes((3, 5, 8), 4, seed=6)
+    shifts = np.random.default_rng(6).normal(scale=50.0, size=(3, 4))
+    moved = features + shifts[labels]  # every class translated by its own vector
+    assert tmi(moved, labels, normalize=False) == pytest.approx(tmi(features, labels, normalize=False), rel=1e-9)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_tmi_scores_tighter_classes_lower(normalize):
+    # the paper's direction: more intra-class variance = more transferable, so collapsed classes lose
+    rng = np.random.default_rng(8)
+    labels = np.arange(60) % 3
+    means, noise = rng.normal(scale=4.0, size=(3, 8)), rng.normal(size=(60, 8))
+    scores = [tmi(means[labels] + s * noise, labels, normalize=normalize) for s in (0.05, 0.3, 1.0)]
+    assert 0.0 < scores[0] < scores[1] < scores[2]
+
+
+def test_tmi_grows_as_the_distortion_shrinks():
+    features, labels = _uneven_classes((5, 5), 4, seed=9)
+    scores = [tmi(features, labels, eps_sq=e) for e in (4.0, 0.5, 1e-2, 1e-4)]
+    assert all(a < b for a, b in zip(scores, scores[1:]))
+    assert tmi(features, labels) == tmi(features, labels, eps_sq=transferability.TMI_EPS_SQ)
+
+
+def test_tmi_single_sample_classes_and_zero_vectors_score_zero():
+    features = np.random.default_rng(10).normal(size=(4, 3))
+    assert tmi(features, np.arange(4)) == 0.0  # every class has one sample: nothing varies
+    assert tmi(np.zeros((6, 3)), np.arange(6) % 2) == 0.0  # zero vectors stay zero when normalised
 
 
 # --- kendall_tau --------------------------------------------------------------------------------
