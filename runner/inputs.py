@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlpipe import sources
+from tlpipe import io, sources
 
 from runner.dvc import read_lock
 from runner.spec import StageSpec, stage_dir
@@ -69,8 +69,17 @@ def check_prepare(check: DataCheck) -> None:
 
 
 def check_distill(check: DataCheck) -> None:
-    """Every teacher can be found: no duplicates, local folders hold a backbone, hub ids resolve."""
-    teachers = check.params["distill"]["teachers"]
+    """Every teacher can be found: no duplicates, local folders hold a backbone, hub ids resolve; a
+    synthetic set to reuse (krr_st.synthetic) holds one."""
+    teachers = sources.teacher_candidates(check.params["distill"])
+    synthetic = _named("params/distill.yaml: ", lambda: sources.synthetic_folder(check.params["distill"], check.project))
+    prepare = check.params.get("prepare")
+    if synthetic is not None and prepare is not None:
+        shape = io.read_json(synthetic / sources.SYNTHETIC_META).get("image_shape")
+        expected = [prepare["channels"], prepare["image_size"], prepare["image_size"]]
+        if shape != expected:
+            raise ValueError(f"params/distill.yaml: krr_st.synthetic: its images are {shape} (C, H, W), this "
+                             f"project's are {expected} (params/prepare.yaml channels, image_size)")
     if len(set(teachers)) != len(teachers):
         raise ValueError(f"params/distill.yaml: teachers lists a teacher twice: {teachers}")
     for entry in teachers:

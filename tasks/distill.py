@@ -1,4 +1,5 @@
-"""distill: the teacher(s) distilled into a smaller student on unlabeled images (SEED, CompRess or MSE)."""
+"""distill: the teacher(s) distilled into a smaller student on unlabeled images (SEED, CompRess or MSE),
+or, with KRR-ST, the pruned source distilled into a few synthetic images that the student learns from."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlpipe import data, distill, images as image_sets, io, models, runtime
+from tlpipe import data, distill, images as image_sets, io, krr_st, models, plots, registry, runtime, sources
 from tlpipe.probe import teacher_backbone
-from tlpipe.sources import OWN_TEACHER, teacher_folder
+from tlpipe.sources import OWN_TEACHER, teacher_candidates, teacher_folder
 from tasks.common import recorded
 
 
@@ -28,9 +29,10 @@ def unlabeled_images(ctx) -> tuple[image_sets.Concatenated, dict]:
 
 
 def load_teachers(ctx) -> dict[str, torch.nn.Module]:
-    """Every teacher of `distill.teachers` by its entry: this run's, a local folder or a hub id."""
+    """Every teacher `distill.teachers` names (all candidates of a selection) by its entry: this run's,
+    a local folder or a hub id."""
     teachers = {}
-    for entry in ctx.params["teachers"]:
+    for entry in teacher_candidates(ctx.params):
         if entry == OWN_TEACHER:
             teachers[entry] = teacher_backbone(ctx.upstream("pretrain"))
         else:
@@ -47,10 +49,11 @@ def weigh_teachers(ctx, teachers: dict) -> tuple[np.ndarray, dict]:
                                   temperature=ctx.params["weighting_temperature"], device=torch.device(ctx.device))
 
 
-def teacher_embeddings(ctx, teachers: dict, images: np.ndarray) -> tuple[list | None, dict]:
+def teacher_embeddings(ctx, teachers: dict, images: np.ndarray, *, force: bool = False) -> tuple[list | None, dict]:
     """Each teacher's embeddings of the un-augmented images, from the store when some run made them
-    before (keyed by the teacher's weights and the images' bytes); None when training augments."""
-    if ctx.params["augment"]:
+    before (keyed by the teacher's weights and the images' bytes); None when training augments
+    (unless `force`)."""
+    if ctx.params["augment"] and not force:
         return None, {}
     images_digest = image_sets.digest(images)
     tables, status = [], {}
@@ -64,10 +67,74 @@ def teacher_embeddings(ctx, teachers: dict, images: np.ndarray) -> tuple[list | 
     return tables, status
 
 
+def source_images(ctx) -> image_sets.Images:
+    """The kept source images, read by index from the prepared source."""
+    kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
+    return image_sets.Images.of(data.load_prepared(ctx.upstream("prepare") / "source")["train"]).select(kept)
+
+
+SYNTHETIC = "synthetic"  # the KRR-ST set: data/distill/synthetic/, its grid data/distill/synthetic.png
+
+
+def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
+    """KRR-ST's synthetic set: reused from `krr_st.synthetic`, or distilled from the pruned source with
+    the teacher (its representations of the un-augmented images computed once and stored when
+    `augment` is off or the set starts from k-means)."""
+    p, k = ctx.params, ctx.params["krr_st"]
+    reused = sources.synthetic_folder(p, ctx.project)
+    if reused is not None:
+        synthetic, meta = krr_st.load_synthetic(reused)
+        return synthetic, {"synthetic_reused": True, "synthetic_made_with": meta}
+    images = source_images(ctx)
+    tables, status = teacher_embeddings(ctx, {name: teacher}, images, force=k["init"] == "kmeans")
+    table = torch.as_tensor(tables[0]) if tables else None
+    make = krr_st.regressor_factory(p["model"], images.shape[1], models.feature_dim(teacher))
+    rounds = min(20, max(k["steps"], 1))
+    with recorded(ctx, rounds, "KRR-ST rounds", ctx.out / SYNTHETIC / "history.csv") as on_metrics:
+        synthetic, metrics = krr_st.distill_dataset(
+            teacher, images, make, synthetic_size=k["synthetic_size"], steps=k["steps"], batch_size=k["batch_size"],
+            lr=k["lr"], pool_size=k["pool_size"], online_steps=k["online_steps"], online_lr=k["online_lr"],
+            online_weight_decay=k["online_weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
+            init=k["init"], init_features=table, teacher_table=None if p["augment"] else table, augment=p["augment"],
+            rounds=rounds, on_metrics=on_metrics, checkpoint=ctx.checkpoint(SYNTHETIC))
+    record = {"method": "krr_st", "teacher": name, "teacher_digest": models.weights_digest(teacher),
+              "real_images": len(images), "images_digest": image_sets.digest(images), "seed": p["seed"],
+              **{key: k[key] for key in ("init", "steps", "pool_size", "online_steps")}}
+    krr_st.save_synthetic(synthetic, ctx.out / SYNTHETIC, record)
+    io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(
+        synthetic.images.numpy(), title=f"KRR-ST: {len(synthetic.images)} synthetic images from {len(images):,} "
+                                        f"source images, {k['steps']} outer steps"))
+    return synthetic, {"synthetic_reused": False, "source_images": len(images),
+                       "synthetic_time_s": metrics["wall_time_s"], "teacher_embeddings": status.get(name, "in loop"),
+                       **{key: metrics[key] for key in ("krr_loss", "krr_loss_first") if key in metrics}}
+
+
+def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:
+    """KRR-ST: the synthetic set (made or reused), then the student pretrained on it by MSE."""
+    p, k = ctx.params, ctx.params["krr_st"]
+    (name, teacher), = teachers.items()
+    synthetic, made = synthetic_set(ctx, name, teacher)
+    runtime.seed_everything(p["seed"])
+    student = models.build_backbone(in_channels=synthetic.images.shape[1], **p["model"])
+    with recorded(ctx, k["epochs"], "epochs on the synthetic set", ctx.out / "history.csv") as on_metrics:
+        student, metrics = krr_st.pretrain_on_synthetic(
+            student, synthetic, epochs=k["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+            weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
+            checkpoint=ctx.checkpoint("train"))
+    models.save_backbone(student, ctx.out / "backbone")
+    io.write_json(ctx.out / "teachers.json", [{"teacher": name, **teacher_record[name]}])
+    metrics.pop("loss_history", None)
+    return {**metrics, **made, "method": "krr_st", "synthetic_size": len(synthetic.images),
+            "student_time_s": metrics["wall_time_s"], "parameters": models.count_parameters(student),
+            "teacher_parameters": models.count_parameters(teacher), "teachers": 1}
+
+
 def run(ctx) -> dict:
     p = ctx.params
-    images, counts = unlabeled_images(ctx)
     teachers = load_teachers(ctx)
+    if p["method"] in registry.DATASET_DISTILLATION:
+        return run_krr_st(ctx, teachers, {name: {"weight": 1.0} for name in teachers})
+    images, counts = unlabeled_images(ctx)
     weights, teacher_record = weigh_teachers(ctx, teachers)
     ctx.log_metrics({f"teacher_weight/{k}": float(w) for k, w in zip(range(len(weights)), weights)})
     tables, embedding_status = teacher_embeddings(ctx, teachers, images)
@@ -97,7 +164,8 @@ def run(ctx) -> dict:
 
 
 def headline(m: dict) -> str:
-    return f"loss {m['loss']:.3f}; student {m['parameters']:,} params vs teacher {m['teacher_parameters']:,}"
+    made = f"{m['synthetic_size']} synthetic images; " if m.get("method") == "krr_st" else ""
+    return f"{made}loss {m['loss']:.3f}; student {m['parameters']:,} params vs teacher {m['teacher_parameters']:,}"
 
 
 if __name__ == "__main__":

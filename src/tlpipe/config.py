@@ -44,6 +44,13 @@ SSL = {"temperature": Positive(), "projection_dim": Int(1, 65_536)}  # SimCLR/BY
 NEEDS_CLASSIFIER = tuple(name for name, m in registry.PRUNING.items() if "logits" in m.needs)
 SURROGATE_MODES = tuple(name for name, m in registry.SOURCE_MODES.items() if m.surrogate)
 
+def krr_st_inits() -> tuple[str, ...]:
+    return ("random", "kmeans")  # tlpipe.krr_st.INITS (checked equal in the tests; no torch import here)
+
+
+# `distill.teachers` as a mapping: k teachers picked out of candidates (registry.TEACHER_SELECTION)
+TEACHER_SELECT = {"select": Choice(*registry.TEACHER_SELECTION), "from": Field("str_list"), "size": Int(1, 1024)}
+
 SCHEMA: dict[str, dict[str, Any]] = {
     "prepare": {
         "seed": SEED,
@@ -91,7 +98,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "distill": {
         "method": Choice(*registry.DISTILLATION),
-        "teachers": Field("str_list"),
+        "teachers": Field("str_list_or_mapping"),  # a list, or {select, from, size}: TEACHER_SELECT
         "teacher_weighting": Choice("nearest", "weighted"),
         "weighting_temperature": Positive(),
         "seed": SEED,
@@ -103,6 +110,19 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "tau_t": Positive(),
         "use_source": BOOL,
         "augment": BOOL,
+        "krr_st": {  # method krr_st (tlpipe.krr_st)
+            "synthetic_size": Int(1, 1_000_000),
+            "init": Choice(*krr_st_inits()),
+            "steps": Int(0, 10_000_000),
+            "batch_size": Int(1, 65_536),
+            "lr": Positive(),
+            "pool_size": Int(1, 1024),
+            "online_steps": Int(2, 1_000_000),
+            "online_lr": Positive(),
+            "online_weight_decay": Float(0.0, 1.0),
+            "epochs": Int(1, 1_000_000),
+            "synthetic": OPTIONAL_STR,
+        },
     },
     "finetune": {
         "backbone": Choice("student", "teacher"),
@@ -224,6 +244,8 @@ def _validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str)
 
 
 def _check_cross_fields(stage: str, values: dict, source: str) -> None:
+    if stage == "distill":
+        _check_teachers(values, source)
     processes = values.get("nproc", 1) * values.get("nnodes", 1)
     if values.get("batch_size", 0) % processes:
         raise ParamsError(f"{source}: batch_size={values['batch_size']} must be a multiple of nproc x nnodes "
@@ -234,6 +256,23 @@ def _check_cross_fields(stage: str, values: dict, source: str) -> None:
             f"{source}: model.hidden_sizes has {len(model['hidden_sizes'])} entries but model.depths has "
             f"{len(model['depths'])}; they must have the same length (one per stage of the backbone)"
         )
+
+
+def _check_teachers(values: dict, source: str) -> None:
+    """`teachers` as a selection is validated as a section of its own; KRR-ST distils one teacher."""
+    teachers = values["teachers"]
+    if isinstance(teachers, dict):
+        teachers = values["teachers"] = _validate_mapping(TEACHER_SELECT, teachers, prefix="teachers.", source=source)
+        candidates = teachers["from"]
+        if len(set(candidates)) != len(candidates):
+            raise ParamsError(f"{source}: teachers.from lists a teacher twice: {candidates}")
+        if not 1 <= teachers["size"] <= len(candidates):
+            raise ParamsError(f"{source}: teachers.size={teachers['size']} must be between 1 and the "
+                              f"{len(candidates)} candidates of teachers.from")
+    count = teachers["size"] if isinstance(teachers, dict) else len(teachers)
+    if values["method"] in registry.DATASET_DISTILLATION and count != 1:
+        raise ParamsError(f"{source}: method={values['method']} distils the source with one teacher, but teachers "
+                          f"gives {count}; list one (or select size: 1)")
 
 
 def check_combination(params: dict[str, dict]) -> None:

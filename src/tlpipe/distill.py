@@ -32,12 +32,12 @@ from tlpipe.losses.mse import feature_regression_loss
 from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
 from tlpipe.models import ProjectionHead, embed, feature_dim
-from tlpipe.registry import DISTILLATION
+from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, extract_features, make_optimizer, param_groups, steps_per_epoch
 from tlpipe.transferability import logme, teacher_weights
 
-METHODS = tuple(DISTILLATION)
+METHODS = tuple(m for m in DISTILLATION if m not in DATASET_DISTILLATION)  # krr_st: tlpipe.krr_st
 
 
 class MultiHeadStudent(nn.Module):

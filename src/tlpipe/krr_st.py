@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 import torch.nn.functional as F
@@ -41,6 +43,8 @@ from tlpipe.augment import augment_batch
 from tlpipe.checkpoints import Checkpoint, LoopState
 from tlpipe import io
 from tlpipe.models import build_backbone, embed, feature_dim
+from tlpipe.pruning.kmeans import kmeans, nearest
+from tlpipe.sources import SYNTHETIC_FILE, SYNTHETIC_META
 from tlpipe.runtime import autocast, prepare_module, seed_everything, to_float
 from tlpipe.training import LossLog, MetricsCallback, make_optimizer, param_groups
 
@@ -196,9 +200,6 @@ class SyntheticSet(nn.Module):
         self.targets = nn.Parameter(targets.detach().clone().float())
 
 
-SYNTHETIC_FILE, SYNTHETIC_META = "synthetic.safetensors", "synthetic.json"
-
-
 def save_synthetic(synthetic: SyntheticSet, folder: Path, meta: dict) -> None:
     """The set as a small data set of its own: `synthetic.safetensors` (images [n_s, C, H, W] float32
     in [-1, 1] input space, targets [n_s, d]) and `synthetic.json` (meta: how it was made)."""
@@ -222,12 +223,31 @@ def load_synthetic(folder: Path) -> tuple[SyntheticSet, dict]:
     return SyntheticSet(tensors["images"], tensors["targets"]), meta
 
 
-def initial_set(teacher: nn.Module, images, size: int, *, generator: torch.Generator,
-                device: torch.device) -> SyntheticSet:
-    """`size` real images drawn without replacement, with the teacher's representations as targets."""
-    if not 1 <= size <= len(images):
-        raise ValueError(f"synthetic_size={size} must be between 1 and the {len(images)} real images")
-    rows = torch.randperm(len(images), generator=generator)[:size].sort().values.numpy()
+INITS = ("random", "kmeans")  # how the synthetic images are first drawn from the real ones
+
+
+def initial_rows(n: int, size: int, *, init: str, seed: int, features=None) -> np.ndarray:
+    """Sorted positions of the `size` real images the synthetic set starts from: drawn at random, or
+    (kmeans) the image nearest to each centroid of k-means on `features` [n, d] (the teacher's
+    representations), topped up at random where two centroids share an image. Both are the paper's
+    baselines when no outer step follows."""
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is unknown; valid options: {', '.join(INITS)}")
+    if not 1 <= size <= n:
+        raise ValueError(f"synthetic_size={size} must be between 1 and the {n} real images")
+    rng = np.random.default_rng(seed)
+    if init == "random":
+        return np.sort(rng.choice(n, size, replace=False))
+    if features is None or len(features) != n:
+        raise ValueError(f"init=kmeans needs the teacher's features of all {n} real images")
+    _, centroids = kmeans(features, size, seed=seed)
+    rows = np.unique(nearest(centroids, np.asarray(features, dtype=np.float64))[0])
+    rest = np.setdiff1d(np.arange(n), rows)
+    return np.sort(np.concatenate([rows, rng.choice(rest, size - len(rows), replace=False)]))
+
+
+def initial_set(teacher: nn.Module, images, rows: np.ndarray, *, device: torch.device) -> SyntheticSet:
+    """The real images at `rows`, with the teacher's representations of them as targets."""
     x = to_float(torch.as_tensor(images[rows])).to(device)
     teacher = prepare_module(teacher, device).eval()
     with torch.no_grad():
@@ -250,6 +270,8 @@ def distill_dataset(
     online_weight_decay: float,
     seed: int,
     device: torch.device,
+    init: str = "random",
+    init_features=None,
     teacher_table: torch.Tensor | None = None,
     augment: bool = True,
     grad_clip: float = 0.0,
@@ -264,12 +286,15 @@ def distill_dataset(
         images: uint8 [N, C, H, W] real images, an array or a set read by index.
         make_model: seed -> a fresh `Regressor` (backbone + head to the teacher's dimension); the pool's models.
         synthetic_size: n_s.
-        steps: outer steps.
+        steps: outer steps; 0 returns the initial set (the random or k-means baseline).
         batch_size: real images per outer step.
         lr: the outer AdamW learning rate of X_s and Y_s (no weight decay), decayed linearly to 1e-3 of it.
         pool_size, online_steps, online_lr, online_weight_decay: the pool (see `ModelPool`).
         seed: initial images, pool weights, batch draws and augmentation draws.
         device: where to compute.
+        init: how the initial images are drawn (`initial_rows`).
+        init_features: [N, d] the teacher's representations of the un-augmented images, which init
+            kmeans clusters (default `teacher_table`).
         teacher_table: float [N, d], the teacher's representations of the un-augmented images (computed
             once by the caller); requires augment=False, and the teacher then never runs in the loop.
         augment: each real batch goes through `augment_batch` before the teacher and the pool model.
@@ -288,10 +313,16 @@ def distill_dataset(
     if teacher_table is not None and tuple(teacher_table.shape) != (len(images), feature_dim(teacher)):
         raise ValueError(f"teacher_table has shape {tuple(teacher_table.shape)}; expected "
                          f"({len(images)}, {feature_dim(teacher)})")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1")
-    generator = seed_everything(seed)
-    synthetic = initial_set(teacher, images, synthetic_size, generator=generator, device=device).to(device)
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps={steps} must be >= 0 and batch_size={batch_size} >= 1")
+    started = time.perf_counter()
+    seed_everything(seed)
+    rows = initial_rows(len(images), synthetic_size, init=init, seed=seed,
+                        features=teacher_table if init_features is None else init_features)
+    synthetic = initial_set(teacher, images, rows, device=device).to(device)
+    if steps == 0:
+        return synthetic.cpu(), {"wall_time_s": time.perf_counter() - started, "images_seen": 0,
+                                 "teacher_forward": teacher_table is None}
     pool = ModelPool(lambda s: make_model(s).to(device), pool_size, online_steps=online_steps, lr=online_lr,
                      weight_decay=online_weight_decay, seed=seed).to(device)
     pool_generator = torch.Generator().manual_seed(seed + 1)
@@ -351,7 +382,7 @@ def distill_dataset(
         done = 0
         state.end_epoch(log.end_epoch(round_, schedule.get_last_lr()[0]))
     result = log.metrics()
-    return synthetic.cpu(), {"wall_time_s": result["wall_time_s"], "images_seen": result["images_seen"],
+    return synthetic.cpu(), {"wall_time_s": time.perf_counter() - started, "images_seen": result["images_seen"],
                              "krr_loss": result["loss"], "krr_loss_first": result["loss_history"][0],
                              "teacher_forward": live, **state.resumed()}
 

@@ -1,4 +1,4 @@
-"""Figures for reports: confusion matrix, LM vote histogram, training curves.
+"""Figures for reports: confusion matrix, LM vote histogram, training curves, image grids.
 
 Built on `matplotlib.figure.Figure` directly (not pyplot), so no global figure registry and no
 GUI backend are involved; callers save with `fig.savefig(path)`. Class names may be arbitrary
@@ -123,6 +123,36 @@ def plot_curves(history: dict[str, list[float]], *, title: str) -> Figure:
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, parse_math=False)
+    return fig
+
+
+def plot_image_grid(images, *, title: str, max_images: int = 100) -> Figure:
+    """The first `max_images` images in a square-ish grid, as the networks see them.
+
+    Args:
+        images: float [N, C, H, W] in the input space ([-1, 1] for real pixels; a learned image may
+            leave it and is clipped); C is 1 (gray) or 3 (RGB).
+        title: drawn literally.
+        max_images: at most this many are drawn.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"images must be [N, 1 or 3, H, W] with N >= 1, got shape {images.shape}")
+    shown = images[:max_images]
+    cols = int(np.ceil(np.sqrt(len(shown))))
+    rows = int(np.ceil(len(shown) / cols))
+    h, w = shown.shape[2:]
+    grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, shown.shape[1]))
+    for k, image in enumerate(np.clip((shown + 1) / 2, 0, 1)):  # [-1, 1] -> [0, 1]
+        r, c = divmod(k, cols)
+        grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = image.transpose(1, 2, 0)
+    fig = Figure(figsize=(min(10, 0.6 + 0.5 * cols), min(10, 0.8 + 0.5 * rows)), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray" if grid.shape[2] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    more = f" (first {len(shown)} of {len(images)})" if len(images) > len(shown) else ""
+    fig.suptitle(title + more, parse_math=False, fontsize=9)
     return fig
 
 

@@ -50,11 +50,21 @@ def pruning_method(name: str) -> PruningMethod:
     return PRUNING[name]
 
 
-# Self-supervised distillation objectives between the student and a teacher (tlpipe.distill).
+# Self-supervised distillation of the teacher into the student: objectives between the two
+# (tlpipe.distill), or, for DATASET_DISTILLATION, the source distilled into a few synthetic images that
+# the student then learns from (tlpipe.krr_st).
 DISTILLATION: dict[str, str] = {
     "seed": "SEED (Fang et al., ICLR 2021): the teacher's similarity distribution over a queue",
     "compress": "CompRess (Abbasi Koohpayegani et al., NeurIPS 2020): two memory banks",
     "mse": "regression of the teacher's normalised embedding",
+    "krr_st": "KRR-ST (Lee et al., ICLR 2024): the source distilled into synthetic images with learned targets",
+}
+DATASET_DISTILLATION = ("krr_st",)
+
+# How `distill.teachers: {select: ..., from: [...], size: k}` picks k teachers out of candidates.
+TEACHER_SELECTION: dict[str, str] = {
+    "osborn": "OSBORN (ICCV 2023): domain and task difference and the team's coherence, greedily",
+    "logme": "the k best by LogME on the target train split (baseline)",
 }
 
 

@@ -17,6 +17,7 @@ class Field:
     """One parameter: a type check plus an optional range or choice rule."""
 
     kind: str  # int | float | bool | str | optional_str | choice | int_list | float_list | str_list | mapping
+    #           | str_list_or_mapping
     allowed: str = ""
     choices: tuple = ()
     check: Callable[[Any], bool] | None = None
@@ -42,6 +43,7 @@ class Field:
             "float_list": "a non-empty list of numbers",
             "str_list": "a non-empty list of strings",
             "mapping": "a mapping (possibly empty, {})",
+            "str_list_or_mapping": "a non-empty list of strings or a mapping",
         }[self.kind]
         return f"{text} in {self.allowed}" if self.allowed else text
 
@@ -66,6 +68,8 @@ def _coerce(kind: str, value: Any, choices: tuple) -> tuple[bool, Any]:
     if kind == "str_list":
         ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
         return ok, value
+    if kind == "str_list_or_mapping":
+        return _coerce("mapping", value, ()) if isinstance(value, Mapping) else _coerce("str_list", value, ())
     if kind in ("int_list", "float_list"):
         item = "int" if kind == "int_list" else "float"
         if not isinstance(value, list) or not value:

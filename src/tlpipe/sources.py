@@ -93,8 +93,37 @@ def teacher_folder(entry: str, base: Path) -> Path | None:
                      "(config.json in it, in backbone/ or in model/backbone/)")
 
 
+SYNTHETIC_FILE, SYNTHETIC_META = "synthetic.safetensors", "synthetic.json"  # tlpipe.krr_st's files
+
+
+def synthetic_folder(params: dict, base: Path) -> Path | None:
+    """The synthetic set `distill.krr_st.synthetic` names for reuse (method krr_st), or None.
+
+    Raises:
+        ValueError: the folder does not exist or holds no synthetic set.
+    """
+    entry = params["krr_st"]["synthetic"] if params["method"] == "krr_st" else None
+    if entry is None:
+        return None
+    folder = Path(base) / Path(entry).expanduser()
+    for candidate in (folder, folder / "synthetic"):
+        if (candidate / SYNTHETIC_FILE).is_file() and (candidate / SYNTHETIC_META).is_file():
+            return candidate
+    raise ValueError(f"krr_st.synthetic: {entry!r} holds no synthetic set ({SYNTHETIC_FILE} and {SYNTHETIC_META} "
+                     "in it or in synthetic/, as a krr_st distill output has)")
+
+
+def teacher_candidates(distill: dict) -> list[str]:
+    """Every teacher entry `distill.teachers` names: the list, or the candidates of a selection."""
+    teachers = distill["teachers"]
+    return list(teachers["from"]) if isinstance(teachers, dict) else list(teachers)
+
+
 def distill_inputs(params: dict, base: Path) -> dict[str, Path]:
-    """The local teacher folders the `distill` params name (this run's teacher is an upstream output)."""
-    folders = [teacher_folder(entry, base) for entry in params["teachers"]]
+    """The local teacher folders the `distill` params name (this run's teacher is an upstream output),
+    and a synthetic set to reuse."""
+    folders = [teacher_folder(entry, base) for entry in teacher_candidates(params)]
     # named by position (a path string never enters a cache key): the order sets each teacher's seed
-    return {f"distill.teacher{k}": folder for k, folder in enumerate(folders) if folder is not None}
+    found = {f"distill.teacher{k}": folder for k, folder in enumerate(folders) if folder is not None}
+    synthetic = synthetic_folder(params, base)
+    return found if synthetic is None else {**found, "distill.synthetic": synthetic}

@@ -1,8 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from tlpipe import config
+from tlpipe import config, sources
+from tlpipe.schema import ParamsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,13 +124,39 @@ def test_bad_sweep_files_are_named(tmp_path, params, changes, message):
 
 
 def test_method_choices_are_the_registries():
-    from tlpipe import distill, pruning, registry
+    from tlpipe import distill, krr_st, pruning, registry
 
     assert config.SCHEMA["prune"]["method"].choices == tuple(registry.PRUNING)
     assert pruning.CLASS_METHODS + pruning.SAMPLE_METHODS == tuple(registry.PRUNING)
-    assert config.SCHEMA["distill"]["method"].choices == tuple(registry.DISTILLATION) == distill.METHODS
+    assert config.SCHEMA["distill"]["method"].choices == tuple(registry.DISTILLATION)
+    assert distill.METHODS + registry.DATASET_DISTILLATION == tuple(registry.DISTILLATION)
+    assert config.SCHEMA["distill"]["krr_st"]["init"].choices == krr_st.INITS
+    assert config.TEACHER_SELECT["select"].choices == tuple(registry.TEACHER_SELECTION)
     assert config.SCHEMA["pretrain"]["mode"].choices == tuple(registry.SOURCE_MODES)
     assert set(config.SCHEMA["surrogate"]["mode"].choices) < set(registry.SOURCE_MODES)
+
+
+@pytest.mark.parametrize("teachers, method, message", [
+    ({"select": "osborn", "from": ["a", "a"], "size": 1}, "seed", "teachers.from lists a teacher twice"),
+    ({"select": "best", "from": ["a", "b"], "size": 1}, "seed", "teachers.select='best': expected one of osborn, logme"),
+    ({"select": "osborn", "from": ["a", "b"], "size": 3}, "seed", "teachers.size=3 must be between 1 and the 2"),
+    ({"select": "osborn", "from": ["a", "b"]}, "seed", "missing key teachers.size"),
+    ({"select": "osborn", "from": ["a", "b"], "size": 1, "k": 2}, "seed", "unknown key teachers.k"),
+    (["pretrain", "b"], "krr_st", "method=krr_st distils the source with one teacher, but teachers gives 2"),
+    ({"select": "logme", "from": ["a", "b"], "size": 2}, "krr_st", "teachers gives 2"),
+    ("pretrain", "seed", "expected a non-empty list of strings or a mapping"),
+])
+def test_teachers_as_a_list_or_a_selection_are_checked(teachers, method, message):
+    values = {**config.load_stage_params(REPO, "distill"), "teachers": teachers, "method": method}
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        config.validate("distill", values, source="params/distill.yaml")
+
+
+def test_a_selection_of_teachers_is_valid():
+    values = {**config.load_stage_params(REPO, "distill"), "teachers": {"select": "osborn", "from": ["a", "b"], "size": 1}}
+    checked = config.validate("distill", values, source="params/distill.yaml")
+    assert sources.teacher_candidates(checked) == ["a", "b"]
+    assert sources.teacher_candidates({"teachers": ["pretrain"]}) == ["pretrain"]
 
 
 def test_checking_params_imports_no_torch():

@@ -207,6 +207,7 @@ def test_pretraining_on_the_synthetic_set_fits_its_targets():
 @pytest.mark.parametrize("kw, message", [
     ({"synthetic_size": 0}, "synthetic_size"),
     ({"synthetic_size": 49}, "synthetic_size"),
+    ({"steps": -1}, "steps=-1"),
     ({"augment": True, "teacher_table": torch.zeros(48, 6)}, "augment=False"),
     ({"teacher_table": torch.zeros(47, 6)}, "teacher_table has shape"),
     ({"pool_size": 0}, "pool size"),
@@ -214,3 +215,24 @@ def test_pretraining_on_the_synthetic_set_fits_its_targets():
 def test_bad_arguments_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         run_dataset(make_images(), tiny_teacher(), **kw)
+
+
+def test_initial_rows_random_and_kmeans():
+    rows = krr_st.initial_rows(50, 7, init="random", seed=1)
+    assert len(set(rows)) == 7 and list(rows) == sorted(rows)
+    # two tight clusters far apart: k-means with 2 picks one image from each
+    features = np.concatenate([np.zeros((20, 3)), np.full((30, 3), 10.0)]) + np.random.default_rng(0).normal(0, .1, (50, 3))
+    picked = krr_st.initial_rows(50, 2, init="kmeans", seed=0, features=features)
+    assert picked[0] < 20 <= picked[1]
+    with pytest.raises(ValueError, match="needs the teacher's features"):
+        krr_st.initial_rows(50, 2, init="kmeans", seed=0)
+    with pytest.raises(ValueError, match="valid options: random, kmeans"):
+        krr_st.initial_rows(50, 2, init="herding", seed=0)
+
+
+def test_no_outer_step_is_the_baseline_subset():
+    images, teacher = make_images(), tiny_teacher()
+    synthetic, metrics = run_dataset(images, teacher, steps=0)
+    rows = krr_st.initial_rows(len(images), 6, init="random", seed=3)
+    torch.testing.assert_close(synthetic.images, torch.as_tensor(images[rows]).float() * (2 / 255) - 1)
+    assert metrics["images_seen"] == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from tlpipe.plots import KEPT_COLOR, plot_class_votes, plot_confusion_matrix, plot_curves
+from tlpipe.plots import KEPT_COLOR, plot_class_votes, plot_confusion_matrix, plot_curves, plot_image_grid
 
 # '$' alone and '$x$' would be mathtext without parse_math=False; '\\' and '_' and '^' too
 GLYPHS = ["α", "Ж", "$", "$x$", "\\", "a_b^c", "%", "ß", "Ω", "#", "{", "ё"]
@@ -117,3 +117,22 @@ def test_probe_against_shots_draws_one_line_per_backbone_at_the_shots(tmp_path):
     fig.savefig(tmp_path / "probe.png")
     with pytest.raises(ValueError, match="at least one backbone"):
         plot_probe_vs_shots({})
+
+
+def test_image_grid_places_each_image_and_maps_the_input_range(tmp_path):
+    images = np.full((5, 1, 4, 4), -1.0)
+    images[2] = 1.0  # white
+    images[4] = 3.0  # outside [-1, 1]: clipped to white
+    fig = plot_image_grid(images, title="$ 5 images")
+    grid = fig.axes[0].get_images()[0].get_array()
+    assert grid.shape == (2 * 5 - 1, 3 * 5 - 1)  # 2 rows x 3 columns of 4 px with 1 px gaps
+    assert grid[0:4, 0:4].max() == 0 and grid[0:4, 10:14].min() == 1 and grid[5:9, 5:9].min() == 1
+    assert fig.texts[0].get_text() == "$ 5 images"
+    _save(fig, tmp_path, "grid")
+
+
+def test_image_grid_caps_and_checks():
+    fig = plot_image_grid(np.zeros((30, 3, 2, 2)), title="t", max_images=9)
+    assert fig.axes[0].get_images()[0].get_array().shape == (8, 8, 3) and "first 9 of 30" in fig.texts[0].get_text()
+    with pytest.raises(ValueError, match="1 or 3"):
+        plot_image_grid(np.zeros((2, 2, 4, 4)), title="t")
