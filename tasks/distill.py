@@ -102,10 +102,11 @@ def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
               **{key: k[key] for key in ("init", "steps", "pool_size", "online_steps")}}
     krr_st.save_synthetic(synthetic, ctx.out / SYNTHETIC, record)
     io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(
-        synthetic.images.numpy(), title=f"KRR-ST: {len(synthetic.images)} synthetic images from {len(images):,} "
+        synthetic.images.detach().numpy(), title=f"KRR-ST: {len(synthetic.images)} synthetic images from {len(images):,} "
                                         f"source images, {k['steps']} outer steps"))
     return synthetic, {"synthetic_reused": False, "source_images": len(images),
-                       "synthetic_time_s": metrics["wall_time_s"], "teacher_embeddings": status.get(name, "in loop"),
+                       "real_images_seen": metrics["images_seen"], "synthetic_time_s": metrics["wall_time_s"],
+                       "teacher_embeddings": status.get(name, "in loop"),
                        **{key: metrics[key] for key in ("krr_loss", "krr_loss_first") if key in metrics}}
 
 

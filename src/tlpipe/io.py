@@ -170,7 +170,8 @@ def read_array(path: Path) -> np.ndarray:
 
 
 def write_table(path: Path, frame) -> None:
-    """Writes a pandas DataFrame as CSV (no index; floats in full precision)."""
+    """Writes a pandas DataFrame as CSV (no index; floats in full precision); makes its folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
