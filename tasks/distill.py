@@ -40,6 +40,20 @@ def load_teachers(ctx) -> dict[str, torch.nn.Module]:
     return teachers
 
 
+def choose_teachers(ctx, candidates: dict) -> tuple[dict, dict | None]:
+    """The teachers to distil: every entry of a `teachers` list, or those a selection
+    ({select, from, size}) picks among its candidates, measured on the labelled target train split
+    and the prepared source (`distill.select_teachers`); the selection's record, or None."""
+    selection = ctx.params["teachers"]
+    if not isinstance(selection, dict):
+        return candidates, None
+    prepared = ctx.upstream("prepare")
+    target = data.to_arrays(data.load_prepared(prepared / "target")["train"])
+    source = image_sets.Images.of(data.load_prepared(prepared / "source")["train"])
+    return distill.select_teachers(candidates, target, source, source.labels, select=selection["select"],
+                                   size=selection["size"], seed=ctx.params["seed"], device=torch.device(ctx.device))
+
+
 def weigh_teachers(ctx, teachers: dict) -> tuple[np.ndarray, dict]:
     """(weights, per-teacher record) from each teacher's LogME on the labeled target train split."""
     if len(teachers) == 1:  # no scoring needed
@@ -130,11 +144,21 @@ def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:
             "teacher_parameters": models.count_parameters(teacher), "teachers": 1}
 
 
+def selection_metrics(record: dict | None) -> dict:
+    """What the metrics say of a selection (the whole record is selection.json)."""
+    if record is None:
+        return {}
+    return {"teachers_selected_by": record["select"], "teacher_candidates": len(record["candidates"])}
+
+
 def run(ctx) -> dict:
     p = ctx.params
-    teachers = load_teachers(ctx)
+    teachers, selection = choose_teachers(ctx, load_teachers(ctx))
+    if selection is not None:
+        io.write_json(ctx.out / "selection.json", selection, sort_keys=False)
     if p["method"] in registry.DATASET_DISTILLATION:
-        return run_krr_st(ctx, teachers, {name: {"weight": 1.0} for name in teachers})
+        return {**run_krr_st(ctx, teachers, {name: {"weight": 1.0} for name in teachers}),
+                **selection_metrics(selection)}
     images, counts = unlabeled_images(ctx)
     weights, teacher_record = weigh_teachers(ctx, teachers)
     ctx.log_metrics({f"teacher_weight/{k}": float(w) for k, w in zip(range(len(weights)), weights)})
@@ -161,6 +185,7 @@ def run(ctx) -> dict:
         "parameters": models.count_parameters(student),
         "teacher_parameters": largest,
         "teachers": len(teachers),
+        **selection_metrics(selection),
     }
 
 

@@ -35,6 +35,7 @@ from tlpipe.models import ProjectionHead, embed, feature_dim
 from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, extract_features, make_optimizer, param_groups, steps_per_epoch
+from tlpipe import osborn
 from tlpipe.transferability import logme, teacher_weights
 
 METHODS = tuple(m for m in DISTILLATION if m not in DATASET_DISTILLATION)  # krr_st: tlpipe.krr_st
@@ -117,6 +118,53 @@ def weigh_teachers(teachers: dict[str, nn.Module], images: np.ndarray | None, la
     scores = [logme(extract_features(t, images, batch_size=256, device=device), labels) for t in teachers.values()]
     weights = teacher_weights(np.array(scores), temperature=temperature, mode=mode)
     return weights, {name: {"logme": float(s), "weight": float(w)} for name, s, w in zip(teachers, scores, weights)}
+
+
+def select_teachers(teachers: dict[str, nn.Module], target: tuple[np.ndarray, np.ndarray], source, source_labels, *,
+                    select: str, size: int, seed: int, device: torch.device,
+                    max_samples: int = 2000) -> tuple[dict[str, nn.Module], dict]:
+    """`size` of the candidate teachers, chosen by OSBORN or as the top by LogME (the baseline).
+
+    OSBORN (`tlpipe.osborn`) measures every candidate on the same data: the labelled target train
+    images and a seeded class-balanced sample of at most `max_samples` source images with their labels
+    (every candidate here is taken as a model of this source; the transported source class stands for
+    a source head's prediction). Each candidate's LogME on the target train images is recorded too.
+
+    Args:
+        teachers: name -> backbone, the candidates.
+        target: (uint8 images [N_t, C, H, W], labels [N_t]) labelled target train images.
+        source: uint8 [N_s, C, H, W] source images (an array or a set read by index).
+        source_labels: int [N_s] their classes.
+        select: "osborn" or "logme" (registry.TEACHER_SELECTION).
+        size: teachers to keep, 1..len(teachers).
+        seed: the source sample.
+        device: where features are computed.
+
+    Returns:
+        (the chosen teachers in pick order, record: select, chosen, candidates {name: logme (and the
+        OSBORN terms)}, and the selector's per-step gains).
+    """
+    if select not in ("osborn", "logme"):
+        raise ValueError(f"select={select!r} is unknown; valid options: osborn, logme")
+    images, labels = target
+    target_features = {name: extract_features(t, images, batch_size=256, device=device) for name, t in teachers.items()}
+    scores = {name: float(logme(f, labels)) for name, f in target_features.items()}
+    candidates = {name: {"logme": score} for name, score in scores.items()}
+    if select == "logme":
+        chosen, steps = osborn.select_top_k(scores, size)
+    else:
+        source_labels = np.asarray(source_labels)
+        rows = osborn.balanced_sample(len(source), source_labels, max_samples, seed)
+        sample = source[rows]
+        pool = [osborn.CandidateFeatures(name, target_features[name],
+                                         extract_features(t, sample, batch_size=256, device=device),
+                                         source_labels[rows]) for name, t in teachers.items()]
+        chosen, steps = osborn.select_osborn(pool, size, target_labels=labels, seed=seed)
+        for k, name in enumerate(steps.pop("names")):
+            candidates[name].update({term: steps[term][k] for term in ("domain", "task")})
+        steps.pop("domain"), steps.pop("task")
+    return {name: teachers[name] for name in chosen}, {"select": select, "size": size, "chosen": chosen,
+                                                        "candidates": candidates, **steps}
 
 
 def teacher_embeddings_of(teacher: nn.Module, images: np.ndarray, *, batch_size: int,

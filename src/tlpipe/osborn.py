@@ -81,7 +81,7 @@ def _entropy(mass: np.ndarray) -> float:
     return float(-xlogy(p, p).sum())
 
 
-def _subsample(n: int, labels: np.ndarray | None, size: int, seed: int) -> np.ndarray:
+def balanced_sample(n: int, labels: np.ndarray | None, size: int, seed: int) -> np.ndarray:
     """Sorted indices of at most `size` of n samples, class-balanced (round robin) when labelled."""
     if n <= size:
         return np.arange(n)
@@ -202,10 +202,10 @@ def osborn_terms(candidates, *, target_labels, max_samples: int = 2000, seed: in
         ys = None if ys is None else _as_class_ids(ys, xs.shape[0], f"{c.name}.source_labels")
         yp = None if yp is None else _as_class_ids(yp, labels.size, f"{c.name}.target_predictions")
         checked.append((xt, xs, ys, yp))
-    keep_t = _subsample(labels.size, labels, max_samples, seed)
+    keep_t = balanced_sample(labels.size, labels, max_samples, seed)
     domain, task, predictions = [], [], []
     for xt, xs, ys, yp in checked:
-        keep_s = _subsample(xs.shape[0], ys, max_samples, seed)
+        keep_s = balanced_sample(xs.shape[0], ys, max_samples, seed)
         ys = np.zeros(keep_s.size, np.int64) if ys is None else ys[keep_s]  # unlabelled: one class
         w_d, plan = domain_difference(xt[keep_t], xs[keep_s], method=method, reg=reg)
         domain.append(w_d)

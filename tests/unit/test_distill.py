@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.distill import METHODS, distill, teacher_embeddings_of
+from tlpipe.distill import METHODS, distill, select_teachers, teacher_embeddings_of
 from tlpipe.models import build_backbone, feature_dim
 
 CPU = torch.device("cpu")
@@ -109,3 +109,37 @@ def test_bad_arguments_fail_before_training(kwargs, match):
 def test_no_teacher_is_an_error():
     with pytest.raises(ValueError, match="at least one teacher"):
         distill(backbone([4, 8], seed=2), [], unlabeled(), epochs=1, **SETTINGS)
+
+
+def labelled(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is where their bar is (top, middle, bottom)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 30, size=(n, 1, 16, 16), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 0, 2 + 5 * label: 5 + 5 * label, 3:13] = 255
+    return images, labels
+
+
+@pytest.mark.parametrize("select", ["osborn", "logme"])
+def test_select_teachers_keeps_size_candidates_and_records_why(select):
+    candidates = {name: backbone([8], seed) for name, seed in (("a", 0), ("b", 1), ("c", 2))}
+    target, (source, source_labels) = labelled(), labelled(60, seed=1)
+    chosen, record = select_teachers(candidates, target, source, source_labels, select=select, size=2, seed=0,
+                                     device=CPU, max_samples=30)
+    assert list(chosen) == record["chosen"] and len(chosen) == 2 and set(chosen) < set(candidates)
+    assert all(chosen[name] is candidates[name] for name in chosen)
+    assert set(record["candidates"]) == {"a", "b", "c"} and len(record["gain"]) == 2
+    logme = {name: c["logme"] for name, c in record["candidates"].items()}
+    if select == "logme":
+        assert record["chosen"] == sorted(logme, key=lambda n: -logme[n])[:2]
+    else:
+        assert all({"domain", "task"} <= set(c) for c in record["candidates"].values())
+        again = select_teachers(candidates, target, source, source_labels, select=select, size=2, seed=0,
+                                device=CPU, max_samples=30)[1]
+        assert again == record
+
+
+def test_select_teachers_refuses_an_unknown_selector():
+    with pytest.raises(ValueError, match="valid options: osborn, logme"):
+        select_teachers({"a": backbone([8], 0)}, labelled(), *labelled(), select="best", size=1, seed=0, device=CPU)

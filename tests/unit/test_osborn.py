@@ -8,7 +8,7 @@ import torch
 from tlpipe.osborn import (
     CandidateFeatures,
     OsbornTerms,
-    _subsample,
+    balanced_sample,
     cohesion,
     domain_difference,
     osborn_score,
@@ -194,10 +194,10 @@ def test_top_k_baseline_orders_by_score_then_name():
 
 def test_subsampling_is_class_balanced_seeded_and_shared_by_the_target():
     labels = np.array([0] * 90 + [1] * 10)
-    keep = _subsample(labels.size, labels, 20, seed=4)
+    keep = balanced_sample(labels.size, labels, 20, seed=4)
     assert np.bincount(labels[keep]).tolist() == [10, 10]
-    assert np.array_equal(keep, _subsample(labels.size, labels, 20, seed=4))
-    assert not np.array_equal(keep, _subsample(labels.size, labels, 20, seed=5))
+    assert np.array_equal(keep, balanced_sample(labels.size, labels, 20, seed=4))
+    assert not np.array_equal(keep, balanced_sample(labels.size, labels, 20, seed=5))
     candidates, target_labels = _random_candidates(3, seed=2, n_t=60, n_s=50)
     small = osborn_terms(candidates, target_labels=target_labels, max_samples=12)
     again = osborn_terms(candidates, target_labels=target_labels, max_samples=12)
