@@ -140,7 +140,7 @@ def write_overrides(project: Path, params: dict[str, dict], stages: set[str]) ->
 
 def _merge(document, values: dict) -> None:
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(document[key], dict):  # ruamel's maps are dicts too
             _merge(document[key], value)
         elif document[key] != value:
             document[key] = value

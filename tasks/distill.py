@@ -94,11 +94,13 @@ SYNTHETIC = "synthetic"  # the KRR-ST set: data/distill/synthetic/, its grid dat
 def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
     """KRR-ST's synthetic set: reused from `krr_st.synthetic`, or distilled from the pruned source with
     the teacher (its representations of the un-augmented images computed once and stored when
-    `augment` is off or the set starts from k-means)."""
+    `augment` is off or the set starts from k-means). Either way it is written to synthetic/ with its
+    grid, so the output holds the set its student learned from."""
     p, k = ctx.params, ctx.params["krr_st"]
     reused = sources.synthetic_folder(p, ctx.project)
     if reused is not None:
         synthetic, meta = krr_st.load_synthetic(reused)
+        save_synthetic(ctx, synthetic, meta, f"KRR-ST: {len(synthetic.images)} synthetic images (reused)")
         return synthetic, {"synthetic_reused": True, "synthetic_made_with": meta}
     started = time.perf_counter()  # the teacher's features count in the set's cost
     images = source_images(ctx)
@@ -113,17 +115,21 @@ def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
             online_weight_decay=k["online_weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
             init=k["init"], init_features=table, teacher_table=None if p["augment"] else table, augment=p["augment"],
             rounds=rounds, on_metrics=on_metrics, checkpoint=ctx.checkpoint(SYNTHETIC))
-    record = {"method": "krr_st", "teacher": name, "teacher_digest": models.weights_digest(teacher),
-              "real_images": len(images), "images_digest": image_sets.digest(images), "seed": p["seed"],
-              **{key: k[key] for key in ("init", "steps", "pool_size", "online_steps")}}
-    krr_st.save_synthetic(synthetic, ctx.out / SYNTHETIC, record)
-    io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(
-        synthetic.images.detach().numpy(), title=f"KRR-ST: {len(synthetic.images)} synthetic images from {len(images):,} "
-                                        f"source images, {k['steps']} outer steps"))
+    meta = {"method": "krr_st", "teacher": name, "teacher_digest": models.weights_digest(teacher),
+            "real_images": len(images), "images_digest": image_sets.digest(images), "seed": p["seed"],
+            **{key: k[key] for key in ("init", "steps", "pool_size", "online_steps")}}
+    save_synthetic(ctx, synthetic, meta, f"KRR-ST: {len(synthetic.images)} synthetic images from {len(images):,} "
+                                         f"source images, {k['steps']} outer steps")
     return synthetic, {"synthetic_reused": False, "source_images": len(images),
                        "real_images_seen": metrics["images_seen"], "synthetic_time_s": time.perf_counter() - started,
                        "teacher_embeddings": status.get(name, "in loop"),
                        **{key: metrics[key] for key in ("krr_loss", "krr_loss_first") if key in metrics}}
+
+
+def save_synthetic(ctx, synthetic: krr_st.SyntheticSet, meta: dict, title: str) -> None:
+    """synthetic/ (the set and how it was made) and its grid synthetic.png (a report figure, logged)."""
+    krr_st.save_synthetic(synthetic, ctx.out / SYNTHETIC, meta)
+    io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(synthetic.images.detach().numpy(), title=title))
 
 
 def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:
