@@ -120,9 +120,10 @@ def run(ctx) -> dict:
     io.write_figure(ctx.out / PROBE_FIGURE, plots.plot_probe_vs_shots(result["transfer"]))
     curves = [(stage, copy_figure(ctx, stage, "curves.png", f"curves_{stage}.png")) for stage in CURVE_STAGES]
     votes = copy_figure(ctx, "prune", "votes.png", "votes.png")
+    synthetic = copy_figure(ctx, "distill", "synthetic.png", "synthetic.png")
     result["cost"] = stage_costs(ctx, time.perf_counter() - started)
     sections = report.evaluation_sections(result, context=run_context(ctx), votes=votes, probe_figure=PROBE_FIGURE,
-                                          curves=[(stage, name) for stage, name in curves if name])
+                                          curves=[(stage, name) for stage, name in curves if name], synthetic=synthetic)
     io.write_text(ctx.out / "report.md", report.render_markdown(REPORT_TITLE, sections))
     figures = {s.figure: (ctx.out / s.figure).read_bytes() for s in sections if s.figure}
     io.write_text(ctx.out / "report.html", report.render_html(REPORT_TITLE, sections, figures))

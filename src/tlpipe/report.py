@@ -11,6 +11,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from tlpipe import registry
+
 
 @dataclass(frozen=True)
 class Section:
@@ -111,9 +113,17 @@ def context_bullets(context: dict) -> list[str]:
         lines.append(f"source pruning: {prune.get('method', '?')} at ratio {prune.get('ratio', '?')}: kept "
                      f"{prune.get('kept_classes', '?')}/{prune.get('source_classes', '?')} classes, "
                      f"{prune.get('kept_fraction', 0):.1%} of the source images")
-    if distill:
+    if distill.get("method") in registry.DATASET_DISTILLATION:
+        made = "a reused synthetic set" if distill.get("synthetic_reused") else \
+            f"{distill.get('source_images', '?')} pruned source images"
+        lines.append(f"distillation: {distill['method']}: {distill.get('synthetic_size', '?')} synthetic images "
+                     f"from {made}, learned by a student of {distill.get('parameters', 0):,} parameters")
+    elif distill:
         lines.append(f"distillation: {distill.get('method', '?')} from {distill.get('teachers', '?')} teacher(s) into "
                      f"a student of {distill.get('parameters', 0):,} parameters")
+    if distill.get("teachers_selected_by"):
+        lines.append(f"teachers: {distill.get('teachers', '?')} chosen by {distill['teachers_selected_by']} among "
+                     f"{distill.get('teacher_candidates', '?')} candidates (data/distill/selection.json)")
     commit = runs.get("git_commit") or "unknown"
     lines += [f"pipeline run (MLflow): {runs.get('pipeline_run') or 'none (stage run on its own, e.g. dvc repro)'}; "
               f"evaluate's run: {runs.get('stage_run') or 'not recorded'}",
@@ -123,8 +133,22 @@ def context_bullets(context: dict) -> list[str]:
     return lines
 
 
+def method_bullets(context: dict) -> list[str]:
+    """One line per method this run used, with its paper (from the registries)."""
+    prune, distill = (context.get(k) or {} for k in ("prune", "distill"))
+    lines = []
+    if prune.get("method") in registry.PRUNING:
+        lines.append(f"pruning {prune['method']}: {registry.PRUNING[prune['method']].summary}")
+    if distill.get("method") in registry.DISTILLATION:
+        lines.append(f"distillation {distill['method']}: {registry.DISTILLATION[distill['method']]}")
+    if distill.get("teachers_selected_by") in registry.TEACHER_SELECTION:
+        lines.append(f"teacher selection {distill['teachers_selected_by']}: "
+                     f"{registry.TEACHER_SELECTION[distill['teachers_selected_by']]}")
+    return lines
+
+
 def evaluation_sections(result: dict, context: dict | None = None, curves: Sequence[tuple[str, str]] = (),
-                        votes: str = "", probe_figure: str = "") -> list[Section]:
+                        votes: str = "", probe_figure: str = "", synthetic: str = "") -> list[Section]:
     """The sections of the evaluation report, from the `evaluate` stage's result dict.
 
     Args:
@@ -133,6 +157,7 @@ def evaluation_sections(result: dict, context: dict | None = None, curves: Seque
         curves: (stage, PNG file name) of the training curves to show.
         votes: PNG file name of prune's class votes ("" leaves it out).
         probe_figure: PNG file name of the probe accuracy against shots ("" leaves it out).
+        synthetic: PNG file name of KRR-ST's synthetic images ("" leaves it out).
     """
     deployed = result["deployed_backbone"]
     summary = [f"deployed model: fine-tuned {deployed}; test accuracy {result['accuracy']:.4f}, "
@@ -141,6 +166,8 @@ def evaluation_sections(result: dict, context: dict | None = None, curves: Seque
     summary += [f"retention (student / teacher), {k.replace('_', ' ')}: {v:.1%}" for k, v in result["retention"].items()]
     shots = list(next(iter(result["transfer"].values())))
     sections = [Section("Context", bullets=context_bullets(context))] if context else []
+    methods = method_bullets(context) if context else []
+    sections += [Section("Methods", bullets=methods)] if methods else []
     sections += [
         Section("Summary", bullets=summary),
         Section("Fine-tuned on the target train split, scored on the test split", header=["backbone", "accuracy", "macro-F1"],
@@ -160,6 +187,9 @@ def evaluation_sections(result: dict, context: dict | None = None, curves: Seque
         Section("Per-class accuracy of the deployed model", header=["class", "accuracy"],
                 rows=[[name, fmt(acc)] for name, acc in result["per_class_accuracy"].items()]),
         Section("Confusion matrix of the deployed model", figure="confusion.png"),
+        *([Section("Synthetic source images (KRR-ST)", figure=synthetic,
+                   note="The images the student was pretrained on, each with a learned target representation; "
+                        "they started as pruned source images.")] if synthetic else []),
         *([Section("Source classes: pruning votes", figure=votes,
                    note="Each source class's vote from the target; the kept classes are highlighted.")] if votes else []),
         *(Section(f"Training curves: {stage}", figure=name) for stage, name in curves),

@@ -96,6 +96,22 @@ def test_the_context_names_data_choices_and_runs():
     assert "none (stage run on its own, e.g. dvc repro)" in alone and "git commit unknown" in alone
 
 
+def test_krr_st_and_a_teacher_selection_are_named_with_their_methods():
+    distill = {"method": "krr_st", "teachers": 1, "parameters": 42776, "synthetic_size": 100, "source_images": 3420,
+               "synthetic_reused": False, "teachers_selected_by": "osborn", "teacher_candidates": 5}
+    lines = "\n".join(report.context_bullets({**CONTEXT, "distill": distill}))
+    assert "distillation: krr_st: 100 synthetic images from 3420 pruned source images, learned by a student of " \
+           "42,776 parameters" in lines
+    assert "teachers: 1 chosen by osborn among 5 candidates" in lines
+    reused = "\n".join(report.context_bullets({**CONTEXT, "distill": {**distill, "synthetic_reused": True}}))
+    assert "100 synthetic images from a reused synthetic set" in reused
+    methods = "\n".join(report.method_bullets({**CONTEXT, "distill": distill}))
+    for fact in ("pruning lm: label mapping (DP4TL)", "distillation krr_st: KRR-ST (Lee et al., ICLR 2024)",
+                 "teacher selection osborn: OSBORN (ICCV 2023)"):
+        assert fact in methods, fact
+    assert report.method_bullets({"prune": {}, "distill": {}}) == []
+
+
 def test_evaluation_sections_open_with_the_context_and_show_every_figure():
     summary = {"mean": 0.5, "std": 0.1}
     profile = {"parameters": 1000, "macs": 20000, "latency_ms": 1.5, "throughput_ips": 900.0,
@@ -106,10 +122,10 @@ def test_evaluation_sections_open_with_the_context_and_show_every_figure():
               "efficiency": {"teacher": profile},
               "cost": {s: {"wall_time_s": 1.0, "images_seen": 1} for s in ("prepare", "evaluate", "end_to_end")}}
     sections = evaluation_sections(result, context=CONTEXT, curves=[("pretrain", "curves_pretrain.png")],
-                                   votes="votes.png", probe_figure="probe_shots.png")
+                                   votes="votes.png", probe_figure="probe_shots.png", synthetic="synthetic.png")
     titles = [s.title for s in sections]
-    assert titles[:2] == ["Context", "Summary"] and titles[-1] == "Cost"
+    assert titles[:3] == ["Context", "Methods", "Summary"] and titles[-1] == "Cost"
     figures = [s.figure for s in sections if s.figure]
-    assert figures == ["probe_shots.png", "confusion.png", "votes.png", "curves_pretrain.png"]
+    assert figures == ["probe_shots.png", "confusion.png", "synthetic.png", "votes.png", "curves_pretrain.png"]
     assert [row[0] for row in sections[-1].rows] == ["prepare", "evaluate", "end_to_end"]
     assert "Context" not in [s.title for s in evaluation_sections(result)]  # without a context, none is made up
