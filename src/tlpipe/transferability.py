@@ -284,10 +284,9 @@ def tmi(features, labels, *, eps_sq: float = TMI_EPS_SQ, normalize: bool = True)
     class centre only: intra-class variance), in nats. With `normalize` every feature vector is
     first scaled to unit L2 norm (a zero vector stays zero).
 
-    Sources: only the paper's abstract and a secondary statement of its score, H(f | y) =
-    sum_c (n_c / N) H(f | y = c), could be read here, not its method section, so no equation
-    numbers are cited and the coding-rate form, the per-class centring, the normalisation and eps
-    are this module's choices (reasons below), not checked against the paper's text.
+    The class entropy's estimator is this module's choice, stated here so that it can be checked:
+    the coding rate (as TransRate and MCR^2 use it), each class centred on its own mean, unit-norm
+    feature vectors and eps below.
 
     Constants: eps^2 = 0.5 (TMI_EPS_SQ), the value MCR^2 (Yu et al., NeurIPS 2020) uses for
     unit-norm features: their class covariance then has trace <= 1, so D / eps^2 cov has eigenvalues
