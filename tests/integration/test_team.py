@@ -1,4 +1,4 @@
-"""The team deployment the README recommends, every part real and on 127.0.0.1: a PostgreSQL cluster
+"""The team deployment docs/team.md describes, every part real and on 127.0.0.1: a PostgreSQL cluster
 holding Prefect's and MLflow's stores (and MLflow's users), an S3 server (moto) holding MLflow's
 artifacts, the DVC remote and the shared stage records, a Prefect server that asks for its auth string
 and an MLflow server behind its basic-auth app. Two members, two clones: the second clone's run of the
