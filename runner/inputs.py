@@ -72,7 +72,7 @@ def check_distill(check: DataCheck) -> None:
     """Every teacher can be found: no duplicates, local folders hold a backbone, hub ids resolve; a
     synthetic set to reuse (krr_st.synthetic) holds one."""
     teachers = sources.teacher_candidates(check.params["distill"])
-    synthetic = _named("params/distill.yaml: ", lambda: sources.synthetic_folder(check.params["distill"], check.project))
+    synthetic = sources.synthetic_folder(check.params["distill"], check.project)  # its error names the file
     prepare = check.params.get("prepare")
     if synthetic is not None and prepare is not None:
         shape = io.read_json(synthetic / sources.SYNTHETIC_META).get("image_shape")

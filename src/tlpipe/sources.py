@@ -109,7 +109,7 @@ def synthetic_folder(params: dict, base: Path) -> Path | None:
     for candidate in (folder, folder / "synthetic"):
         if (candidate / SYNTHETIC_FILE).is_file() and (candidate / SYNTHETIC_META).is_file():
             return candidate
-    raise ValueError(f"krr_st.synthetic: {entry!r} holds no synthetic set ({SYNTHETIC_FILE} and {SYNTHETIC_META} "
+    raise ValueError(f"params/distill.yaml: krr_st.synthetic: {entry!r} holds no synthetic set ({SYNTHETIC_FILE} and {SYNTHETIC_META} "
                      "in it or in synthetic/, as a krr_st distill output has)")
 
 
