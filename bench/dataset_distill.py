@@ -51,7 +51,7 @@ def variants(sizes: list[int], steps: int | None, epochs: int | None = None) -> 
         found[f"KRR-ST {size}"] = {"method": "krr_st", "krr_st": krr}
         found[f"random {size}"] = {"method": "krr_st", "krr_st": {**krr, "steps": 0}}
         found[f"k-means {size}"] = {"method": "krr_st", "krr_st": {**krr, "steps": 0, "init": "kmeans"}}
-    found["SEED (whole source)"] = {"method": "seed"}
+    found["SEED (unlabeled target + pruned source)"] = {"method": "seed"}
     return found
 
 
