@@ -127,9 +127,11 @@ def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
 
 
 def save_synthetic(ctx, synthetic: krr_st.SyntheticSet, meta: dict, title: str) -> None:
-    """synthetic/ (the set and how it was made) and its grid synthetic.png (a report figure, logged)."""
+    """synthetic/ (the set and how it was made; also logged to the stage's MLflow run) and its grid
+    synthetic.png (a report figure, logged with the others)."""
     krr_st.save_synthetic(synthetic, ctx.out / SYNTHETIC, meta)
     io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(synthetic.images.detach().numpy(), title=title))
+    ctx.log_artifact(ctx.out / SYNTHETIC, f"distill/{SYNTHETIC}")  # the set itself, for whoever opens the run
 
 
 def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:

@@ -300,7 +300,7 @@ def distill_dataset(
         augment: each real batch goes through `augment_batch` before the teacher and the pool model.
         grad_clip: clip each of the two gradients to this norm (0: off, the authors' default).
         rounds: how many times the loop reports (and saves a checkpoint): every steps/rounds steps.
-        on_metrics: called as on_metrics(round, {"krr_loss", "outer_lr", "elapsed_s"}).
+        on_metrics: called as on_metrics(round, {"krr_loss", "outer_lr", "krr_elapsed_s"}).
         checkpoint: the loop's state (synthetic set, pool, optimizer, generators) is saved there each
             round, and resumed from.
 
@@ -336,10 +336,10 @@ def distill_dataset(
     rounds = max(1, min(rounds, steps))
     per_round = math.ceil(steps / rounds)
 
-    def report(round_: int, metrics: dict) -> None:  # the loop's own names: the student's "loss" comes later
+    def report(round_: int, metrics: dict) -> None:  # names of its own: the student's loop reports next
         if on_metrics is not None:
             on_metrics(round_, {"krr_loss": metrics["loss"], "outer_lr": metrics["lr"],
-                                **{k: v for k, v in metrics.items() if k == "elapsed_s"}})
+                                **({"krr_elapsed_s": metrics["elapsed_s"]} if "elapsed_s" in metrics else {})})
 
     log = LossLog(device, report)
     state = LoopState(checkpoint, modules={"synthetic": synthetic, "pool": pool}, optimizer=optimizer,

@@ -115,7 +115,7 @@ def context_bullets(context: dict) -> list[str]:
                      f"{prune.get('kept_fraction', 0):.1%} of the source images")
     if distill.get("method") in registry.DATASET_DISTILLATION:
         made = "a reused synthetic set" if distill.get("synthetic_reused") else \
-            f"{distill.get('source_images', '?')} pruned source images"
+            f"{distill.get('source_images', 0):,} pruned source images"
         lines.append(f"distillation: {distill['method']}: {distill.get('synthetic_size', '?')} synthetic images "
                      f"from {made}, learned by a student of {distill.get('parameters', 0):,} parameters")
     elif distill:

@@ -74,6 +74,8 @@ def test_the_set_and_its_grid_are_logged_to_mlflow(krr_run):
     distill_run = next(r for r in runs if run_id in (None, r.info.run_id))
     artifacts = {a.path for a in MlflowClient().list_artifacts(distill_run.info.run_id, "distill")}
     assert "distill/synthetic.png" in artifacts
+    kept = {a.path for a in MlflowClient().list_artifacts(distill_run.info.run_id, "distill/synthetic")}
+    assert {"distill/synthetic/synthetic.safetensors", "distill/synthetic/synthetic.json"} <= kept
     history = MlflowClient().get_metric_history(distill_run.info.run_id, "krr_loss")
     assert len(history) >= 1 and distill_run.data.params["krr_st.synthetic_size"] == "8"
 

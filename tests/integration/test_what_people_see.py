@@ -187,10 +187,10 @@ def test_the_report_states_its_context_and_shows_curves_votes_and_every_stage_co
     page = Images()
     text = (report / "report.html").read_text()
     page.feed(text)
-    assert page.headings[:3] == ["tlpipe evaluation", "Context", "Summary"]
+    assert page.headings[:4] == ["tlpipe evaluation", "Context", "Methods", "Summary"]
     head = git(runs["project"], "rev-parse", "HEAD").strip()
     for fact in (parent, flow_run, head, "target data: digits", "source data: glyphs", "source pruning: lm at ratio 0.5",
-                 "distillation: seed"):
+                 "distillation: seed", "pruning lm: label mapping (DP4TL)", "distillation seed: SEED (Fang et al., ICLR 2021)"):
         assert fact in text, fact
     for title in ("Probe accuracy against shots", "Source classes: pruning votes", "Training curves: surrogate",
                   "Training curves: pretrain", "Training curves: distill", "Training curves: finetune"):

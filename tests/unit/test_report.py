@@ -100,7 +100,7 @@ def test_krr_st_and_a_teacher_selection_are_named_with_their_methods():
     distill = {"method": "krr_st", "teachers": 1, "parameters": 42776, "synthetic_size": 100, "source_images": 3420,
                "synthetic_reused": False, "teachers_selected_by": "osborn", "teacher_candidates": 5}
     lines = "\n".join(report.context_bullets({**CONTEXT, "distill": distill}))
-    assert "distillation: krr_st: 100 synthetic images from 3420 pruned source images, learned by a student of " \
+    assert "distillation: krr_st: 100 synthetic images from 3,420 pruned source images, learned by a student of " \
            "42,776 parameters" in lines
     assert "teachers: 1 chosen by osborn among 5 candidates" in lines
     reused = "\n".join(report.context_bullets({**CONTEXT, "distill": {**distill, "synthetic_reused": True}}))
