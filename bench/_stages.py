@@ -4,9 +4,18 @@ compare what the stages compute (the same code `tlpipe run` executes, minus the 
 from __future__ import annotations
 
 import importlib
+import os
+import statistics
 import time
 import uuid
 from pathlib import Path
+
+# In-process benchmarks: offline, and no progress bars or notices from the Hugging Face libraries
+# (set before a benchmark imports them: it imports this module first).
+for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                     "TRANSFORMERS_VERBOSITY": "error"}.items():
+    os.environ.setdefault(_key, _value)
 
 # The tools offline and quiet, in the subprocesses a benchmark starts.
 QUIET = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -104,3 +113,10 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
             seconds.append(time.perf_counter() - start)
     n = len(images)
     return n / statistics.median(timings[staged]), n / statistics.median(timings[bare]), n
+
+
+def mean_std(values) -> str:
+    """"mean ± std" of a few figures (std 0 for one)."""
+    values = list(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"

@@ -19,18 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-                     "TRANSFORMERS_VERBOSITY": "error"}.items():
-    os.environ.setdefault(_key, _value)
-
 from _stages import SSL, TINY, run_stage, surrogate_inference_line  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 

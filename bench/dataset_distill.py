@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -28,12 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-                     "TRANSFORMERS_VERBOSITY": "error"}.items():
-    os.environ.setdefault(_key, _value)
-
-from _stages import TINY, run_stage  # noqa: E402
+from _stages import TINY, mean_std, run_stage  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 UPSTREAM = ("prepare", "surrogate", "prune", "pretrain")
@@ -88,12 +82,6 @@ def run_seed(work: Path, seed: int, chosen: dict[str, dict], tiny: bool, device:
         }
         print(f"seed {seed} {name}: " + json.dumps(results[name]), flush=True)
     return results
-
-
-def mean_std(values) -> str:
-    values = list(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def report(results: dict[int, dict], names: list[str]) -> None:

@@ -19,7 +19,6 @@ method distill -> finetune (teacher and student, same recipe) -> evaluate. Print
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -28,10 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
-    os.environ.setdefault(_key, _value)
-
-from _stages import TINY, run_stage, stage_context  # noqa: E402
+from _stages import TINY, mean_std, run_stage, stage_context  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 UPSTREAM = ("prepare", "surrogate", "prune", "pretrain")
@@ -151,12 +147,6 @@ def loop_speed(project: Path, params: dict, device: str, repeats: int) -> tuple[
         speeds["pipeline"].append(ours(p["epochs"]))
         speeds["bare"].append(bare_distill_loop(student, teacher, images, p, device))
     return statistics.median(speeds["pipeline"]), statistics.median(speeds["bare"])
-
-
-def mean_std(values) -> str:
-    values = list(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def report(results: dict[int, dict], methods: list[str]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -27,12 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-                     "TRANSFORMERS_VERBOSITY": "error"}.items():
-    os.environ.setdefault(_key, _value)
-
-from _stages import TINY, run_stage  # noqa: E402
+from _stages import TINY, mean_std, run_stage  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
 # name -> (prune changes, pretrain changes): teachers a team would have from its sweeps
@@ -72,12 +66,6 @@ def run_selector(project: Path, params: dict, folders: dict[str, Path], select: 
             "candidates": {by_path[path]: terms for path, terms in record["candidates"].items()},
             "probe": {k: evaluate["transfer"]["student"][k]["mean"] for k in SHOTS},
             "finetuned": evaluate["finetuned"]["student"]["accuracy"], "distill_s": distill["wall_time_s"]}
-
-
-def mean_std(values) -> str:
-    values = list(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def report(results: dict[int, dict], size: int) -> None:

@@ -314,12 +314,7 @@ def tmi(features, labels, *, eps_sq: float = TMI_EPS_SQ, normalize: bool = True)
     """
     features = _as_features(features)
     labels, num_classes = _as_labels(labels, features.shape[0])
-    try:
-        eps_ok = 0.0 < float(eps_sq) < np.inf
-    except (TypeError, ValueError):
-        eps_ok = False
-    if not eps_ok:
-        raise ValueError(f"eps_sq must be a finite float > 0, got {eps_sq!r}")
+    check_temperature("eps_sq", eps_sq)  # the same rule: a finite number > 0
     if normalize:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         features = features / np.where(norms > 0, norms, 1.0)
