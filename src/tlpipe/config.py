@@ -44,10 +44,6 @@ SSL = {"temperature": Positive(), "projection_dim": Int(1, 65_536)}  # SimCLR/BY
 NEEDS_CLASSIFIER = tuple(name for name, m in registry.PRUNING.items() if "logits" in m.needs)
 SURROGATE_MODES = tuple(name for name, m in registry.SOURCE_MODES.items() if m.surrogate)
 
-def krr_st_inits() -> tuple[str, ...]:
-    return ("random", "kmeans")  # tlpipe.krr_st.INITS (checked equal in the tests; no torch import here)
-
-
 # `distill.teachers` as a mapping: k teachers picked out of candidates (registry.TEACHER_SELECTION)
 TEACHER_SELECT = {"select": Choice(*registry.TEACHER_SELECTION), "from": Field("str_list"), "size": Int(1, 1024)}
 
@@ -112,7 +108,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "augment": BOOL,
         "krr_st": {  # method krr_st (tlpipe.krr_st)
             "synthetic_size": Int(1, 1_000_000),
-            "init": Choice(*krr_st_inits()),
+            "init": Choice(*registry.KRR_ST_INITS),
             "steps": Int(0, 10_000_000),
             "batch_size": Int(1, 65_536),
             "lr": Positive(),

@@ -32,7 +32,7 @@ from tlpipe.losses.mse import feature_regression_loss
 from tlpipe.losses.queue import EmbeddingQueue
 from tlpipe.losses.seed import seed_loss
 from tlpipe.models import ProjectionHead, embed, feature_dim
-from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION
+from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION, TEACHER_SELECTION
 from tlpipe.runtime import autocast, iter_batches, prepare_module, seed_everything
 from tlpipe.training import LossLog, MetricsCallback, extract_features, make_optimizer, param_groups, steps_per_epoch
 from tlpipe import osborn
@@ -135,7 +135,7 @@ def select_teachers(teachers: dict[str, nn.Module], target: tuple[np.ndarray, np
         target: (uint8 images [N_t, C, H, W], labels [N_t]) labelled target train images.
         source: uint8 [N_s, C, H, W] source images (an array or a set read by index).
         source_labels: int [N_s] their classes.
-        select: "osborn" or "logme" (registry.TEACHER_SELECTION).
+        select: one of registry.TEACHER_SELECTION ("osborn", "logme").
         size: teachers to keep, 1..len(teachers).
         seed: the source sample.
         device: where features are computed.
@@ -144,8 +144,8 @@ def select_teachers(teachers: dict[str, nn.Module], target: tuple[np.ndarray, np
         (the chosen teachers in pick order, record: select, chosen, candidates {name: logme (and the
         OSBORN terms)}, and the selector's per-step gains).
     """
-    if select not in ("osborn", "logme"):
-        raise ValueError(f"select={select!r} is unknown; valid options: osborn, logme")
+    if select not in TEACHER_SELECTION:
+        raise ValueError(f"select={select!r} is unknown; valid options: {', '.join(TEACHER_SELECTION)}")
     images, labels = target
     target_features = {name: extract_features(t, images, batch_size=256, device=device) for name, t in teachers.items()}
     scores = {name: float(logme(f, labels)) for name, f in target_features.items()}

@@ -41,7 +41,7 @@ from torch import nn
 
 from tlpipe.augment import augment_batch
 from tlpipe.checkpoints import Checkpoint, LoopState
-from tlpipe import io
+from tlpipe import io, registry
 from tlpipe.models import build_backbone, embed, feature_dim
 from tlpipe.pruning.kmeans import kmeans, nearest
 from tlpipe.sources import SYNTHETIC_FILE, SYNTHETIC_META
@@ -223,7 +223,7 @@ def load_synthetic(folder: Path) -> tuple[SyntheticSet, dict]:
     return SyntheticSet(tensors["images"], tensors["targets"]), meta
 
 
-INITS = ("random", "kmeans")  # how the synthetic images are first drawn from the real ones
+INITS = registry.KRR_ST_INITS
 
 
 def initial_rows(n: int, size: int, *, init: str, seed: int, features=None) -> np.ndarray:

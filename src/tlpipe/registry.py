@@ -60,6 +60,7 @@ DISTILLATION: dict[str, str] = {
     "krr_st": "KRR-ST (Lee et al., ICLR 2024): the source distilled into synthetic images with learned targets",
 }
 DATASET_DISTILLATION = ("krr_st",)
+KRR_ST_INITS = ("random", "kmeans")  # how KRR-ST's synthetic images are first drawn from the real ones
 
 # How `distill.teachers: {select: ..., from: [...], size: k}` picks k teachers out of candidates.
 TEACHER_SELECTION: dict[str, str] = {
