@@ -53,7 +53,7 @@ def stage(stage: str, params: dict, known: dict[str, str], device: str, project:
         result = run_one(spec, params, workspace, device=device, refresh=refresh,
                          observers=[Recorder(parent_id, tags or {}, project_path), commits,
                                     ConsoleProgress(False)]).result()
-    dvc.push_outputs(project_path, list(result["outs"].values()))
+    dvc.push_outputs(project_path, list(dvc.with_record(project_path, spec, result["outs"]).values()))
     return {k: result[k] for k in ("stage", "status", "cache_key", "outs", "mlflow_run_id")}
 
 

@@ -148,7 +148,9 @@ def run_pipeline(project: Path, snapshot: Snapshot, stages: list[StageSpec], *, 
                 states[spec.name] = run_one(spec, snapshot.stage(spec.name), workspace, device=agents[pool],
                                             observers=[commits, collector], refresh=False, slot=False, after=after)
         results = collector.stages
-        pushed = dvc.push_outputs(project, [md5 for r in results for md5 in r["outs"].values()])
+        specs = {spec.name: spec for spec in stages}  # each stage's outputs with its record: a clone needs both
+        pushed = dvc.push_outputs(project, [md5 for r in results
+                                            for md5 in dvc.with_record(project, specs[r["stage"]], r["outs"]).values()])
         if pushed:
             get_run_logger().info("pushed %d objects to the DVC remote %r", pushed, dvc.default_remote(project))
     except BaseException as exc:

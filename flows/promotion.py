@@ -114,6 +114,7 @@ def register_model(name: str, model_uri: str, *, run_id: str, tags: dict[str, st
         return version.version, False
     # A tracking server checks that a `models:/m-<id>` source belongs to the logged model it names.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    run_id = tracking.model_source_run(model_uri) or run_id  # a reused stage's model may be logged by its own run
     version = mlf.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                        tags={**tags, "tlpipe.identity": identity})
     return version.version, True

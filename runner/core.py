@@ -115,9 +115,10 @@ def _compute(run: StageRun, workspace, events: Events, began: float) -> Outcome:
     run.record["headline"] = module.headline(metrics) if hasattr(module, "headline") else ""
     outcome = Outcome(spec.name, RAN, run.key, run.deps, outs, metrics, run.record.get("mlflow_run_id"),
                       time.perf_counter() - began, run.record["headline"], run.record.get("model_uri"))
-    events.emit("stage_finished", run, outcome)
+    # Saved before the finished event: its observers commit the record with the outputs to DVC.
     workspace.save(spec, run.key, {"stage": spec.name, "cache_key": run.key, "outs": outs, "metrics": metrics,
                                    **run.record})
+    events.emit("stage_finished", run, outcome)
     remove_path(workspace.checkpoints(spec.name, run.key))  # the outputs are in place: nothing to resume
     return outcome
 

@@ -80,10 +80,16 @@ def read_lock(project: Path) -> dict:
     return io.read_yaml(path) or {}
 
 
+def locked_outputs(project: Path, stage: str) -> dict[str, str]:
+    """{path: md5} of the stage's outputs as dvc.lock records them ({} when it does not)."""
+    entry = read_lock(project).get("stages", {}).get(stage) or {}
+    return {o["path"]: o.get("md5") for o in entry.get("outs", [])}
+
+
 def lock_records(project: Path, spec: StageSpec, *, deps: dict[str, str], outs: dict[str, str],
                  params: dict[str, dict]) -> bool:
-    """True when dvc.lock already records the stage with exactly these deps, params and outs
-    (then committing it again would change nothing)."""
+    """True when dvc.lock already records the stage with exactly these deps, params and outs (its
+    record among them) (then committing it again would change nothing)."""
     entry = read_lock(project).get("stages", {}).get(spec.name)
     if not entry or entry.get("cmd") != spec.cmd:
         return False
@@ -91,6 +97,12 @@ def lock_records(project: Path, spec: StageSpec, *, deps: dict[str, str], outs: 
     recorded_outs = {o["path"]: o.get("md5") for o in entry.get("outs", [])}
     declared = {path: md5 for path, md5 in deps.items() if path in spec.deps}  # not external data
     return recorded_deps == declared and recorded_outs == outs and entry.get("params", {}) == params
+
+
+def with_record(project: Path, spec: StageSpec, outs: dict[str, str]) -> dict[str, str]:
+    """The stage's outputs as DVC sees them: `outs` plus its record file's hash, when it has one."""
+    record = Path(project) / spec.record if spec.record else None
+    return {**outs, spec.record: md5_path(record)} if record is not None and record.is_file() else dict(outs)
 
 
 class Commits(Observer):
@@ -114,9 +126,10 @@ class Commits(Observer):
         """Commits a reused stage when dvc.lock does not record it as it is, or when the DVC cache lost
         its outputs (else `dvc status` would report them missing and nothing could restore them)."""
         self.wait()  # dvc.lock is read next: earlier commits first
-        recorded = lock_records(self.project, run.spec, deps=outcome.deps, outs=outcome.outs,
+        outs = with_record(self.project, run.spec, outcome.outs)
+        recorded = lock_records(self.project, run.spec, deps=outcome.deps, outs=outs,
                                 params=run.spec.declared(run.params))
-        if not recorded or not all(cached_locally(self.project, md5) for md5 in outcome.outs.values()):
+        if not recorded or not all(cached_locally(self.project, md5) for md5 in outs.values()):
             self.submit(run.spec.name)
 
     stage_restored = stage_cached
@@ -198,6 +211,17 @@ def _cache_files(project: Path, md5: str, temp: Path) -> list[tuple[Path, Path]]
         entries = json.loads(listing_file.read_text())
         sources = [(cache_object(project, e["md5"]), temp / e["relpath"]) for e in entries]
     return sources if all(src.is_file() for src, _ in sources) else None
+
+
+def read_version(project: Path, md5: str) -> bytes | None:
+    """The bytes of one version of a file, from the local DVC cache, which is first filled from the
+    default remote when it lacks it; None when neither holds it. Nothing in the workspace changes."""
+    if not cached_locally(project, md5):
+        fetch_outputs(project, md5s=[md5])
+    path = cache_object(project, md5)
+    if not path.is_file() or _md5_file(path) != md5:
+        return None
+    return path.read_bytes()
 
 
 def cached_locally(project: Path, md5: str) -> bool:

@@ -3,13 +3,14 @@ stage too, pointing at the run that produced its outputs)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from runner.events import Observer, Outcome, StageRun
 from runner.spec import stage_outputs
 from runner.tracking import (REPORT_SUFFIXES, TAG_CACHE_KEY, TAG_CACHED, TAG_DIRTY, TAG_FLOW_RUN, TAG_GIT, TAG_NOTE,
-                             TAG_PRODUCED_BY, TAG_STAGE, StageTracker, client, experiment_id, owner_tags,
-                             source_tags)
+                             TAG_PRODUCED_BY, TAG_STAGE, StageTracker, client, experiment_id, model_source_run,
+                             owner_tags, source_tags)
 
 
 def reuse_note(outcome: Outcome, key: str) -> str:
@@ -100,6 +101,12 @@ class Recorder(Observer):
         self._log_inputs(tracker, run)
         tracker.log_metrics(outcome.metrics)
         self._log_reports(tracker, run)
+        if outcome.model_uri and model_source_run(outcome.model_uri) is None:
+            # The run that logged the model is in another tracking store (a teammate's clone): this
+            # store gets the same model, rebuilt from the reused outputs, so the registry can hold it.
+            folder = run.outputs[stage_outputs(run.spec.name)[0]]
+            model, example = importlib.import_module(run.spec.module).deployable(folder, run.inputs)
+            outcome.model_uri = tracker.log_model(model, input_example=example)
         client().set_terminated(tracker.run_id, "FINISHED")
 
     stage_restored = stage_cached

@@ -20,7 +20,7 @@ from tlpipe.io import staged_outputs
 
 from runner import inputs, keys, ranks
 from runner.context import checkpoint_minutes
-from runner.spec import STAGE_DIRS, StageSpec, load_pipeline, producer_of, producers, stage_outputs
+from runner.spec import STAGE_DIRS, StageSpec, load_pipeline, producer_of, producers, record_output, stage_outputs
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ def check_declaration(spec: StageSpec) -> None:
     expected = set(stage_outputs(spec.name))
     if set(spec.outs) != expected:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare outputs {sorted(expected)}, not {sorted(spec.outs)}")
+    if spec.record is None:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare its record {record_output(spec.name)} "
+                                 "among its outs (a clone finds the run that made the outputs through it)")
     file = f"params/{spec.name}.yaml"
     declared = set(spec.params.get(file, ()))
     schema = set(config.SCHEMA[spec.name])

@@ -33,8 +33,15 @@ def metrics_file(root: Path, stage: str) -> Path:
 
 
 def stage_outputs(stage: str) -> tuple[str, ...]:
-    """The outputs every stage declares in dvc.yaml, relative to the project root."""
+    """The outputs every stage declares in dvc.yaml, relative to the project root (besides its record)."""
     return (f"data/{STAGE_DIRS[stage]}", f"data/metrics/{stage}.json")
+
+
+def record_output(stage: str) -> str:
+    """The stage's record (key, output hashes, metrics with timings, where it was tracked), a DVC output
+    of its own: it travels with `dvc.lock` and the remote, so a clone finds the run that made the outputs.
+    Nothing reads it as data: it is no dependency of any stage."""
+    return f"data/records/{stage}.json"
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,9 @@ class StageSpec:
     cmd: str
     deps: tuple[str, ...]
     params: dict[str, tuple[str, ...]]  # params file -> declared top-level keys
-    outs: tuple[str, ...]  # outs, metrics and plots together
+    outs: tuple[str, ...]  # outs, metrics and plots together, the record left out
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    record: str | None = None  # record_output(name) when dvc.yaml declares it
 
     def declared(self, stage_params: dict) -> dict[str, dict]:
         """The values of the params this stage declares, as dvc.lock records them ({file: {key: value}})."""
@@ -82,8 +90,11 @@ def _spec(name: str, body: dict) -> StageSpec:
     def paths(key: str) -> tuple[str, ...]:
         return tuple(next(iter(e)) if isinstance(e, dict) else e for e in body.get(key, []))
 
+    outs = paths("outs") + paths("metrics") + paths("plots")
+    record = record_output(name)
     return StageSpec(name=name, cmd=body["cmd"], deps=paths("deps"), params=params,
-                     outs=paths("outs") + paths("metrics") + paths("plots"), meta=dict(body.get("meta") or {}))
+                     outs=tuple(o for o in outs if o != record), meta=dict(body.get("meta") or {}),
+                     record=record if record in outs else None)
 
 
 def is_within(path: str, output: str) -> bool:

@@ -297,6 +297,17 @@ class StageTracker:
         return info.model_uri
 
 
+def model_source_run(model_uri: str) -> str | None:
+    """The run that logged the model at `models:/m-<id>` in this tracking store; None when the store
+    does not hold it (a teammate's run tracked elsewhere). Other URIs name no logged model: None."""
+    if not model_uri.startswith("models:/m-"):
+        return None
+    try:
+        return client().get_logged_model(model_uri.removeprefix("models:/")).source_run_id
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def log_sweep(run_id: str, folder: Path) -> None:
     """The sweep's results table, summary and plots as artifacts of its parent run."""
     client().log_artifacts(run_id, str(folder), "sweep")

@@ -1,9 +1,12 @@
 """Where a stage's inputs are found, where its outputs go, and how a finished run is found again.
 
 `ProjectWorkspace` is the project as `dvc.yaml` describes it: outputs at their fixed paths under
-data/, records of completed runs in the cache folder (TLPIPE_CACHE_DIR, which a team shares; any
-fsspec URL such as s3://bucket/tlpipe-cache works too), outputs that went missing put back from the
-DVC cache or remote. Only the default pipeline run works here, so only it updates dvc.lock.
+data/, outputs that went missing put back from the DVC cache or remote. A completed run is found
+again by its record: each stage's record file (data/records/<stage>.json, a DVC output, so a clone
+with the commit's dvc.lock and the remote finds it with nothing else shared), and the records of
+every key run before in the cache folder (TLPIPE_CACHE_DIR, which a team may share; any fsspec URL
+such as s3://bucket/tlpipe-cache works too). Only the default pipeline run works here, so only it
+updates dvc.lock.
 
 `StoreWorkspace` keeps each stage's outputs in an entry of their own, `<store>/<stage>/<key>/`,
 written once and never changed: sweep points run side by side there, and two points (or two sweeps,
@@ -99,7 +102,7 @@ class ProjectWorkspace:
     def remove_stale(self) -> list[Path]:
         """Removes what killed runs left half-written: temporaries of processes that no longer run,
         beside the outputs and the records. Call it holding the project lock."""
-        folders = [self.project / "data", self.project / "data" / "metrics"]
+        folders = [self.project / "data", self.project / "data" / "metrics", self.project / "data" / "records"]
         if isinstance(self.records.location, Path) and self.records.location.is_dir():
             folders += [p for p in self.records.location.iterdir() if p.is_dir()]
         return [path for folder in folders for path in remove_stale_temporaries(folder)]
@@ -113,18 +116,48 @@ class ProjectWorkspace:
     def lookup(self, spec: StageSpec, key: str) -> tuple[dict, str] | None:
         """(record, CACHED or RESTORED) of an earlier run with this key whose outputs are in place or
         could be put back; None when there is none (the stage then runs)."""
-        record = self.records.get(spec.name, key)
+        record = self.records.get(spec.name, key) or self._versioned_record(spec, key)
         if record is None:
             return None
         stale = {rel: md5 for rel, md5 in record["outs"].items() if not dvc.outputs_match(self.project, {rel: md5})}
-        if not stale:
-            return record, CACHED
-        if all(dvc.restore_output(self.project, rel, md5) for rel, md5 in stale.items()):
-            return record, RESTORED
-        log.warning("%s: cached outputs %s are gone from the DVC cache; running again", spec.name, sorted(stale))
+        if stale and not all(dvc.restore_output(self.project, rel, md5) for rel, md5 in stale.items()):
+            log.warning("%s: cached outputs %s are gone from the DVC cache; running again", spec.name, sorted(stale))
+            return None
+        self._write_record(spec, record)  # the outputs in place are this record's now
+        return record, RESTORED if stale else CACHED
+
+    def _versioned_record(self, spec: StageSpec, key: str) -> dict | None:
+        """The stage's record that travels with the project, when it is this key's: the record file in
+        place, else the version dvc.lock names, read from the DVC cache or remote (a clone that has not
+        pulled yet). Nothing in data/ changes here."""
+        if spec.record is None:
+            return None
+        path = self.project / spec.record
+        texts = [path.read_bytes()] if path.is_file() else []
+        locked = dvc.locked_outputs(self.project, spec.name).get(spec.record)
+        if locked and (not texts or dvc.md5_path(path) != locked):
+            texts.append(dvc.read_version(self.project, locked))
+        for text in filter(None, texts):
+            try:
+                record = json.loads(text)
+            except ValueError:  # a damaged record file proves nothing
+                continue
+            if isinstance(record, dict) and record.get("cache_key") == key and isinstance(record.get("outs"), dict):
+                return record
         return None
 
+    def _write_record(self, spec: StageSpec, record: dict) -> None:
+        if spec.record is None:
+            return
+        path, text = self.project / spec.record, json_text(record, sort_keys=False)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            with staged_outputs(path) as (temp,):
+                temp.write_text(text, encoding="utf-8")
+
     def save(self, spec: StageSpec, key: str, record: dict) -> None:
+        """Writes the record file (before the stage's finished event: DVC commits it with the outputs)
+        and adds the record to the cache folder."""
+        self._write_record(spec, record)
         self.records.put(spec.name, key, record)
 
 

@@ -47,9 +47,21 @@ def run(ctx) -> dict:
         # no timings in an output: its bytes (and DVC hash) must depend on the inputs alone
         io.write_json(ctx.out / "compare.json", {"backbone": other, "train_accuracy": reference_metrics["train_accuracy"],
                                                  "images_seen": reference_metrics["images_seen"]})
-    ctx.log_model(models.PixelClassifier(model).eval(),
-                                        input_example=np.ascontiguousarray(images[:2]))
+    deployed, example = _deployable(model, images)
+    ctx.log_model(deployed, input_example=example)
     return result
+
+
+def _deployable(model, images: np.ndarray) -> tuple:
+    """(the model people deploy: pixels in, logits out; an input example) of a classifier."""
+    return models.PixelClassifier(model).eval(), np.ascontiguousarray(images[:2])
+
+
+def deployable(out, inputs: dict) -> tuple:
+    """What `run` logs as the model, rebuilt from the stage's output folder and its inputs ({dep: path}):
+    for a reused run whose model the tracking store at hand lacks (a teammate's run)."""
+    train = data.load_prepared(inputs["data/prepared/target"])["train"].select(range(2))
+    return _deployable(models.load_classifier(out / "model"), data.to_arrays(train)[0])
 
 
 def headline(m: dict) -> str:

@@ -61,6 +61,6 @@ def test_plain_yaml_reading_agrees_with_dvc(stages):
         rel = lambda p: os.path.relpath(p, REPO)  # noqa: E731
         assert stage.cmd == spec.cmd
         assert {rel(d.fs_path) for d in stage.deps if not hasattr(d, "params")} == set(spec.deps)
-        assert {rel(o.fs_path) for o in stage.outs} == set(spec.outs)
+        assert {rel(o.fs_path) for o in stage.outs} == {*spec.outs, spec.record}
         params = {rel(d.fs_path): tuple(d.params) for d in stage.deps if hasattr(d, "params")}
         assert params == spec.params
