@@ -16,21 +16,21 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.pipeline import start_tracked_run
-from runner import keys, tracking
+from runner import keys, memo, tracking
 from runner.core import run_stage
 from runner.progress import ConsoleProgress
 from runner.recorder import Recorder
 from runner.snapshot import Snapshot, preflight
-from runner.spec import StageSpec, load_pipeline
+from runner.spec import load_pipeline
 from runner.workspace import StoreWorkspace
 from tlpipe import config, io, plots, probe, sweeps
 
 POINT_STAGES = ("prune", "pretrain")
-PROBE_SPEC = StageSpec(  # the teacher's probe: keyed like a stage, stored as one JSON record
-    name="probe", cmd="python -m tlpipe.probe", deps=("data/prepared", "data/pretrain"),
-    params={"params/evaluate.yaml": ("seed", "probe_shots", "probe_draws", "batch_size"),
-            "params/finetune.yaml": ("mode", "seed", "epochs", "batch_size", "lr", "weight_decay")}, outs=(),
-)
+# The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo
+# in the store, keyed by them, by the probe's code and by the environment (runner/memo.py).
+PROBE_PARAMS = {"evaluate": ("seed", "probe_shots", "probe_draws", "batch_size"),
+                "finetune": ("mode", "seed", "epochs", "batch_size", "lr", "weight_decay")}
+PROBE_DEPS = ("data/prepared", "data/pretrain")
 
 
 def point_params(base: dict[str, dict], point: dict) -> dict[str, dict]:
@@ -44,12 +44,11 @@ def point_params(base: dict[str, dict], point: dict) -> dict[str, dict]:
 
 def _probe(workspace: StoreWorkspace, params: dict, device: str) -> tuple[dict, str]:
     """The teacher's probe accuracies, transferability scores and fine-tuned accuracy, stored once per key."""
-    declared = {file: {key: params[Path(file).stem][key] for key in names} for file, names in PROBE_SPEC.params.items()}
-    key = keys.stage_cache_key(PROBE_SPEC, declared=declared, dep_hashes={d: workspace.known[d] for d in PROBE_SPEC.deps},
-                               env=keys.run_environment(device))
-    return io.cached_file(workspace.store / "probe" / f"{key}.json", lambda: probe.score_teacher(
+    parts = {"params": {stage: {key: params[stage][key] for key in names} for stage, names in PROBE_PARAMS.items()},
+             "deps": {dep: workspace.known[dep] for dep in PROBE_DEPS}}
+    return memo.memo(workspace.store, "probe", parts, lambda: probe.score_teacher(
         workspace.upstream("prepare"), workspace.upstream("pretrain"), params["evaluate"], device,
-        finetune=params["finetune"]), io.write_json, io.read_json)
+        finetune=params["finetune"]), code=probe.score_teacher, device=device, form=memo.JSON)
 
 
 @task(name="sweep-point", task_run_name="{point[method]}-r{point[ratio]}-s{point[seed]}")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from tlpipe.checkpoints import Checkpoint
 from tlpipe.io import read_json
 
+from runner import memo
 from runner.events import Events, StageRun, is_timing
 
 MetricsCallback = Callable[[int, dict], None]
@@ -73,6 +74,11 @@ class StageContext:
         TLPIPE_CHECKPOINT_MINUTES minutes (default 10); always at the end of one."""
         return Checkpoint(self._workspace.checkpoints(self.stage, self._run.key) / name,
                           every_minutes=checkpoint_minutes())
+
+    def memo(self, name: str, parts, compute: Callable[[], Any], *, code=None, form: tuple = memo.ARRAY) -> tuple[Any, str]:
+        """(value, RAN or CACHED): a result shared across runs and stages, in the store, keyed by `parts`,
+        the code that computes it and the run's environment (`runner.memo.memo`)."""
+        return memo.memo(self.store, name, parts, compute, code=code, device=self.device, form=form)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         self._events.emit("stage_metrics", self._run, metrics, step)

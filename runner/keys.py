@@ -113,6 +113,11 @@ def code_closure(module: str) -> dict[str, Path]:
     return dict(sorted(seen.items()))
 
 
+def code_hashes(module: str) -> dict[str, str]:
+    """{module: sha256 of its source} over the project code `module` runs (`code_closure`)."""
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in code_closure(module).items()}
+
+
 def environment(device_type: str, precision: str) -> dict[str, str]:
     """The parts of the environment that change numeric results."""
     versions = {}
@@ -160,7 +165,7 @@ def stage_cache_key(spec: StageSpec, *, declared: dict[str, dict], dep_hashes: d
 
     `declared` holds the values of the params the stage declares, by file (`StageSpec.declared`).
     """
-    code = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in code_closure(spec.module).items()}
+    code = code_hashes(spec.module)
     record = {
         "stage": spec.name,
         "cmd": spec.cmd,

@@ -3,9 +3,7 @@ or, with KRR-ST, the pruned source distilled into a few synthetic images that th
 
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,11 +71,10 @@ def teacher_embeddings(ctx, teachers: dict, images: np.ndarray, *, force: bool =
     images_digest = image_sets.digest(images)
     tables, status = [], {}
     for name, teacher in teachers.items():
-        key = hashlib.sha256((models.weights_digest(teacher) + images_digest + ctx.device).encode()).hexdigest()
-        table, status[name] = io.cached_file(
-            Path(ctx.store) / "teacher_embeddings" / f"{key}.npy",
+        table, status[name] = ctx.memo(
+            "teacher_embeddings", [models.weights_digest(teacher), images_digest],
             lambda: distill.teacher_embeddings_of(teacher, images, batch_size=256, device=torch.device(ctx.device)),
-            io.write_array, io.read_array)
+            code=distill.teacher_embeddings_of)
         tables.append(table)
     return tables, status
 

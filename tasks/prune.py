@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,15 +34,13 @@ def scores(ctx, source: tuple, num_classes: int) -> list:
     p = ctx.params
     surrogate = models.load_backbone(ctx.upstream("surrogate") / "backbone")
     images, labels = source
-    data_digest = hashlib.sha256((image_sets.digest(images) + image_sets.digest(labels.astype(np.int64))).encode())
-    key = hashlib.sha256(json.dumps([SCORED[p["method"]], p["method"], p["seed"],
-                                     p["scores"], num_classes, ctx.device,
-                                     models.weights_digest(surrogate), data_digest.hexdigest()]).encode()).hexdigest()
-    stacked, _ = io.cached_file(Path(ctx.store) / "prune_scores" / f"{key}.npy", lambda: early_training_scores(
+    parts = [SCORED[p["method"]], p["method"], p["seed"], p["scores"], num_classes, models.weights_digest(surrogate),
+             image_sets.digest(images), image_sets.digest(labels.astype(np.int64))]
+    stacked, _ = ctx.memo("prune_scores", parts, lambda: early_training_scores(
         surrogate, images, labels, method=p["method"], num_classes=num_classes, runs=p["scores"]["runs"],
         epochs=p["scores"]["epochs"], batch_size=p["scores"]["batch_size"], lr=p["scores"]["lr"], seed=p["seed"],
         device=torch.device(ctx.device), checkpoints=lambda run: ctx.checkpoint(f"scores-{run}")),
-        io.write_array, io.read_array)
+        code=early_training_scores)
     return list(stacked)
 
 

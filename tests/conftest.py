@@ -63,3 +63,28 @@ def parity_cases(fixtures_dir):
 def distill_fixture(parity_cases):
     """The SEED and CompRess cases of distill_losses.npz, by case id."""
     return parity_cases("distill_losses")
+
+
+@pytest.fixture
+def edit_code(tmp_path, monkeypatch):
+    """edit_code("tlpipe.pruning.early"): from now on the code hashes (stage and memo keys) see that
+    module's source edited (a copy with a line added), as after a developer's change; the code that
+    runs is unchanged, so a result computed again equals the old one."""
+    from runner import keys
+
+    real = keys.module_file
+    edited: dict[str, Path] = {}
+
+    def module_file(module: str):
+        return edited.get(module) or real(module)
+
+    def edit(module: str) -> Path:
+        source = real(module)
+        copy = tmp_path / "edited" / f"{module}.py"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text(source.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+        edited[module] = copy
+        return copy
+
+    monkeypatch.setattr(keys, "module_file", module_file)
+    return edit

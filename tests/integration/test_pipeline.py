@@ -290,7 +290,7 @@ def test_until_stops_early(project_run):
     assert list(statuses(result)) == ["prepare", "surrogate", "prune"]
 
 
-def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_run, tmp_path):
+def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_run, tmp_path, edit_code):
     project, _ = project_run
     import shutil
 
@@ -311,6 +311,11 @@ def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_r
     again = json.loads((project / "data" / "distill" / "teachers.json").read_text())
     assert {t["embeddings"] for t in again} == {"cached"}  # computed once, read back from the store
     assert statuses(second)["distill"] == "ran"
+    edit_code("tlpipe.distill")  # where the teacher's embeddings are computed
+    run(project, refresh=["distill"])
+    edited = json.loads((project / "data" / "distill" / "teachers.json").read_text())
+    assert {t["embeddings"] for t in edited} == {"ran"}
+    assert [t["logme"] for t in edited] == [t["logme"] for t in again]  # the same code ran: the same numbers
 
 
 def test_an_unknown_teacher_is_rejected_before_any_compute(project_run):

@@ -101,3 +101,14 @@ def test_sample_scores_are_computed_once_per_seed_for_every_ratio(project, metho
         kept[ratio] = io.read_array(stage_dir(project, "prune") / "kept_indices.npy")
     assert len(set(scores_dir.glob("*.npy")) - before) == 1  # one score file served both ratios
     assert set(kept[0.8]) <= set(kept[0.5])  # the same ranking, cut at two places
+
+
+def test_edited_scoring_code_computes_the_scores_again(project, edit_code):
+    scores_dir = store_root(project) / "prune_scores"
+    run_stage(project, "prune", method="el2n", ratio=0.5, seed=3, scores=SCORES)
+    before = set(scores_dir.glob("*.npy"))
+    run_stage(project, "prune", method="el2n", ratio=0.6, seed=3, scores=SCORES)
+    assert set(scores_dir.glob("*.npy")) == before  # reused: same data, params and code
+    edit_code("tlpipe.pruning.early")
+    run_stage(project, "prune", method="el2n", ratio=0.6, seed=3, scores=SCORES)
+    assert len(set(scores_dir.glob("*.npy")) - before) == 1  # the scoring code changed: computed again

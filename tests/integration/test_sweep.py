@@ -104,6 +104,24 @@ def test_second_sweep_is_all_cache_hits(swept):
     pd.testing.assert_series_equal(first["probe_1shot"], second["probe_1shot"])
 
 
+def test_a_point_probe_is_a_memo_of_the_probe_code(swept, edit_code):
+    """The probe of a swept point, read back; with the probe's code edited, computed again (same numbers)."""
+    from flows.sweep import _probe
+    from runner.workspace import StoreWorkspace
+    from tlpipe import config
+
+    project, *_ = swept
+    root = store_root(project)
+    entries = {stage: next(p.name for p in (root / stage).iterdir() if p.is_dir()) for stage in ("prepare", "pretrain")}
+    params = config.load_all_params(project)
+    workspace = StoreWorkspace(project, entries)
+    scores, status = _probe(workspace, params, "cpu")
+    assert status == "cached"
+    edit_code("tlpipe.probe")
+    again, status = _probe(workspace, params, "cpu")
+    assert status == "ran" and again == scores
+
+
 def test_sweep_is_recorded_in_mlflow_and_prefect(swept, server):
     project, env, *_ = swept
     from prefect.client.orchestration import get_client

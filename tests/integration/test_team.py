@@ -16,10 +16,10 @@ import pytest
 from runner import dvc
 from tlpipe import config
 from tests.integration.conftest import git, make_project
-from tests.integration.servers import (BIN, add_mlflow_user, mlflow_server, postgres, prefect_server, s3_server,
-                                       tool_env)
+from tests.integration.servers import (BIN, add_mlflow_user, mlflow_server, needs_postgres, postgres, prefect_server,
+                                       s3_server, tool_env)
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_postgres]
 
 PREFECT_AUTH = "team:prefect-team-secret"  # Prefect's server has one auth string for everyone
 MEMBERS = {"alice": "alice-team-secret", "bob": "bob-team-secret"}  # MLflow users (passwords >= 12 characters)

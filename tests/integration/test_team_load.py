@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.integration.servers import needs_postgres
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, needs_postgres]
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "team_load.py"
 
