@@ -72,8 +72,11 @@ class StageContext:
         """Where the training loop `name` of this stage saves and finds its state: keyed by the stage's
         cache key, so a changed param or code starts afresh. Within an epoch it saves every
         TLPIPE_CHECKPOINT_MINUTES minutes (default 10); always at the end of one."""
+        def on_resume(epoch: int, batch: int) -> None:
+            self._events.emit("stage_resumed", self._run, name, epoch, batch)
+
         return Checkpoint(self._workspace.checkpoints(self.stage, self._run.key) / name,
-                          every_minutes=checkpoint_minutes())
+                          every_minutes=checkpoint_minutes(), on_resume=on_resume)
 
     def memo(self, name: str, parts, compute: Callable[[], Any], *, code=None, form: tuple = memo.ARRAY) -> tuple[Any, str]:
         """(value, RAN or CACHED): a result shared across runs and stages, in the store, keyed by `parts`,

@@ -80,6 +80,10 @@ class Observer:
     def stage_progress(self, run: StageRun, step: int, total: int, label: str, metrics: dict) -> None:
         """Once per epoch (or other step) of a computing stage."""
 
+    def stage_resumed(self, run: StageRun, loop: str, epoch: int, batch: int) -> None:
+        """The stage's training loop `loop` took up its checkpoint: it trains from `epoch` on (`batch`
+        batches of it done); the epochs before are then reported again as progress."""
+
     def stage_metrics(self, run: StageRun, metrics: dict, step: int | None) -> None:
         """Figures a computing stage reports outside its epochs."""
 

@@ -40,11 +40,15 @@ class Checkpoint:
         every_minutes: also save within an epoch once this many minutes passed since the last save;
             None saves at the ends of epochs only.
         clock: seconds, for the interval (tests pass their own).
+        on_resume: told (epoch, batches of it done) when a loop takes this checkpoint up, before the
+            epochs it holds are reported again.
     """
 
     def __init__(self, folder: str | os.PathLike, every_minutes: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, file: str = FILE):
+                 clock: Callable[[], float] = time.monotonic, file: str = FILE,
+                 on_resume: Callable[[int, int], None] | None = None):
         self.folder, self.every_minutes, self.clock, self.file = Path(folder), every_minutes, clock, file
+        self.on_resume = on_resume
         self._last = clock()
 
     @property
@@ -129,6 +133,8 @@ class LoopState:
         self.data_generator.set_state(self._epoch_start_data)  # the epoch's order is drawn again
         self.epoch, self.batch, self.history = document["epoch"], document["batch"], document["history"]
         self._resumed_at = (self.epoch, self.batch)
+        if self.checkpoint.on_resume is not None and self.ranks.writer:
+            self.checkpoint.on_resume(self.epoch, self.batch)
         if on_metrics is not None and self.ranks.writer:
             for row in self.history:
                 on_metrics(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})

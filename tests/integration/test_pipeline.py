@@ -45,9 +45,13 @@ def test_first_run_versions_every_output(project_run):
     project, result = project_run
     assert statuses(result) == {stage: "ran" for stage in config.STAGES}
     lock = dvc.read_lock(project)["stages"]
+    specs = {spec.name: spec for spec in load_pipeline(project)}
     for stage in result["stages"]:
-        recorded = {o["path"]: o["md5"] for o in lock[stage["stage"]]["outs"] + lock[stage["stage"]].get("metrics", [])}
-        assert recorded == stage["outs"], stage["stage"]  # dvc.lock describes exactly what ran
+        spec = specs[stage["stage"]]
+        recorded = {o["path"]: o["md5"] for o in lock[spec.name]["outs"] + lock[spec.name].get("metrics", [])}
+        assert recorded == dvc.with_record(project, spec, stage["outs"]), spec.name  # dvc.lock: exactly what ran
+        record = json.loads((project / spec.record).read_text())  # ... with the record a clone finds it by
+        assert record["cache_key"] == stage["cache_key"] and record["outs"] == stage["outs"]
     with Repo(str(project)) as repo:
         assert repo.status() == {}  # `dvc status` is clean
 

@@ -3,6 +3,7 @@ uninterrupted run and redoes less than an epoch."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,12 @@ def test_a_stage_killed_in_epoch_3_of_4_resumes_to_the_uninterrupted_outputs(env
     assert killed_at[0] == 3, f"killed at {killed_at}, not in epoch 3 of 4"
 
     again = run_until(project, stage)
-    assert again.wait(timeout=900) == 0, again.stderr.read()[-3000:]
+    _, said = again.communicate(timeout=900)
+    assert again.returncode == 0, said[-3000:]
+    # the console says where it took over, and does not print the saved epochs as if training them
+    assert f"{stage} resumed at epoch 3 of 4 (epochs 1-2 from the checkpoint" in said, said[-3000:]
+    assert not re.search(rf"^{stage} .*\b[12]/4 ", said, re.MULTILINE), said[-3000:]
+    assert re.search(rf"^{stage} .*\b4/4 ", said, re.MULTILINE), said[-3000:]
     assert output_hash(project, stage) == output_hash(reference, stage)
     assert not list((project / ".tlpipe" / "checkpoints" / stage).glob("*/train"))  # removed when done
 

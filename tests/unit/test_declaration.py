@@ -64,3 +64,10 @@ def test_plain_yaml_reading_agrees_with_dvc(stages):
         assert {rel(o.fs_path) for o in stage.outs} == {*spec.outs, spec.record}
         params = {rel(d.fs_path): tuple(d.params) for d in stage.deps if hasattr(d, "params")}
         assert params == spec.params
+
+
+def test_a_stage_that_does_not_declare_its_record_is_refused(stages):
+    import dataclasses
+
+    with pytest.raises(config.ParamsError, match="must declare its record data/records/prepare.json"):
+        check_declaration(dataclasses.replace(stages[0], record=None))

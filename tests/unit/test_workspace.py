@@ -167,3 +167,77 @@ def test_what_a_killed_writer_left_in_the_store_goes_when_it_is_next_claimed(tmp
     else:
         assert cached_file(folder / "abc.npy", lambda: 7, lambda p, v: p.write_text(str(v)), None) == (7, "ran")
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+PRUNE_RECORDED = StageSpec("prune", "python -m tasks.prune", (), {}, ("data/prune", "data/metrics/prune.json"),
+                           record="data/records/prune.json")
+
+
+def project_with_record(tmp_path, key="k1"):
+    """A project whose prune outputs are in place, with the record of `key` in place, committed to the
+    DVC cache and named by dvc.lock (as after a pipeline run, or a `dvc pull`)."""
+    import shutil
+
+    from runner.workspace import ProjectWorkspace
+    import yaml
+
+    from tlpipe.io import json_text
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("")
+    (tmp_path / "data" / "prune").mkdir(parents=True)
+    (tmp_path / "data" / "prune" / "selection.json").write_text('{"kept": [1, 2]}')
+    (tmp_path / "data" / "metrics").mkdir()
+    (tmp_path / "data" / "metrics" / "prune.json").write_text('{"kept_classes": 2}')
+    outs = {rel: dvc.md5_path(tmp_path / rel) for rel in PRUNE_RECORDED.outs}
+    record = {"stage": "prune", "cache_key": key, "outs": outs, "metrics": {"kept_classes": 2, "wall_time_s": 1.5},
+              "mlflow_run_id": "r1"}
+    path = tmp_path / PRUNE_RECORDED.record
+    path.parent.mkdir()
+    path.write_text(json_text(record, sort_keys=False))
+    md5 = dvc.md5_path(path)
+    dvc.cache_object(tmp_path, md5).parent.mkdir(parents=True)
+    shutil.copyfile(path, dvc.cache_object(tmp_path, md5))
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"prune": {
+        "cmd": PRUNE_RECORDED.cmd, "outs": [{"path": rel, "md5": digest}
+                                            for rel, digest in {**outs, PRUNE_RECORDED.record: md5}.items()]}}}))
+    return ProjectWorkspace(tmp_path, Records(tmp_path / "no-records")), record
+
+
+def test_a_project_finds_a_run_by_the_record_that_travels_with_its_outputs(tmp_path):
+    workspace, record = project_with_record(tmp_path)
+    assert workspace.lookup(PRUNE_RECORDED, "k1") == (record, "cached")  # no record in the cache folder
+    assert workspace.lookup(PRUNE_RECORDED, "k2") is None  # another key: other code, params, data or env
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "another key"])
+def test_the_record_dvc_lock_names_is_read_from_the_dvc_cache(tmp_path, damage):
+    """A clone that has not pulled (no record file), or a record file changed by hand: the version
+    dvc.lock names counts, and is put back when the outputs are reused."""
+    workspace, record = project_with_record(tmp_path)
+    path = tmp_path / PRUNE_RECORDED.record
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_text("{not json" if damage == "garbled" else '{"cache_key": "k2", "outs": {}}')
+    assert workspace.lookup(PRUNE_RECORDED, "k1") == (record, "cached")
+    assert read_json(path) == record
+
+
+def test_a_record_neither_in_place_nor_in_the_dvc_cache_finds_nothing(tmp_path):
+    import shutil
+
+    workspace, _ = project_with_record(tmp_path)
+    (tmp_path / PRUNE_RECORDED.record).unlink()
+    shutil.rmtree(tmp_path / ".dvc" / "cache")  # and no remote
+    assert workspace.lookup(PRUNE_RECORDED, "k1") is None
+
+
+def test_saving_writes_the_record_file_and_the_cache_folder(tmp_path):
+    from runner.workspace import ProjectWorkspace
+
+    workspace = ProjectWorkspace(tmp_path, Records(tmp_path / "records"))
+    record = {"stage": "prune", "cache_key": "k3", "outs": {}, "metrics": {"b": 1, "a": 2}}
+    workspace.save(PRUNE_RECORDED, "k3", record)
+    assert read_json(tmp_path / "data" / "records" / "prune.json") == record == workspace.records.get("prune", "k3")
+    assert list(read_json(tmp_path / "data" / "records" / "prune.json")["metrics"]) == ["b", "a"]  # order kept
