@@ -59,8 +59,9 @@ def env(tmp_path, monkeypatch):
 
 # Every process computes on one thread in both layouts. PyTorch's launcher already gives each of several
 # processes on a host one thread; a host of one process would use all its cores, and oneDNN's sums
-# in another order then drift over epochs (train_loss 3.7e-4 apart after 3 epochs on one Xeon, under
-# 1e-5 on another), so no tolerance would hold on every machine. With the same threads the two layouts
+# in another order then drift over epochs (train_loss 3.7e-4 apart after 3 epochs on one Xeon model,
+# where rtol 1e-4 had passed on another), so no tolerance would hold on every machine. With the same
+# threads the two layouts
 # do the same float operations in the same order (a sum of two ranks' gradients is the same either
 # way round): their outputs must be identical, bit for bit.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

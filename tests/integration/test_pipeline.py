@@ -318,7 +318,8 @@ def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_r
     edit_code("tlpipe.distill")  # where the teacher's embeddings are computed
     run(project, refresh=["distill"])
     edited = json.loads((project / "data" / "distill" / "teachers.json").read_text())
-    assert {t["embeddings"] for t in edited} == {"ran"}
+    # computed again for the first teacher; the second has the same weights, so the same memo
+    assert [t["embeddings"] for t in edited] == ["ran", "cached"]
     assert [t["logme"] for t in edited] == [t["logme"] for t in again]  # the same code ran: the same numbers
 
 
