@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.dvc import read_lock
+from runner.dvc import read_lock, with_record
+from runner.spec import load_pipeline
 from tests.integration.conftest import TINY, git, make_project
 from tests.integration.servers import BIN, prefect_server, stop_leader, tool_env
 
@@ -205,6 +206,9 @@ def test_training_stages_run_on_workers_of_the_gpu_pool(tmp_path, api, monkeypat
         run = tracking.client().get_run(by_stage[name]["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
         assert run.data.tags[tracking.TAG_CACHED] == "false"
-    lock = read_lock(project)["stages"]  # the agents' outputs are committed to DVC
+    lock = read_lock(project)["stages"]  # the agents' outputs, with their records, are committed to DVC
+    specs = {spec.name: spec for spec in load_pipeline(project)}
     for name in ("surrogate", "prune", "pretrain"):
-        assert {o["path"]: o["md5"] for o in lock[name]["outs"] + lock[name].get("metrics", [])} == by_stage[name]["outs"]
+        recorded = {o["path"]: o["md5"] for o in lock[name]["outs"] + lock[name].get("metrics", [])}
+        assert specs[name].record in recorded
+        assert recorded == with_record(project, specs[name], by_stage[name]["outs"])
