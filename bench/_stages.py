@@ -65,16 +65,17 @@ def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
 
 def surrogate_inference_line(model_dir: Path, target_dir: Path, device: str) -> str:
     """The prune stage's surrogate inference over the target train split against a bare loop, as a report line."""
-    from tlpipe import data, models
+    from tlpipe.data import storage
+    from tlpipe.training import models
 
-    images, _ = data.to_arrays(data.load_prepared(target_dir)["train"])
+    images, _ = storage.to_arrays(storage.load_prepared(target_dir)["train"])
     staged, bare, timed = inference_speed(models.load_classifier(model_dir), images, device)
     return (f"prune-stage surrogate inference on {device}: {staged:.0f} img/s vs bare loop {bare:.0f} img/s "
             f"= {staged / bare:.1%} (goal >= 90 %; {timed} images, batch 256)")
 
 
 def inference_speed(model, images, device, *, batch_size: int = 256, repeats: int = 15) -> tuple[float, float, int]:
-    """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`training.predict_logits`)
+    """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`loops.predict_logits`)
     and as a bare loop (same batches, autocast and device; logits kept on the device, one copy back), and
     the number of images timed. A target train split is a few hundred images, too short to time (more so
     on a GPU), so it is repeated to 6,400 images (51,200 on CUDA). Medians of `repeats` interleaved
@@ -84,7 +85,8 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
 
     import torch
 
-    from tlpipe import runtime, training
+    from tlpipe.training import runtime
+    from tlpipe.training import loops
 
     device = torch.device(device)
     wanted = 51_200 if device.type == "cuda" else 6_400
@@ -101,7 +103,7 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
         torch.cat(logits).float().cpu()
 
     def staged() -> None:
-        training.predict_logits(model, images, batch_size=batch_size, device=device)
+        loops.predict_logits(model, images, batch_size=batch_size, device=device)
 
     timings: dict = {bare: [], staged: []}
     for fn in timings:

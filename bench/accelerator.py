@@ -55,7 +55,7 @@ def deep_merge(*layers: dict) -> dict:
 
 def parse_overrides(texts: list[str]) -> dict:
     """`-s stage.key=value` overrides as a {stage: {key: ...}} dict (for `copy_project`)."""
-    from tlpipe import config
+    from pipeline import config
 
     parsed: dict = {}
     for text in texts:
@@ -70,7 +70,7 @@ def parse_overrides(texts: list[str]) -> dict:
 def run_chain(project: Path, overrides: dict, device: str, until: str | None, *, quiet: bool = False) -> dict[str, dict]:
     """Runs the stages in dvc.yaml order (through `until`) in a fresh copy of the project; {stage: metrics}."""
     from runner.spec import load_pipeline
-    from tlpipe import config
+    from pipeline import config
 
     if project.exists():
         shutil.rmtree(project)
@@ -145,7 +145,7 @@ def main() -> None:
 
     import torch
 
-    from tlpipe import runtime
+    from tlpipe.training import runtime
 
     devices = [str(runtime.resolve_device(name)) for name in args.devices]
     if devices[0] == devices[1]:

@@ -9,7 +9,7 @@ method distill -> finetune (teacher and student, same recipe) -> evaluate. Print
   - test accuracy after fine-tuning: teacher, student, scratch student; retention = student / teacher,
   - few-shot linear-probe accuracy (1/3/10 shots) of teacher and student, and its retention,
   - parameters, multiply-accumulates, batch-1 latency and batch-64 throughput, student vs teacher,
-  - distillation images/s in `tlpipe.distill.distill` vs a bare loop (same student, loss, batches).
+  - distillation images/s in `tlpipe.distillation.representation.distill` vs a bare loop (same student, loss, batches).
 
     python bench/distill.py                        # 3 seeds, methods seed compress mse
     python bench/distill.py --seeds 5 --methods seed
@@ -44,7 +44,7 @@ def seed_overrides(seed: int, tiny: bool) -> dict:
 
 def run_seed(work: Path, seed: int, methods: list[str], tiny: bool, device: str) -> dict:
     """{method: evaluate metrics (+ scratch accuracy, distill figures)} for one seed."""
-    from tlpipe import config
+    from pipeline import config
 
     project = work / f"s{seed}"
     if project.exists():
@@ -69,11 +69,13 @@ def scratch_accuracy(project: Path, params: dict, device: str) -> float:
     """Test accuracy of the student's architecture, randomly initialised, fine-tuned like the student."""
     import torch
 
-    from tlpipe.probe import finetuned_accuracy
-    from tlpipe import data, models, runtime
+    from tlpipe.evaluation.probe import finetuned_accuracy
+    from tlpipe.data import storage
+    from tlpipe.training import models
+    from tlpipe.training import runtime
 
-    target = data.load_prepared(project / "data" / "prepared" / "target")
-    train, test = data.to_arrays(target["train"]), data.to_arrays(target["test"])
+    target = storage.load_prepared(project / "data" / "prepared" / "target")
+    train, test = storage.to_arrays(target["train"]), storage.to_arrays(target["test"])
     runtime.seed_everything(params["finetune"]["seed"])
     backbone = models.build_backbone(in_channels=train[0].shape[1], **params["distill"]["model"])
     return finetuned_accuracy(backbone, train, test, params["finetune"],
@@ -82,15 +84,15 @@ def scratch_accuracy(project: Path, params: dict, device: str) -> float:
 
 def bare_distill_loop(student_backbone, teacher, images, p: dict, device) -> float:
     """Images/s of the plainest SEED loop: same student + head, teacher, augmentation, loss, optimizer
-    and batches as `distill.distill`, without its bookkeeping (schedule, loss log, checks, wrappers)."""
+    and batches as `representation.distill`, without its bookkeeping (schedule, loss log, checks, wrappers)."""
     import copy
 
     import torch
     import torch.nn.functional as F
 
-    from tlpipe.augment import augment_batch
-    from tlpipe.losses.seed import seed_loss
-    from tlpipe.models import ProjectionHead, embed, feature_dim
+    from tlpipe.data.augment import augment_batch
+    from tlpipe.distillation.seed import seed_loss
+    from tlpipe.training.models import ProjectionHead, embed, feature_dim
 
     torch.manual_seed(p["seed"])
     backbone = copy.deepcopy(student_backbone).to(device)
@@ -122,11 +124,13 @@ def bare_distill_loop(student_backbone, teacher, images, p: dict, device) -> flo
 
 
 def loop_speed(project: Path, params: dict, device: str, repeats: int) -> tuple[float, float]:
-    """(distill.distill images/s, bare loop images/s): medians of `repeats` alternating runs, SEED."""
+    """(representation.distill images/s, bare loop images/s): medians of `repeats` alternating runs, SEED."""
     import torch
 
     from tasks.distill import unlabeled_images
-    from tlpipe import distill, models, runtime
+    from tlpipe.distillation import representation
+    from tlpipe.training import models
+    from tlpipe.training import runtime
 
     p = {**params["distill"], "method": "seed"}
     ctx = stage_context(project, "distill", p, device, project / "data" / "distill")
@@ -137,9 +141,9 @@ def loop_speed(project: Path, params: dict, device: str, repeats: int) -> tuple[
     device = torch.device(device)
 
     def ours(epochs: int) -> float:
-        return distill.distill(student, teacher, images, epochs=epochs, batch_size=p["batch_size"], lr=p["lr"],
-                               weight_decay=p["weight_decay"], queue_size=p["queue_size"], tau_s=p["tau_s"],
-                               tau_t=p["tau_t"], seed=p["seed"], device=device, augment=p["augment"])[1]["images_per_s"]
+        return representation.distill(student, teacher, images, epochs=epochs, batch_size=p["batch_size"], lr=p["lr"],
+                                      weight_decay=p["weight_decay"], queue_size=p["queue_size"], tau_s=p["tau_s"],
+                                      tau_t=p["tau_t"], seed=p["seed"], device=device, augment=p["augment"])[1]["images_per_s"]
 
     ours(1), bare_distill_loop(student, teacher, images, {**p, "epochs": 1}, device)  # one-off setup: not timed
     speeds = {"pipeline": [], "bare": []}
@@ -194,7 +198,7 @@ def main() -> None:
     parser.add_argument("--speed-repeats", type=int, default=3, help="alternating runs of the loop comparison")
     args = parser.parse_args()
     from runner.keys import device_name
-    from tlpipe import config
+    from pipeline import config
 
     device = device_name()
     work = REPO / "bench" / ".work" / ("distill-tiny" if args.tiny else "distill")
@@ -203,7 +207,7 @@ def main() -> None:
     report(results, args.methods)
     project = work / "s0"
     pipeline, bare = loop_speed(project, config.load_all_params(project), device, args.speed_repeats)
-    print(f"\ndistillation training (SEED, {device}): distill.distill {pipeline:.0f} img/s vs bare loop {bare:.0f} img/s "
+    print(f"\ndistillation training (SEED, {device}): representation.distill {pipeline:.0f} img/s vs bare loop {bare:.0f} img/s "
           f"= {pipeline / bare:.1%} (goal >= 85 %; median of {args.speed_repeats} alternating runs)")
     print(f"wall time {time.perf_counter() - started:.0f} s")
 

@@ -44,7 +44,8 @@ def stage_process(project: str, stage: str) -> None:
     """In the child: runs one stage and prints its figures as JSON."""
     from _stages import run_stage
     from runner.keys import device_name
-    from tlpipe import config, data
+    from pipeline import config
+    from tlpipe.data import storage
 
     started = time.perf_counter()
     metrics = run_stage(Path(project), stage, config.load_stage_params(Path(project), stage), device_name())
@@ -52,7 +53,7 @@ def stage_process(project: str, stage: str) -> None:
     peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith("VmHWM:"))
     if stage in ("prepare", "prune"):
-        source = data.load_prepared(Path(project) / "data" / "prepared" / "source")
+        source = storage.load_prepared(Path(project) / "data" / "prepared" / "source")
         metrics["source_images"] = len(source["train"]) + len(source["val"])
     print(json.dumps({"stage": stage, "wall_s": wall, "stage_s": metrics["wall_time_s"], "peak_rss_mb": peak / 1024,
                       "images": metrics.get(IMAGES[stage], 0)}))
@@ -64,7 +65,7 @@ def disk_mb(folder: Path) -> float:
 
 def measure(images_per_class: int, image_size: int, scratch: Path, stages=STAGES) -> list[dict]:
     from flows.workspace import copy_project
-    from tlpipe import config
+    from pipeline import config
 
     project = scratch / f"p{images_per_class}-{image_size}"
     copy_project(REPO, project, point_params(images_per_class, image_size))
@@ -93,13 +94,18 @@ def loop_comparison(images_per_class: int, scratch: Path, repeat: int = 3) -> di
 
     import torch
 
-    from tlpipe import config, data, images, models, runtime, training
+    from pipeline import config
+    from tlpipe.data import storage
+    from tlpipe.data import images
+    from tlpipe.training import models
+    from tlpipe.training import runtime
+    from tlpipe.training import loops
 
     project = scratch / f"p{images_per_class}-32"
     params = config.load_stage_params(project, "surrogate")
-    split = data.load_prepared(project / "data" / "prepared" / "source")["train"]
+    split = storage.load_prepared(project / "data" / "prepared" / "source")["train"]
     mapped = images.read(split)
-    arrays = data.to_arrays(split)
+    arrays = storage.to_arrays(split)
     speeds: dict[str, list[float]] = {"arrays": [], "mapped": [], "mapped_2_workers": []}
     for r in range(repeat):
         for name in list(speeds)[r % 3:] + list(speeds)[: r % 3]:
@@ -107,8 +113,8 @@ def loop_comparison(images_per_class: int, scratch: Path, repeat: int = 3) -> di
             os.environ["TLPIPE_LOADER_WORKERS"] = "2" if name == "mapped_2_workers" else "0"
             runtime.seed_everything(0)
             model = models.Classifier(models.build_backbone(in_channels=1, **params["model"]), len(split.features["label"].names))
-            m = training.train_classifier(model, pixels, labels, epochs=1, batch_size=params["batch_size"], lr=1e-3,
-                                          weight_decay=0.0, seed=0, device=torch.device("cpu"))
+            m = loops.train_classifier(model, pixels, labels, epochs=1, batch_size=params["batch_size"], lr=1e-3,
+                                       weight_decay=0.0, seed=0, device=torch.device("cpu"))
             speeds[name].append(m["images_per_s"])
     os.environ.pop("TLPIPE_LOADER_WORKERS")
     result = {name: statistics.median(v) for name, v in speeds.items()}

@@ -35,7 +35,7 @@ def needed_upstream(spec: StageSpec, known: dict[str, str]) -> dict[str, str]:
 def stage(stage: str, params: dict, known: dict[str, str], device: str, project: str = ".", refresh: bool = False,
           parent_id: str | None = None, tags: dict[str, str] | None = None) -> dict:
     """Runs one stage of a pipeline run on this worker; returns its status, cache key and outputs."""
-    from tlpipe.runtime import resolve_device
+    from tlpipe.training.runtime import resolve_device
 
     project_path = Path(project).resolve()
     specs = {s.name: s for s in load_pipeline(project_path)}

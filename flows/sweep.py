@@ -23,7 +23,9 @@ from runner.recorder import Recorder
 from runner.snapshot import Snapshot, preflight
 from runner.spec import load_pipeline
 from runner.workspace import StoreWorkspace
-from tlpipe import config, io, plots, probe, sweeps
+from tlpipe import io
+from tlpipe.evaluation import plots, probe
+from pipeline import config, sweeps
 
 POINT_STAGES = ("prune", "pretrain")
 # The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo

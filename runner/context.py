@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tlpipe.checkpoints import Checkpoint
 from tlpipe.io import read_json
+from tlpipe.training.checkpoints import Checkpoint
 
 from runner import memo
 from runner.events import Events, StageRun, is_timing

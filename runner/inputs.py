@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlpipe import io, sources
+from tlpipe import io
+from tlpipe.distillation import SYNTHETIC_META
+from pipeline import sources
 
 from runner.dvc import read_lock
 from runner.spec import StageSpec, stage_dir
@@ -32,9 +34,9 @@ class DataCheck:
         if self._target is None:
             prepared = stage_dir(self.project, "prepare") / "target"
             if self.ran_before("prepare") and (prepared / "dataset_dict.json").is_file():
-                from tlpipe import data
+                from tlpipe.data import storage
 
-                self._target = data.load_prepared(prepared)
+                self._target = storage.load_prepared(prepared)
             else:
                 params = self.params["prepare"]
                 pool, test = _named(f"params/prepare.yaml: target.name={params['target']['name']!r}: ",
@@ -75,7 +77,7 @@ def check_distill(check: DataCheck) -> None:
     synthetic = sources.synthetic_folder(check.params["distill"], check.project)  # its error names the file
     prepare = check.params.get("prepare")
     if synthetic is not None and prepare is not None:
-        shape = io.read_json(synthetic / sources.SYNTHETIC_META).get("image_shape")
+        shape = io.read_json(synthetic / SYNTHETIC_META).get("image_shape")
         expected = [prepare["channels"], prepare["image_size"], prepare["image_size"]]
         if shape != expected:
             raise ValueError(f"params/distill.yaml: krr_st.synthetic: its images are {shape} (C, H, W), this "
@@ -98,10 +100,10 @@ def check_evaluate(check: DataCheck) -> None:
     """Every probe shot count fits the labeled images of the smallest class of the target's pool."""
     import numpy as np
 
-    from tlpipe import data
+    from tlpipe.data import storage
 
     target, shots = check.target(), check.params["evaluate"]["probe_shots"]
-    labels = np.concatenate([data.labels_of(target[split]) for split in ("train", "unlabeled")])
+    labels = np.concatenate([storage.labels_of(target[split]) for split in ("train", "unlabeled")])
     counts = np.bincount(labels[labels >= 0], minlength=target["train"].features["label"].num_classes)
     smallest = int(np.argmin(counts))
     if max(shots) > counts[smallest]:

@@ -20,17 +20,17 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from tlpipe import devices
+from tlpipe.training import devices
 
 from runner.spec import StageSpec
 
-PROJECT_PACKAGES = ("tlpipe", "tasks")
+PROJECT_PACKAGES = ("tlpipe", "pipeline", "tasks")
 RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
 DEVICE_VARIABLE = "TLPIPE_DEVICE"
 
 
 def module_file(module: str) -> Path | None:
-    """The source file of a project module (`tlpipe.data` -> .../tlpipe/data.py), or None for others.
+    """The source file of a project module (`tlpipe.data.storage` -> .../tlpipe/data/storage.py), or None for others.
 
     Only the top-level package is located through the import system (its __init__ is light); the
     rest follows the package folders, so finding a module never runs it.
@@ -145,7 +145,7 @@ def device_name() -> str:
     name = os.environ.get(DEVICE_VARIABLE, "auto")
     if name == "cpu" or (name == "auto" and not devices.accelerator_possible()):
         return "cpu"
-    from tlpipe.runtime import resolve_device
+    from tlpipe.training.runtime import resolve_device
 
     try:
         return str(resolve_device(name))

@@ -2,7 +2,7 @@
 
 The runner starts PyTorch's elastic launcher (`python -m torch.distributed.run`) on this module; every
 rank runs the stage's own code (`tasks.<stage>.run`) in a context like the runner's, joins the process
-group and trains its share of every batch (`tlpipe.distributed`). The first rank of each host writes
+group and trains its share of every batch (`tlpipe.training.distributed`). The first rank of each host writes
 the outputs where the runner expects them and reports through a file of events, which the runner
 passes on to its observers as they come; the stage's metrics come back in a file.
 
@@ -169,7 +169,8 @@ def _rank_main(job_path: str) -> None:
 
     import torch
 
-    from tlpipe import distributed, io
+    from tlpipe.training import distributed
+    from tlpipe import io
     from runner.processes import die_with_parent
 
     die_with_parent()  # the launcher's agent: a rank never outlives it (nor, through it, the stage's run)

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe import config
 from tlpipe.io import staged_outputs
+from pipeline import config
 
 from runner import inputs, keys, ranks
 from runner.context import checkpoint_minutes

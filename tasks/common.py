@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tlpipe import io, models, plots
-from tlpipe.pretraining import fit_source_model
+from tlpipe import io
+from tlpipe.evaluation import plots
+from tlpipe.pretraining.source_models import fit_source_model
+from tlpipe.training import models
 
 
 CURVES = "curves.png"  # beside the history: the training curves as `dvc plots show` and the report show them

@@ -8,9 +8,15 @@ import time
 import numpy as np
 import torch
 
-from tlpipe import data, distill, images as image_sets, io, krr_st, models, plots, registry, runtime, sources
-from tlpipe.probe import teacher_backbone
-from tlpipe.sources import OWN_TEACHER, teacher_candidates, teacher_folder
+from tlpipe import io, registry
+from tlpipe.data import images as image_sets, storage
+from tlpipe.distillation import krr_st, representation
+from tlpipe.distillation.teachers import select_teachers, weigh_teachers
+from tlpipe.evaluation import plots
+from tlpipe.evaluation.probe import teacher_backbone
+from tlpipe.training import models, runtime
+from pipeline import sources
+from pipeline.sources import OWN_TEACHER, teacher_candidates, teacher_folder
 from tasks.common import recorded
 
 
@@ -18,11 +24,11 @@ def unlabeled_images(ctx) -> tuple[image_sets.Concatenated, dict]:
     """Target train-pool images (labels dropped) plus, if asked, the kept source images (read by
     index from the prepared source, never copied whole)."""
     prepared = ctx.upstream("prepare")
-    target = data.load_prepared(prepared / "target")
-    parts = {split: data.to_arrays(target[split])[0] for split in ("train", "unlabeled")}
+    target = storage.load_prepared(prepared / "target")
+    parts = {split: storage.to_arrays(target[split])[0] for split in ("train", "unlabeled")}
     if ctx.params["use_source"]:
         kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
-        parts["source"] = image_sets.Images.of(data.load_prepared(prepared / "source")["train"]).select(kept)
+        parts["source"] = image_sets.Images.of(storage.load_prepared(prepared / "source")["train"]).select(kept)
     counts = {f"{name}_images": len(images) for name, images in parts.items()}
     return image_sets.Concatenated(list(parts.values())), counts
 
@@ -42,24 +48,24 @@ def load_teachers(ctx) -> dict[str, torch.nn.Module]:
 def choose_teachers(ctx, candidates: dict) -> tuple[dict, dict | None]:
     """The teachers to distil: every entry of a `teachers` list, or those a selection
     ({select, from, size}) picks among its candidates, measured on the labelled target train split
-    and the prepared source (`distill.select_teachers`); the selection's record, or None."""
+    and the prepared source (`teachers.select_teachers`); the selection's record, or None."""
     selection = ctx.params["teachers"]
     if not isinstance(selection, dict):
         return candidates, None
     prepared = ctx.upstream("prepare")
-    target = data.to_arrays(data.load_prepared(prepared / "target")["train"])
-    source = image_sets.Images.of(data.load_prepared(prepared / "source")["train"])
-    return distill.select_teachers(candidates, target, source, source.labels, select=selection["select"],
-                                   size=selection["size"], seed=ctx.params["seed"], device=torch.device(ctx.device))
+    target = storage.to_arrays(storage.load_prepared(prepared / "target")["train"])
+    source = image_sets.Images.of(storage.load_prepared(prepared / "source")["train"])
+    return select_teachers(candidates, target, source, source.labels, select=selection["select"],
+                           size=selection["size"], seed=ctx.params["seed"], device=torch.device(ctx.device))
 
 
-def weigh_teachers(ctx, teachers: dict) -> tuple[np.ndarray, dict]:
+def teacher_weights(ctx, teachers: dict) -> tuple[np.ndarray, dict]:
     """(weights, per-teacher record) from each teacher's LogME on the labeled target train split."""
     if len(teachers) == 1:  # no scoring needed
-        return distill.weigh_teachers(teachers, None, None)
-    images, labels = data.to_arrays(data.load_prepared(ctx.upstream("prepare") / "target")["train"])
-    return distill.weigh_teachers(teachers, images, labels, mode=ctx.params["teacher_weighting"],
-                                  temperature=ctx.params["weighting_temperature"], device=torch.device(ctx.device))
+        return weigh_teachers(teachers, None, None)
+    images, labels = storage.to_arrays(storage.load_prepared(ctx.upstream("prepare") / "target")["train"])
+    return weigh_teachers(teachers, images, labels, mode=ctx.params["teacher_weighting"],
+                          temperature=ctx.params["weighting_temperature"], device=torch.device(ctx.device))
 
 
 def teacher_embeddings(ctx, teachers: dict, images: np.ndarray, *, force: bool = False) -> tuple[list | None, dict]:
@@ -73,8 +79,8 @@ def teacher_embeddings(ctx, teachers: dict, images: np.ndarray, *, force: bool =
     for name, teacher in teachers.items():
         table, status[name] = ctx.memo(
             "teacher_embeddings", [models.weights_digest(teacher), images_digest],
-            lambda: distill.teacher_embeddings_of(teacher, images, batch_size=256, device=torch.device(ctx.device)),
-            code=distill.teacher_embeddings_of)
+            lambda: representation.teacher_embeddings_of(teacher, images, batch_size=256, device=torch.device(ctx.device)),
+            code=representation.teacher_embeddings_of)
         tables.append(table)
     return tables, status
 
@@ -82,7 +88,7 @@ def teacher_embeddings(ctx, teachers: dict, images: np.ndarray, *, force: bool =
 def source_images(ctx) -> image_sets.Images:
     """The kept source images, read by index from the prepared source."""
     kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
-    return image_sets.Images.of(data.load_prepared(ctx.upstream("prepare") / "source")["train"]).select(kept)
+    return image_sets.Images.of(storage.load_prepared(ctx.upstream("prepare") / "source")["train"]).select(kept)
 
 
 SYNTHETIC = "synthetic"  # the KRR-ST set: data/distill/synthetic/, its grid data/distill/synthetic.png
@@ -167,13 +173,13 @@ def run(ctx) -> dict:
         return {**run_krr_st(ctx, teachers, {name: {"weight": 1.0} for name in teachers}),
                 **selection_metrics(selection)}
     images, counts = unlabeled_images(ctx)
-    weights, teacher_record = weigh_teachers(ctx, teachers)
+    weights, teacher_record = teacher_weights(ctx, teachers)
     ctx.log_metrics({f"teacher_weight/{k}": float(w) for k, w in zip(range(len(weights)), weights)})
     tables, embedding_status = teacher_embeddings(ctx, teachers, images)
     runtime.seed_everything(p["seed"])  # initial weights depend on the seed alone
     student = models.build_backbone(in_channels=images.shape[1], **p["model"])
     with recorded(ctx, p["epochs"], "epochs", ctx.out / "history.csv") as on_metrics:
-        student, metrics = distill.distill(
+        student, metrics = representation.distill(
             student, list(teachers.values()), images, method=p["method"], weights=weights, teacher_embeddings=tables,
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
             queue_size=p["queue_size"], tau_s=p["tau_s"], tau_t=p["tau_t"], seed=p["seed"],

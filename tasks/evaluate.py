@@ -10,7 +10,11 @@ import shutil
 import time
 from datetime import datetime, timezone
 
-from tlpipe import data, efficiency, io, metrics, models, plots, probe, report, runtime, training
+from tlpipe import io
+from tlpipe.data import storage
+from tlpipe.evaluation import efficiency, metrics, plots, probe
+from tlpipe.training import loops, models, runtime
+from pipeline import report
 
 COST_STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune")
 CURVE_STAGES = ("surrogate", "pretrain", "distill", "finetune")
@@ -45,8 +49,8 @@ def finetuned_models(ctx, test, names: list[str]) -> dict[str, dict]:
     reports = {}
     for backbone, path in found.items():
         model = models.load_classifier(path)
-        logits = training.predict_logits(model, test[0], batch_size=ctx.params["batch_size"],
-                                         device=torch.device(ctx.device))
+        logits = loops.predict_logits(model, test[0], batch_size=ctx.params["batch_size"],
+                                      device=torch.device(ctx.device))
         reports[backbone] = metrics.classification_report(test[1], logits.argmax(1), num_classes=len(names))
     return reports
 
@@ -88,9 +92,9 @@ def stage_costs(ctx, evaluate_s: float) -> dict:
 
 def run(ctx) -> dict:
     started = time.perf_counter()
-    target = data.load_prepared(ctx.upstream("prepare") / "target")
+    target = storage.load_prepared(ctx.upstream("prepare") / "target")
     names = list(target["test"].features["label"].names)
-    test, train = data.to_arrays(target["test"]), data.to_arrays(target["train"])
+    test, train = storage.to_arrays(target["test"]), storage.to_arrays(target["train"])
     deployed = ctx.upstream_metrics("finetune")["backbone"]
     finetuned = finetuned_models(ctx, test, names)
     scored = finetuned[deployed]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlpipe import data, io, models, training
-from tlpipe.probe import teacher_backbone
+from tlpipe import io
+from tlpipe.data import storage
+from tlpipe.evaluation.probe import teacher_backbone
+from tlpipe.training import loops, models
 from tasks.common import recorded
 
 BACKBONES = ("student", "teacher")
@@ -22,7 +24,7 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
         on_metrics=None):
     """(classifier, metrics) of the configured recipe on one backbone."""
     p = ctx.params
-    return training.finetune(
+    return loops.finetune(
         load_backbone(ctx, which), images, labels, num_classes=num_classes, mode=p["mode"],
         epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
         seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
@@ -32,8 +34,8 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
 
 def run(ctx) -> dict:
     p = ctx.params
-    train = data.load_prepared(ctx.upstream("prepare") / "target")["train"]
-    images, labels = data.to_arrays(train)
+    train = storage.load_prepared(ctx.upstream("prepare") / "target")["train"]
+    images, labels = storage.to_arrays(train)
     num_classes = train.features["label"].num_classes
     with recorded(ctx, p["epochs"], f"{p['mode']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
         model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)
@@ -60,8 +62,8 @@ def _deployable(model, images: np.ndarray) -> tuple:
 def deployable(out, inputs: dict) -> tuple:
     """What `run` logs as the model, rebuilt from the stage's output folder and its inputs ({dep: path}):
     for a reused run whose model the tracking store at hand lacks (a teammate's run)."""
-    train = data.load_prepared(inputs["data/prepared/target"])["train"].select(range(2))
-    return _deployable(models.load_classifier(out / "model"), data.to_arrays(train)[0])
+    train = storage.load_prepared(inputs["data/prepared/target"])["train"].select(range(2))
+    return _deployable(models.load_classifier(out / "model"), storage.to_arrays(train)[0])
 
 
 def headline(m: dict) -> str:

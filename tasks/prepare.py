@@ -1,12 +1,13 @@
 """prepare: the source and target data sets, split once and stored as Hugging Face datasets on disk.
 
-The source is written a unit at a time by worker processes (`tlpipe.shards`), so its size is not
+The source is written a unit at a time by worker processes (`tlpipe.data.shards`), so its size is not
 bounded by memory; the target (a few-shot data set) is split in memory.
 """
 
 from __future__ import annotations
 
-from tlpipe import data, shards, sources
+from tlpipe.data import shards, storage
+from pipeline import sources
 
 
 def run(ctx) -> dict:
@@ -15,7 +16,7 @@ def run(ctx) -> dict:
     sizes = shards.prepare_source(source, ctx.out / "source", val_fraction=params["source"]["val_fraction"],
                                   seed=params["seed"])
     target = sources.split_target(params, *sources.load_target(params, ctx.project))
-    data.save_prepared(target, ctx.out / "target")
+    storage.save_prepared(target, ctx.out / "target")
     counts = {f"source_{k}": n for k, n in sizes.items()} | {f"target_{k}": len(v) for k, v in target.items()}
     return {
         **counts,

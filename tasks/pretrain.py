@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from tlpipe import data, images, io, splits
+from tlpipe import io
+from tlpipe.data import images, splits, storage
 from tasks.common import fit_summary, train_source
 
 
 def run(ctx) -> dict:
-    source = data.load_prepared(ctx.upstream("prepare") / "source")
+    source = storage.load_prepared(ctx.upstream("prepare") / "source")
     kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
     train, val, classes = splits.pruned_split(images.read(source["train"]), images.read(source["val"]), kept)
     metrics = train_source(ctx, train, val, len(classes), ctx.params["label_smoothing"])

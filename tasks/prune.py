@@ -6,26 +6,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlpipe import data, images as image_sets, io, models, plots, pruning, registry, training
+from tlpipe import io, pruning, registry
+from tlpipe.data import images as image_sets, storage
+from tlpipe.evaluation import plots
 from tlpipe.pruning.early import SCORED, early_training_scores
+from tlpipe.training import loops, models
 
 
 def surrogate_logits(ctx, images: np.ndarray) -> np.ndarray:
     """The surrogate's source-class logits for the target train images (target labels are not read)."""
     model = models.load_classifier(ctx.upstream("surrogate") / "model")
-    return training.predict_logits(model, images, batch_size=256, device=torch.device(ctx.device))
+    return loops.predict_logits(model, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def surrogate_features(ctx, images: np.ndarray) -> np.ndarray:
     backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
-    return training.extract_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
+    return loops.extract_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def source_feature_chunks(ctx, images):
     """The surrogate's features of the source a chunk at a time: the methods sum or rank them as they
     come (what reads them more than once joins them)."""
     backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
-    return training.iter_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
+    return loops.iter_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def scores(ctx, source: tuple, num_classes: int) -> list:
@@ -68,10 +71,10 @@ def select(ctx, source: tuple, target: tuple, num_classes: int):
 def run(ctx) -> dict:
     p = ctx.params
     prepared = ctx.upstream("prepare")
-    source_split = data.load_prepared(prepared / "source")["train"]
+    source_split = storage.load_prepared(prepared / "source")["train"]
     class_names = list(source_split.features["label"].names)
     source = image_sets.read(source_split)
-    target = data.to_arrays(data.load_prepared(prepared / "target")["train"])
+    target = storage.to_arrays(storage.load_prepared(prepared / "target")["train"])
     selection = select(ctx, source, target, len(class_names))
     kept = pruning.kept_indices(selection, source[1])
     table = pruning.class_table(selection, source[1], kept, class_names)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tlpipe import data, images
+from tlpipe.data import images, storage
 from tasks.common import fit_summary, train_source
 
 
 def run(ctx) -> dict:
-    source = data.load_prepared(ctx.upstream("prepare") / "source")
+    source = storage.load_prepared(ctx.upstream("prepare") / "source")
     num_classes = source["train"].features["label"].num_classes
     return train_source(ctx, images.read(source["train"]), images.read(source["val"]), num_classes)
 

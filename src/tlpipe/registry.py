@@ -51,8 +51,8 @@ def pruning_method(name: str) -> PruningMethod:
 
 
 # Self-supervised distillation of the teacher into the student: objectives between the two
-# (tlpipe.distill), or, for DATASET_DISTILLATION, the source distilled into a few synthetic images that
-# the student then learns from (tlpipe.krr_st).
+# (tlpipe.distillation.representation), or, for DATASET_DISTILLATION, the source distilled into a few synthetic images that
+# the student then learns from (tlpipe.distillation.krr_st).
 DISTILLATION: dict[str, str] = {
     "seed": "SEED (Fang et al., ICLR 2021): the teacher's similarity distribution over a queue",
     "compress": "CompRess (Abbasi Koohpayegani et al., NeurIPS 2020): two memory banks",

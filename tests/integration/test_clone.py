@@ -15,7 +15,8 @@ from runner import dvc, tracking
 from runner.spec import load_pipeline
 from tests.integration.conftest import git, make_project
 from tests.integration.servers import BIN, tool_env
-from tlpipe import config, data
+from tlpipe.data import storage
+from pipeline import config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,7 +104,7 @@ def test_a_clone_that_pulls_reuses_every_stage_and_shows_them_in_its_mlflow(push
     # A's model is not in B's store: B's registry holds the same model, rebuilt from the pulled outputs.
     assert str(doc["registered_model"]["version"]) == "1" and doc["registered_model"]["new_version"]
     model = load_champion(b)
-    images = data.to_arrays(data.load_prepared(b / "data" / "prepared" / "target")["test"].select(range(4)))[0]
+    images = storage.to_arrays(storage.load_prepared(b / "data" / "prepared" / "target")["test"].select(range(4)))[0]
     assert model(torch.as_tensor(images)).shape == (4, 10)
 
     # B changes one param: only the stages it reaches run, and B's dvc.lock records them.

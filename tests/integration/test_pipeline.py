@@ -11,7 +11,7 @@ from flows.pipeline import pipeline
 from runner import dvc, tracking
 from runner.snapshot import preflight
 from runner.spec import load_pipeline
-from tlpipe import config
+from pipeline import config
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -315,7 +315,7 @@ def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_r
     again = json.loads((project / "data" / "distill" / "teachers.json").read_text())
     assert {t["embeddings"] for t in again} == {"cached"}  # computed once, read back from the store
     assert statuses(second)["distill"] == "ran"
-    edit_code("tlpipe.distill")  # where the teacher's embeddings are computed
+    edit_code("tlpipe.distillation.representation")  # where the teacher's embeddings are computed
     run(project, refresh=["distill"])
     edited = json.loads((project / "data" / "distill" / "teachers.json").read_text())
     # computed again for the first teacher; the second has the same weights, so the same memo

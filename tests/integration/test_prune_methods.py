@@ -13,7 +13,9 @@ from runner import core
 from runner.snapshot import preflight
 from runner.spec import load_pipeline, stage_dir
 from runner.workspace import ProjectWorkspace, store_root
-from tlpipe import config, data, io, registry
+from tlpipe import io, registry
+from tlpipe.data import storage
+from pipeline import config
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,7 +49,7 @@ def test_class_methods_keep_whole_classes(project, method):
     out = stage_dir(project, "prune")
     selection = io.read_json(out / "selection.json")
     kept = io.read_array(out / "kept_indices.npy")
-    labels = np.asarray(data.load_prepared(stage_dir(project, "prepare") / "source")["train"]["label"])
+    labels = np.asarray(storage.load_prepared(stage_dir(project, "prepare") / "source")["train"]["label"])
     assert selection["level"] == "class" and selection["method"] == method
     assert len(selection["kept"]) == round(selection["num_classes"] * 0.5)
     assert np.array_equal(kept, np.flatnonzero(np.isin(labels, selection["kept"])))  # every image of a kept class

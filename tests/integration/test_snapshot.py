@@ -17,7 +17,8 @@ from runner import core, snapshot
 from runner.events import Observer
 from runner.spec import load_pipeline
 from runner.workspace import ProjectWorkspace
-from tlpipe import config, io
+from tlpipe import io
+from pipeline import config
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

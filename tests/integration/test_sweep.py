@@ -108,7 +108,7 @@ def test_a_point_probe_is_a_memo_of_the_probe_code(swept, edit_code):
     """The probe of a swept point, read back; with the probe's code edited, computed again (same numbers)."""
     from flows.sweep import _probe
     from runner.workspace import StoreWorkspace
-    from tlpipe import config
+    from pipeline import config
 
     project, *_ = swept
     root = store_root(project)
@@ -117,7 +117,7 @@ def test_a_point_probe_is_a_memo_of_the_probe_code(swept, edit_code):
     workspace = StoreWorkspace(project, entries)
     scores, status = _probe(workspace, params, "cpu")
     assert status == "cached"
-    edit_code("tlpipe.probe")
+    edit_code("tlpipe.evaluation.probe")
     again, status = _probe(workspace, params, "cpu")
     assert status == "ran" and again == scores
 

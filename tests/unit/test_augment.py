@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tlpipe.augment import (
+from tlpipe.data.augment import (
     ViewConfig,
     adjust_intensity,
     augment_batch,

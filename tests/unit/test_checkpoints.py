@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tlpipe import distill, selfsup
-from tlpipe.checkpoints import FILE, Checkpoint
-from tlpipe.models import Classifier, build_backbone
-from tlpipe.training import train_classifier
+from tlpipe.distillation import representation
+from tlpipe.pretraining import selfsup
+from tlpipe.training.checkpoints import Checkpoint, FILE
+from tlpipe.training.loops import train_classifier
+from tlpipe.training.models import Classifier, build_backbone
 
 CPU = torch.device("cpu")
 
@@ -20,7 +21,7 @@ class Crash(Exception):
 
 
 class FailingImages:
-    """An image set read by index (like `tlpipe.images.Images`) that fails on its `fail_at`-th read."""
+    """An image set read by index (like `tlpipe.data.images.Images`) that fails on its `fail_at`-th read."""
 
     def __init__(self, images: np.ndarray, fail_at: int | None = None):
         self.images, self.fail_at, self.reads = images, fail_at, 0
@@ -118,10 +119,10 @@ LOOPS = {
     "byol": lambda images, **kw: selfsup.pretrain_byol(  # its target network is in the checkpoint
         small_backbone(), images, epochs=3, batch_size=16, lr=1e-2, weight_decay=0.01, projection_dim=8,
         predictor_hidden=16, base_momentum=0.9, seed=2, device=CPU, **kw),
-    "seed": lambda images, **kw: distill.distill(  # its queues are in the checkpoint
+    "seed": lambda images, **kw: representation.distill(  # its queues are in the checkpoint
         small_backbone(width=4), small_backbone(seed=8, width=8).eval(), images, epochs=3, batch_size=16, lr=1e-2,
         weight_decay=0.01, queue_size=24, tau_s=0.2, tau_t=0.1, seed=2, device=CPU, method="seed", **kw),
-    "compress": lambda images, **kw: distill.distill(
+    "compress": lambda images, **kw: representation.distill(
         small_backbone(width=4), small_backbone(seed=8, width=8).eval(), images, epochs=3, batch_size=16, lr=1e-2,
         weight_decay=0.01, queue_size=24, tau_s=0.2, tau_t=0.1, seed=2, device=CPU, method="compress", **kw),
 }

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tlpipe import config, sources
-from tlpipe.schema import ParamsError
+from pipeline import config, sources
+from pipeline.schema import ParamsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,12 +124,15 @@ def test_bad_sweep_files_are_named(tmp_path, params, changes, message):
 
 
 def test_method_choices_are_the_registries():
-    from tlpipe import distill, krr_st, pruning, registry
+    from tlpipe.distillation import representation
+    from tlpipe.distillation import krr_st
+    from tlpipe import pruning
+    from tlpipe import registry
 
     assert config.SCHEMA["prune"]["method"].choices == tuple(registry.PRUNING)
     assert pruning.CLASS_METHODS + pruning.SAMPLE_METHODS == tuple(registry.PRUNING)
     assert config.SCHEMA["distill"]["method"].choices == tuple(registry.DISTILLATION)
-    assert distill.METHODS + registry.DATASET_DISTILLATION == tuple(registry.DISTILLATION)
+    assert representation.METHODS + registry.DATASET_DISTILLATION == tuple(registry.DISTILLATION)
     assert config.SCHEMA["distill"]["krr_st"]["init"].choices == krr_st.INITS
     assert config.TEACHER_SELECT["select"].choices == tuple(registry.TEACHER_SELECTION)
     assert config.SCHEMA["pretrain"]["mode"].choices == tuple(registry.SOURCE_MODES)
@@ -163,7 +166,7 @@ def test_checking_params_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys; from tlpipe import config, registry; print('torch' in sys.modules)"
+    code = "import sys; from pipeline import config; from tlpipe import registry; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe import data, external, splits
+from tlpipe.data import external, splits, storage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,14 +24,14 @@ def _toy(counts, image_size=8, channels=1):
         (np.arange(len(labels)) % 256).astype(np.uint8)[:, None, None, None],
         (len(labels), channels, image_size, image_size),
     )
-    features = data.prepared_features(
+    features = storage.prepared_features(
         [f"c{c}" for c in range(len(counts))], channels=channels, image_size=image_size
     )
     return datasets.Dataset.from_dict({"pixels": pixels, "label": labels}, features=features)
 
 
 def _rows(ds):
-    pixels, _ = data.to_arrays(ds)
+    pixels, _ = storage.to_arrays(ds)
     return set(pixels[:, 0, 0, 0].tolist())
 
 
@@ -44,38 +44,38 @@ def _md5s(folder):
 
 @pytest.fixture(scope="module")
 def glyph_ds():
-    return data.render_glyphs(charset="ascii", images_per_class=3, seed=0)
+    return storage.render_glyphs(charset="ascii", images_per_class=3, seed=0)
 
 
 def test_glyphs_prepared_format(glyph_ds):
     features = glyph_ds.features
     assert features["pixels"] == datasets.Array3D(shape=(1, 32, 32), dtype="uint8")
-    assert features["label"].names == data.glyph_charset("ascii")
+    assert features["label"].names == storage.glyph_charset("ascii")
     assert features["font"] == datasets.Value("string")
-    pixels, labels = data.to_arrays(glyph_ds)
+    pixels, labels = storage.to_arrays(glyph_ds)
     assert pixels.shape == (94 * 3, 1, 32, 32) and pixels.dtype == np.uint8
     assert np.array_equal(labels, np.repeat(np.arange(94), 3))  # class by class
 
 
 def test_glyphs_are_seeded_and_reproducible(glyph_ds):
-    again = data.render_glyphs(charset="ascii", images_per_class=3, seed=0)
-    other = data.render_glyphs(charset="ascii", images_per_class=3, seed=1)
-    assert data.to_arrays(again)[0].tobytes() == data.to_arrays(glyph_ds)[0].tobytes()
+    again = storage.render_glyphs(charset="ascii", images_per_class=3, seed=0)
+    other = storage.render_glyphs(charset="ascii", images_per_class=3, seed=1)
+    assert storage.to_arrays(again)[0].tobytes() == storage.to_arrays(glyph_ds)[0].tobytes()
     assert again["font"][:] == glyph_ds["font"][:]
-    assert data.to_arrays(other)[0].tobytes() != data.to_arrays(glyph_ds)[0].tobytes()
+    assert storage.to_arrays(other)[0].tobytes() != storage.to_arrays(glyph_ds)[0].tobytes()
 
 
 def test_glyphs_white_on_black(glyph_ds):
-    pixels = data.to_arrays(glyph_ds)[0][:, 0].astype(float)
+    pixels = storage.to_arrays(glyph_ds)[0][:, 0].astype(float)
     assert pixels[:, 0].mean() < 20 and pixels[:, :, 0].mean() < 20  # border
     assert np.median(pixels.max(axis=(1, 2))) > 128
 
 
 def test_extended_glyphs_small_size():
-    ds = data.render_glyphs(charset="extended", images_per_class=1, seed=3, image_size=16)
-    assert len(ds) == len(data.glyph_charset("extended"))
-    assert ds.features["label"].int2str(200) == data.glyph_charset("extended")[200]
-    assert data.to_arrays(ds)[0].shape[1:] == (1, 16, 16)
+    ds = storage.render_glyphs(charset="extended", images_per_class=1, seed=3, image_size=16)
+    assert len(ds) == len(storage.glyph_charset("extended"))
+    assert ds.features["label"].int2str(200) == storage.glyph_charset("extended")[200]
+    assert storage.to_arrays(ds)[0].shape[1:] == (1, 16, 16)
 
 
 @pytest.mark.parametrize(
@@ -90,13 +90,13 @@ def test_extended_glyphs_small_size():
 )
 def test_render_glyphs_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        data.render_glyphs(**{"charset": "ascii", "images_per_class": 2, "seed": 0, **kwargs})
+        storage.render_glyphs(**{"charset": "ascii", "images_per_class": 2, "seed": 0, **kwargs})
 
 
 @pytest.mark.parametrize("image_size", [8, 32])
 def test_digits(image_size):
-    ds = data.load_digits_dataset(image_size=image_size)
-    pixels, labels = data.to_arrays(ds)
+    ds = storage.load_digits_dataset(image_size=image_size)
+    pixels, labels = storage.to_arrays(ds)
     assert pixels.shape == (1797, 1, image_size, image_size)
     assert ds.features["label"].names == [str(d) for d in range(10)]
     assert set(labels.tolist()) == set(range(10))
@@ -106,7 +106,7 @@ def test_digits(image_size):
 def test_digits_at_8px_are_the_raw_levels():
     from sklearn.datasets import load_digits
 
-    pixels = data.to_arrays(data.load_digits_dataset(image_size=8))[0][:, 0]
+    pixels = storage.to_arrays(storage.load_digits_dataset(image_size=8))[0][:, 0]
     assert np.array_equal(pixels, np.rint(load_digits().images * 255 / 16).astype(np.uint8))
 
 
@@ -129,7 +129,7 @@ def _pil_dataset(labels):
 def test_load_imagefolder(tmp_path):
     _write_pngs(tmp_path / "pets")
     ds = external.load_image_dataset(str(tmp_path / "pets"), image_size=16)
-    pixels, labels = data.to_arrays(ds)
+    pixels, labels = storage.to_arrays(ds)
     assert ds.features["label"].names == ["cat", "dog"]
     assert pixels.shape == (6, 1, 16, 16)
     for label, value in ((0, 40), (1, 140)):
@@ -138,7 +138,7 @@ def test_load_imagefolder(tmp_path):
 
 def test_load_imagefolder_rgb(tmp_path):
     _write_pngs(tmp_path / "pets", per_class=1)
-    pixels, _ = data.to_arrays(external.load_image_dataset(str(tmp_path / "pets"), channels=3))
+    pixels, _ = storage.to_arrays(external.load_image_dataset(str(tmp_path / "pets"), channels=3))
     assert pixels.shape == (2, 3, 32, 32)
 
 
@@ -154,7 +154,7 @@ def test_load_save_to_disk_folder_keeps_classlabel(tmp_path, as_dict):
         label_column="digit", image_size=8,
     )  # fmt: skip
     assert ds.features["label"].names == ["x", "y", "z"]
-    assert data.to_arrays(ds)[1].tolist() == ([1] if as_dict else [1, 0, 1, 2])
+    assert storage.to_arrays(ds)[1].tolist() == ([1] if as_dict else [1, 0, 1, 2])
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_load_parquet_with_custom_columns(tmp_path, labels, names, ids, as_folde
     _pil_dataset(labels).to_parquet(str(tmp_path / "pq" / "part.parquet"))
     name = tmp_path / "pq" if as_folder else tmp_path / "pq" / "part.parquet"
     ds = external.load_image_dataset(str(name), image_column="img", label_column="digit", image_size=8)
-    pixels, got = data.to_arrays(ds)
+    pixels, got = storage.to_arrays(ds)
     assert ds.features["label"].names == names and got.tolist() == ids
     assert pixels[:, 0, 0, 0].tolist() == [0, 10, 20, 30]
 
@@ -226,7 +226,7 @@ def test_unknown_hub_id_offline_gives_clear_error(monkeypatch):
 def test_split_source_is_stratified(counts, val_fraction):
     ds = _toy(counts)
     split = splits.split_source(ds, val_fraction=val_fraction, seed=0)
-    train_labels, val_labels = data.to_arrays(split["train"])[1], data.to_arrays(split["val"])[1]
+    train_labels, val_labels = storage.to_arrays(split["train"])[1], storage.to_arrays(split["val"])[1]
     for c, n in enumerate(counts):
         n_val = (val_labels == c).sum()
         assert 1 <= n_val <= max(1, round(val_fraction * n))
@@ -251,7 +251,7 @@ def test_split_target_sizes(shots, test_fraction):
         _toy(counts), shots_per_class=shots, test_fraction=test_fraction, seed=0
     )
     assert list(split) == ["train", "unlabeled", "test"]
-    labels = {name: data.to_arrays(part)[1] for name, part in split.items()}
+    labels = {name: storage.to_arrays(part)[1] for name, part in split.items()}
     for c, n in enumerate(counts):
         n_test = (labels["test"] == c).sum()
         assert (labels["train"] == c).sum() == shots
@@ -294,40 +294,40 @@ def test_split_target_names_the_smallest_pool():
 
 def test_to_arrays_types():
     ds = _toy([2, 3], image_size=9, channels=3)
-    pixels, labels = data.to_arrays(ds.select([4, 0]))
+    pixels, labels = storage.to_arrays(ds.select([4, 0]))
     assert pixels.dtype == np.uint8 and pixels.shape == (2, 3, 9, 9)
     assert labels.dtype == np.int64 and labels.tolist() == [1, 0]
-    empty_pixels, empty_labels = data.to_arrays(ds.select([]))
+    empty_pixels, empty_labels = storage.to_arrays(ds.select([]))
     assert empty_pixels.shape == (0, 3, 9, 9) and empty_labels.shape == (0,)
 
 
 def test_save_and_load_round_trip(tmp_path, glyph_ds):
     split = splits.split_source(glyph_ds, val_fraction=0.34, seed=0)
-    data.save_prepared(split, tmp_path / "prepared")
-    loaded = data.load_prepared(tmp_path / "prepared")
+    storage.save_prepared(split, tmp_path / "prepared")
+    loaded = storage.load_prepared(tmp_path / "prepared")
     for name in ("train", "val"):
         assert loaded[name].features == glyph_ds.features
         for got, want in zip(
-            data.to_arrays(loaded[name]), data.to_arrays(split[name]), strict=True
+            storage.to_arrays(loaded[name]), storage.to_arrays(split[name]), strict=True
         ):
             assert np.array_equal(got, want)
     assert loaded["train"]["font"][:] == split["train"]["font"][:]
-    data.save_prepared(datasets.DatasetDict(only=_toy([1]).select([])), tmp_path / "prepared")
-    replaced = data.load_prepared(tmp_path / "prepared")  # an empty split survives the round trip
-    assert list(replaced) == ["only"] and data.to_arrays(replaced["only"])[0].shape == (0, 1, 8, 8)
+    storage.save_prepared(datasets.DatasetDict(only=_toy([1]).select([])), tmp_path / "prepared")
+    replaced = storage.load_prepared(tmp_path / "prepared")  # an empty split survives the round trip
+    assert list(replaced) == ["only"] and storage.to_arrays(replaced["only"])[0].shape == (0, 1, 8, 8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no leftovers
 
 
 def test_load_prepared_missing(tmp_path):
     with pytest.raises(ValueError, match="no prepared dataset"):
-        data.load_prepared(tmp_path / "nothing")
+        storage.load_prepared(tmp_path / "nothing")
 
 
 def test_save_ignores_history_fingerprints(tmp_path):
     ds = _toy([3, 3])
     for i, fingerprint in enumerate(["aaaa", "bbbb"]):
         renamed = ds.flatten_indices(keep_in_memory=True, new_fingerprint=fingerprint)
-        data.save_prepared(datasets.DatasetDict(train=renamed), tmp_path / f"out{i}")
+        storage.save_prepared(datasets.DatasetDict(train=renamed), tmp_path / f"out{i}")
     assert _md5s(tmp_path / "out0") == _md5s(tmp_path / "out1")
 
 
@@ -336,27 +336,27 @@ def test_splits_are_tables_of_their_own():
     ds = _toy([4, 5])
     split = splits.split_source(ds, val_fraction=0.5, seed=3)
     assert all(part._indices is None for part in split.values())
-    rows = sorted(int(p[0, 0, 0]) for p in data.to_arrays(split["val"])[0])  # pixel value = source row
+    rows = sorted(int(p[0, 0, 0]) for p in storage.to_arrays(split["val"])[0])  # pixel value = source row
     want = ds.select(rows)
-    for got, expected in zip(data.to_arrays(split["val"]), data.to_arrays(want), strict=True):
+    for got, expected in zip(storage.to_arrays(split["val"]), storage.to_arrays(want), strict=True):
         assert np.array_equal(got, expected)
 
 
 def test_saved_bytes_follow_class_names(tmp_path):
     ds = _toy([2, 2])
     renamed = ds.cast_column("label", datasets.ClassLabel(names=["x", "y"]))
-    data.save_prepared(datasets.DatasetDict(train=ds), tmp_path / "a")
-    data.save_prepared(datasets.DatasetDict(train=renamed), tmp_path / "b")
+    storage.save_prepared(datasets.DatasetDict(train=ds), tmp_path / "a")
+    storage.save_prepared(datasets.DatasetDict(train=renamed), tmp_path / "b")
     assert _md5s(tmp_path / "a")["train/state.json"] != _md5s(tmp_path / "b")["train/state.json"]
-    assert data.load_prepared(tmp_path / "b")["train"].features["label"].names == ["x", "y"]
+    assert storage.load_prepared(tmp_path / "b")["train"].features["label"].names == ["x", "y"]
 
 
 def build_and_save(path):
     """The prepare stage in small; run here and in a second interpreter."""
-    glyphs = data.render_glyphs(charset="ascii", images_per_class=4, seed=0, image_size=16)
+    glyphs = storage.render_glyphs(charset="ascii", images_per_class=4, seed=0, image_size=16)
     source = splits.split_source(glyphs, val_fraction=0.25, seed=0)
     target = splits.split_target(source["train"], shots_per_class=1, test_fraction=0.5, seed=0)
-    data.save_prepared(datasets.DatasetDict({**source, **target}), path)
+    storage.save_prepared(datasets.DatasetDict({**source, **target}), path)
 
 
 @pytest.mark.slow  # a second interpreter imports torch and datasets (~4 s)

@@ -7,7 +7,7 @@ import pytest
 from runner import keys
 from runner.snapshot import check_declaration
 from runner.spec import STAGE_DIRS, load_pipeline, select_stages
-from tlpipe import config
+from pipeline import config
 
 REPO = Path(__file__).resolve().parents[2]
 

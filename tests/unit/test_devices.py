@@ -1,6 +1,6 @@
 import pytest
 
-from tlpipe import devices, runtime
+from tlpipe.training import devices, runtime
 
 
 @pytest.mark.parametrize("nodes, expected", [

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.distill import METHODS, distill, select_teachers, teacher_embeddings_of
-from tlpipe.models import build_backbone, feature_dim
+from tlpipe.distillation.representation import METHODS, distill, teacher_embeddings_of
+from tlpipe.distillation.teachers import select_teachers
+from tlpipe.training.models import build_backbone, feature_dim
 
 CPU = torch.device("cpu")
 SETTINGS = dict(batch_size=16, lr=5e-3, weight_decay=0.01, queue_size=64, tau_s=0.2, tau_t=0.05, seed=0, device=CPU)

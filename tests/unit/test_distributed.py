@@ -72,9 +72,9 @@ def train(out: Path) -> None:
     nothing but the order of sums), 2 epochs of 4 steps of 16 images."""
     from safetensors.torch import save_file
 
-    from tlpipe import distributed
-    from tlpipe.models import Classifier, build_backbone
-    from tlpipe.training import train_classifier
+    from tlpipe.training import distributed
+    from tlpipe.training.models import Classifier, build_backbone
+    from tlpipe.training.loops import train_classifier
 
     launched = "WORLD_SIZE" in os.environ
     ranks, device = distributed.start("cpu") if launched else (distributed.current(), torch.device("cpu"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlpipe.efficiency import (
+from tlpipe.evaluation.efficiency import (
     compare_profiles,
     count_macs,
     measure_latency,
@@ -12,7 +12,7 @@ from tlpipe.efficiency import (
     model_profile,
     profile_models,
 )
-from tlpipe.models import Classifier, build_backbone, count_parameters
+from tlpipe.training.models import Classifier, build_backbone, count_parameters
 
 TINY = dict(embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1])
 

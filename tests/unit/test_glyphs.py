@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tlpipe import glyphs
+from tlpipe.data import glyphs
 
 
 def _fits_degraded_grid(image: np.ndarray) -> bool:

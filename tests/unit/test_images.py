@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe import data, images, models, runtime, splits, training
+from tlpipe.data import images, splits, storage
+from tlpipe.training import loops, models, runtime
 
 datasets.disable_progress_bars()
 
@@ -20,8 +21,8 @@ def prepared(tmp_path_factory):
     pixels = rng.integers(0, 256, size=(150, 3, 8, 8), dtype=np.uint8)
     labels = np.repeat(np.arange(5), 30)
     folder = tmp_path_factory.mktemp("prepared") / "source"
-    data.save_prepared(datasets.DatasetDict(train=data.build_dataset(pixels, labels, list("abcde"))), folder)
-    return data.load_prepared(folder)["train"], pixels, labels
+    storage.save_prepared(datasets.DatasetDict(train=storage.build_dataset(pixels, labels, list("abcde"))), folder)
+    return storage.load_prepared(folder)["train"], pixels, labels
 
 
 def test_reads_the_same_pixels_as_the_whole_array(prepared):
@@ -121,8 +122,8 @@ def test_training_from_a_mapped_set_gives_the_same_weights_as_from_arrays(prepar
     def train(source):
         runtime.seed_everything(0)
         model = models.Classifier(models.build_backbone(in_channels=3, embedding_size=4, hidden_sizes=[8], depths=[1]), 5)
-        training.train_classifier(model, source, labels, epochs=2, batch_size=32, lr=1e-2, weight_decay=0.0,
-                                  seed=0, device=torch.device("cpu"), val_images=source, val_labels=labels)
+        loops.train_classifier(model, source, labels, epochs=2, batch_size=32, lr=1e-2, weight_decay=0.0,
+                               seed=0, device=torch.device("cpu"), val_images=source, val_labels=labels)
         return model.state_dict()
 
     from_array, from_mapped = train(pixels), train(images.Images.of(ds))

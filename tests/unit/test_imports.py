@@ -8,7 +8,7 @@ import pytest
 from runner.keys import imported_modules
 
 REPO = Path(__file__).resolve().parents[2]
-ROOTS = {"tlpipe": REPO / "src" / "tlpipe", "tasks": REPO / "tasks", "runner": REPO / "runner", "flows": REPO / "flows"}
+ROOTS = {"tlpipe": REPO / "src" / "tlpipe", "pipeline": REPO / "pipeline", "tasks": REPO / "tasks", "runner": REPO / "runner", "flows": REPO / "flows"}
 
 
 def project_modules() -> dict[str, Path]:
@@ -79,7 +79,7 @@ def test_no_import_cycles_among_project_modules():
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("tool", ["prefect", "mlflow", "dvc", "tasks", "runner", "flows"])
+@pytest.mark.parametrize("tool", ["prefect", "mlflow", "dvc", "pipeline", "tasks", "runner", "flows"])
 def test_the_library_imports_none_of_the_tools(tool):
     for name, path in project_modules().items():
         if name.startswith("tlpipe"):

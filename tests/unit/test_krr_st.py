@@ -1,4 +1,4 @@
-"""KRR-ST (tlpipe.krr_st): parity of the outer loss, its gradients and the pool's SGD step with the
+"""KRR-ST (tlpipe.distillation.krr_st): parity of the outer loss, its gradients and the pool's SGD step with the
 authors' code (tests/fixtures/krr_st.*, cases K1-K3), and the loops on tiny data."""
 
 from pathlib import Path
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from tlpipe import krr_st
-from tlpipe.checkpoints import Checkpoint
-from tlpipe.models import build_backbone
+from tlpipe.distillation import krr_st
+from tlpipe.training.checkpoints import Checkpoint
+from tlpipe.training.models import build_backbone
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 CASES = ("K1", "K2", "K3")
@@ -157,7 +157,7 @@ def test_distill_dataset_learns_a_set_and_is_reproducible():
 
 def test_teacher_table_gives_the_same_set_as_the_live_teacher_without_augmentation():
     images, teacher = make_images(), tiny_teacher()
-    from tlpipe.distill import teacher_embeddings_of
+    from tlpipe.distillation.representation import teacher_embeddings_of
 
     table = torch.as_tensor(teacher_embeddings_of(teacher, images, batch_size=16, device=torch.device("cpu")))
     cached, m_cached = run_dataset(images, teacher, teacher_table=table)

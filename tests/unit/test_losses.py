@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.losses.queue import EmbeddingQueue
-from tlpipe.losses.seed import seed_loss
+from tlpipe.distillation.queue import EmbeddingQueue
+from tlpipe.distillation.seed import seed_loss
 from tests.unit.parity import check_loss_parity
 
 SEED_CASES = ["S1", "S2", "S3"]

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlpipe.losses.compress import build_compress_memory_bank, compress_loss
-from tlpipe.losses.mse import feature_regression_loss
-from tlpipe.losses.queue import EmbeddingQueue
+from tlpipe.distillation.compress import build_compress_memory_bank, compress_loss
+from tlpipe.distillation.mse import feature_regression_loss
+from tlpipe.distillation.queue import EmbeddingQueue
 from tests.unit.parity import check_loss_parity
 
 COMPRESS_CASES = ["C1", "C2", "C3", "C4"]  # C1-C3 two-queue, C4 one-queue

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from tlpipe.losses.byol import byol_loss, byol_momentum, ema_update
-from tlpipe.losses.ntxent import nt_xent_loss
+from tlpipe.pretraining.byol import byol_loss, byol_momentum, ema_update
+from tlpipe.pretraining.ntxent import nt_xent_loss
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

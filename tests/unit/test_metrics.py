@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tlpipe.metrics import (
+from tlpipe.evaluation.metrics import (
     classification_report,
     draw_few_shot_indices,
     few_shot_probe,

@@ -3,7 +3,7 @@ import hashlib
 import pytest
 import torch
 
-from tlpipe.models import (
+from tlpipe.training.models import (
     ARCHS,
     Classifier,
     ProjectionHead,
@@ -47,7 +47,7 @@ def test_build_backbone_rejects_bad_arguments():
 
 
 def test_downsample_in_first_stage_quarters_the_stage_cost_and_keeps_the_weights_shape():
-    from tlpipe.efficiency import count_macs
+    from tlpipe.evaluation.efficiency import count_macs
 
     x = torch.randn(2, 1, 32, 32)
     plain = build_backbone(**TINY).eval()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.osborn import (
+from tlpipe.transferability.osborn import (
     CandidateFeatures,
     OsbornTerms,
     balanced_sample,

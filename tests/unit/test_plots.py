@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from tlpipe.plots import KEPT_COLOR, plot_class_votes, plot_confusion_matrix, plot_curves, plot_image_grid
+from tlpipe.evaluation.plots import KEPT_COLOR, plot_class_votes, plot_confusion_matrix, plot_curves, plot_image_grid
 
 # '$' alone and '$x$' would be mathtext without parse_math=False; '\\' and '_' and '^' too
 GLYPHS = ["α", "Ж", "$", "$x$", "\\", "a_b^c", "%", "ß", "Ω", "#", "{", "ё"]
@@ -101,7 +101,7 @@ def test_unicode_and_dollar_names_render_without_mathtext_errors(tmp_path):
 
 
 def test_probe_against_shots_draws_one_line_per_backbone_at_the_shots(tmp_path):
-    from tlpipe.plots import plot_probe_vs_shots
+    from tlpipe.evaluation.plots import plot_probe_vs_shots
 
     transfer = {"teacher": {"1shot": {"mean": 0.6, "std": 0.1}, "10shot": {"mean": 0.9, "std": 0.0},
                             "3shot": {"mean": 0.8, "std": 0.05}},

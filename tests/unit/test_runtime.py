@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.runtime import (
+from tlpipe.training.runtime import (
     autocast,
     device_settings,
     iter_batches,

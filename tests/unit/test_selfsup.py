@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.models import build_backbone, feature_dim
-from tlpipe.selfsup import pretrain_byol, pretrain_simclr
+from tlpipe.pretraining.selfsup import pretrain_byol, pretrain_simclr
+from tlpipe.training.models import build_backbone, feature_dim
 
 CPU = torch.device("cpu")
 COMMON = dict(batch_size=16, lr=5e-3, weight_decay=0.01, projection_dim=8, seed=0, device=CPU)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe import data, external, shards, splits
+from tlpipe.data import external, shards, splits, storage
 
 datasets.disable_progress_bars()
 
@@ -20,7 +20,7 @@ def md5s(folder: Path) -> dict[str, str]:
 
 
 def same_rows(a: datasets.Dataset, b: datasets.Dataset) -> None:
-    for x, y in zip(data.to_arrays(a), data.to_arrays(b), strict=True):
+    for x, y in zip(storage.to_arrays(a), storage.to_arrays(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -31,9 +31,9 @@ def test_glyphs_in_parts_are_the_split_made_in_memory_whatever_the_processes(tmp
     assert one == two == {"train": 94 * 5, "val": 94}
     assert md5s(tmp_path / "one") == md5s(tmp_path / "two")
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the parts are gone
-    in_memory = splits.split_source(data.render_glyphs(charset="ascii", images_per_class=6, seed=3, image_size=16),
+    in_memory = splits.split_source(storage.render_glyphs(charset="ascii", images_per_class=6, seed=3, image_size=16),
                                     val_fraction=0.2, seed=1)
-    written = data.load_prepared(tmp_path / "one")
+    written = storage.load_prepared(tmp_path / "one")
     for split in ("train", "val"):
         same_rows(written[split], in_memory[split])
         assert written[split]["font"] == in_memory[split]["font"]
@@ -52,7 +52,7 @@ def test_a_split_is_written_in_large_record_batches(tmp_path, monkeypatch):
     # 94 parts (one a character) of 5 train rows, joined until a batch holds 100 images' bytes
     assert 1 < len(batches) < 94 and all(b.nbytes >= shards.RECORD_BATCH_BYTES for b in batches[:-1])
     assert sum(b.num_rows for b in batches) == 94 * 5
-    small, joined = data.load_prepared(tmp_path / "small"), data.load_prepared(tmp_path / "joined")
+    small, joined = storage.load_prepared(tmp_path / "small"), storage.load_prepared(tmp_path / "joined")
     for split in ("train", "val"):
         same_rows(small[split], joined[split])
 
@@ -60,7 +60,7 @@ def test_a_split_is_written_in_large_record_batches(tmp_path, monkeypatch):
 def test_no_validation_split_writes_an_empty_one(tmp_path):
     source = shards.Glyphs(charset="ascii", images_per_class=2, seed=0, image_size=8, degrade_fraction=0.0)
     assert shards.prepare_source(source, tmp_path / "s", val_fraction=0.0, seed=0, workers=1) == {"train": 188, "val": 0}
-    assert len(data.load_prepared(tmp_path / "s")["val"]) == 0
+    assert len(storage.load_prepared(tmp_path / "s")["val"]) == 0
 
 
 def rgb_folder(root: Path, classes: dict[str, int], size: int = 40) -> Path:
@@ -80,7 +80,7 @@ def test_an_rgb_folder_is_decoded_in_parts_at_64_px(tmp_path, monkeypatch):
     one = shards.prepare_source(source, tmp_path / "one", val_fraction=0.2, seed=0, workers=1)
     two = shards.prepare_source(source, tmp_path / "two", val_fraction=0.2, seed=0, workers=2)
     assert one == two and md5s(tmp_path / "one") == md5s(tmp_path / "two")
-    written = data.load_prepared(tmp_path / "one")
+    written = storage.load_prepared(tmp_path / "one")
     assert written["train"].features["pixels"].shape == (3, 64, 64)
     assert written["train"].features["label"].names == ["cat", "dog", "emu"]
     in_memory = splits.split_source(external.load_image_dataset(str(folder), image_size=64, channels=3),

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tlpipe import plots, sweeps
+from tlpipe.evaluation import plots
+from pipeline import sweeps
 
 
 def table() -> pd.DataFrame:

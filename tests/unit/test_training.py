@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe import training
-from tlpipe.models import Classifier, build_backbone, embed
-from tlpipe.training import extract_features, finetune, iter_features, predict_logits, train_classifier, warmup_cosine
+from tlpipe.training import loops
+from tlpipe.training.loops import (
+    extract_features,
+    finetune,
+    iter_features,
+    predict_logits,
+    train_classifier,
+    warmup_cosine,
+)
+from tlpipe.training.models import Classifier, build_backbone, embed
 
 CPU = torch.device("cpu")
 FAST = dict(batch_size=16, weight_decay=0.01, seed=0, device=CPU)
@@ -94,8 +101,8 @@ def test_features_a_chunk_at_a_time():
     code between chunks runs with gradients as usual (inference mode is entered per batch only)."""
     images, _ = toy_data(70)
     backbone = Classifier(tiny_backbone(), 3).backbone
-    chunks = training.iter_outputs(lambda x: embed(backbone.eval(), x), images, batch_size=4, device=CPU,
-                                   batches_per_copy=5)
+    chunks = loops.iter_outputs(lambda x: embed(backbone.eval(), x), images, batch_size=4, device=CPU,
+                                batches_per_copy=5)
     sizes = []
     for chunk in chunks:
         sizes.append(len(chunk))

@@ -7,18 +7,9 @@ import pytest
 import scipy.stats
 import torch
 
-from tlpipe import transferability
-from tlpipe.transferability import (
-    h_score,
-    kendall_tau,
-    leep,
-    logme,
-    logme_per_class,
-    nce,
-    teacher_weights,
-    tmi,
-    transferability_scores,
-)
+from tlpipe.distillation.teachers import teacher_weights
+from tlpipe.evaluation.metrics import kendall_tau
+from tlpipe.transferability import TMI_EPS_SQ, h_score, leep, logme, logme_per_class, nce, tmi, transferability_scores
 
 CASES = ["P1", "P2", "P3"]
 
@@ -148,10 +139,12 @@ def test_torch_inputs_give_the_numpy_values(cases):
     assert nce(torch.tensor(c["source_pseudo_labels"]), labels) == nce(c["source_pseudo_labels"], c["labels"])
 
 
-def test_module_is_importable_from_the_package():
-    import tlpipe
+def test_every_estimate_is_importable_from_the_package():
+    import tlpipe.transferability as package
+    from tlpipe.transferability import coding_rate, evidence, hscore, source_labels
 
-    assert tlpipe.transferability is transferability
+    assert (package.logme, package.leep, package.nce, package.h_score, package.tmi) == (
+        evidence.logme, source_labels.leep, source_labels.nce, hscore.h_score, coding_rate.tmi)
 
 
 # --- LogME when D > N ---------------------------------------------------------------------------
@@ -396,7 +389,7 @@ def test_tmi_grows_as_the_distortion_shrinks():
     features, labels = _uneven_classes((5, 5), 4, seed=9)
     scores = [tmi(features, labels, eps_sq=e) for e in (4.0, 0.5, 1e-2, 1e-4)]
     assert all(a < b for a, b in zip(scores, scores[1:]))
-    assert tmi(features, labels) == tmi(features, labels, eps_sq=transferability.TMI_EPS_SQ)
+    assert tmi(features, labels) == tmi(features, labels, eps_sq=TMI_EPS_SQ)
 
 
 def test_tmi_single_sample_classes_and_zero_vectors_score_zero():

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlpipe import models, runtime, training
-from tlpipe.checkpoints import Checkpoint
 from tlpipe.pruning.scores import el2n_norms, per_sample_grad_norms
+from tlpipe.training import loops, models, runtime
+from tlpipe.training.checkpoints import Checkpoint
 
 SCORED = {"el2n": "el2n_norms", "grand": "grad_norms"}  # what each method reads from a trained model
 _CHUNK = 4096  # images turned into float pixels at a time for the gradient norms
@@ -24,7 +24,7 @@ def early_training_scores(architecture: nn.Module, images, labels: np.ndarray, *
     """One score array per run, stacked [runs, N]: error norms (`el2n_norms`) for "el2n", gradient norms
     for "grand". Run r trains `type(architecture)(architecture.config)` plus a linear head, drawn and
     shuffled from seed `seed + r`. `images`: uint8 [N, C, H, W], an array or a set read by index
-    (`tlpipe.images`). `checkpoints(r)`, given, is where run r's training saves and resumes."""
+    (`tlpipe.data.images`). `checkpoints(r)`, given, is where run r's training saves and resumes."""
     if method not in SCORED:
         raise ValueError(f"method={method!r} has no early-training scores; valid options: {', '.join(SCORED)}")
     per_run = []
@@ -32,12 +32,12 @@ def early_training_scores(architecture: nn.Module, images, labels: np.ndarray, *
         run_seed = seed + run
         runtime.seed_everything(run_seed)  # fresh weights of the architecture, drawn from the seed
         model = models.Classifier(type(architecture)(architecture.config), num_classes)
-        training.train_classifier(model, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                                  weight_decay=0.0005, seed=run_seed, device=device, label_smoothing=0.0,
-                                  checkpoint=None if checkpoints is None else checkpoints(run))
+        loops.train_classifier(model, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                               weight_decay=0.0005, seed=run_seed, device=device, label_smoothing=0.0,
+                               checkpoint=None if checkpoints is None else checkpoints(run))
         if SCORED[method] == "el2n_norms":  # a chunk of logits at a time: N x C of them would not fit
-            model, norms = training.prepare_module(model, device).eval(), []
-            for logits in training.iter_outputs(model, images, batch_size=256, device=device):
+            model, norms = loops.prepare_module(model, device).eval(), []
+            for logits in loops.iter_outputs(model, images, batch_size=256, device=device):
                 done = sum(map(len, norms))
                 norms.append(el2n_norms(logits, labels[done : done + len(logits)]))
             per_run.append(np.concatenate(norms))

@@ -1,0 +1,1 @@
+"""Prepared image data sets, their splits, shards, glyphs, augmentation and outside sources."""

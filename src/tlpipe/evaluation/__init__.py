@@ -1,0 +1,1 @@
+"""Metrics, linear probes, inference cost and the figures of a report."""

@@ -1,1 +1,0 @@
-"""Distillation losses, one per module."""

@@ -1,0 +1,1 @@
+"""Backbones and the loops that train them: checkpoints, devices, precision, data parallelism."""
