@@ -75,7 +75,7 @@ def surrogate_inference_line(model_dir: Path, target_dir: Path, device: str) -> 
 
 
 def inference_speed(model, images, device, *, batch_size: int = 256, repeats: int = 15) -> tuple[float, float, int]:
-    """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`loops.predict_logits`)
+    """Images/s of a classifier over uint8 `images`: as the prune stage runs it (`inference.predict_logits`)
     and as a bare loop (same batches, autocast and device; logits kept on the device, one copy back), and
     the number of images timed. A target train split is a few hundred images, too short to time (more so
     on a GPU), so it is repeated to 6,400 images (51,200 on CUDA). Medians of `repeats` interleaved
@@ -85,8 +85,7 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
 
     import torch
 
-    from tlpipe.training import runtime
-    from tlpipe.training import loops
+    from tlpipe.training import inference, runtime
 
     device = torch.device(device)
     wanted = 51_200 if device.type == "cuda" else 6_400
@@ -103,7 +102,7 @@ def inference_speed(model, images, device, *, batch_size: int = 256, repeats: in
         torch.cat(logits).float().cpu()
 
     def staged() -> None:
-        loops.predict_logits(model, images, batch_size=batch_size, device=device)
+        inference.predict_logits(model, images, batch_size=batch_size, device=device)
 
     timings: dict = {bare: [], staged: []}
     for fn in timings:

@@ -24,8 +24,8 @@ from runner.snapshot import Snapshot, preflight
 from runner.spec import load_pipeline
 from runner.workspace import StoreWorkspace
 from tlpipe import io
-from tlpipe.evaluation import plots, probe
-from pipeline import config, sweeps
+from tlpipe.evaluation import plots
+from pipeline import config, outputs, sweeps
 
 POINT_STAGES = ("prune", "pretrain")
 # The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo
@@ -48,9 +48,9 @@ def _probe(workspace: StoreWorkspace, params: dict, device: str) -> tuple[dict, 
     """The teacher's probe accuracies, transferability scores and fine-tuned accuracy, stored once per key."""
     parts = {"params": {stage: {key: params[stage][key] for key in names} for stage, names in PROBE_PARAMS.items()},
              "deps": {dep: workspace.known[dep] for dep in PROBE_DEPS}}
-    return memo.memo(workspace.store, "probe", parts, lambda: probe.score_teacher(
+    return memo.memo(workspace.store, "probe", parts, lambda: outputs.score_teacher(
         workspace.upstream("prepare"), workspace.upstream("pretrain"), params["evaluate"], device,
-        finetune=params["finetune"]), code=probe.score_teacher, device=device, form=memo.JSON)
+        finetune=params["finetune"]), code=outputs.score_teacher, device=device, form=memo.JSON)
 
 
 @task(name="sweep-point", task_run_name="{point[method]}-r{point[ratio]}-s{point[seed]}")

@@ -10,12 +10,12 @@ import torch
 
 from tlpipe import io, registry
 from tlpipe.data import images as image_sets, storage
-from tlpipe.distillation import krr_st, representation
+from tlpipe.distillation import kernel_ridge, krr_st, representation, synthetic_set
 from tlpipe.distillation.teachers import select_teachers, weigh_teachers
 from tlpipe.evaluation import plots
-from tlpipe.evaluation.probe import teacher_backbone
 from tlpipe.training import models, runtime
 from pipeline import sources
+from pipeline.outputs import teacher_backbone
 from pipeline.sources import OWN_TEACHER, teacher_candidates, teacher_folder
 from tasks.common import recorded
 
@@ -94,7 +94,7 @@ def source_images(ctx) -> image_sets.Images:
 SYNTHETIC = "synthetic"  # the KRR-ST set: data/distill/synthetic/, its grid data/distill/synthetic.png
 
 
-def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
+def make_synthetic_set(ctx, name: str, teacher) -> tuple[synthetic_set.SyntheticSet, dict]:
     """KRR-ST's synthetic set: reused from `krr_st.synthetic`, or distilled from the pruned source with
     the teacher (its representations of the un-augmented images computed once and stored when
     `augment` is off or the set starts from k-means). Either way it is written to synthetic/ with its
@@ -102,14 +102,14 @@ def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
     p, k = ctx.params, ctx.params["krr_st"]
     reused = sources.synthetic_folder(p, ctx.project)
     if reused is not None:
-        synthetic, meta = krr_st.load_synthetic(reused)
+        synthetic, meta = synthetic_set.load_synthetic(reused)
         save_synthetic(ctx, synthetic, meta, f"KRR-ST: {len(synthetic.images)} synthetic images (reused)")
         return synthetic, {"synthetic_reused": True, "synthetic_made_with": meta}
     started = time.perf_counter()  # the teacher's features count in the set's cost
     images = source_images(ctx)
     tables, status = teacher_embeddings(ctx, {name: teacher}, images, force=k["init"] == "kmeans")
     table = torch.as_tensor(tables[0]) if tables else None
-    make = krr_st.regressor_factory(p["model"], images.shape[1], models.feature_dim(teacher))
+    make = kernel_ridge.regressor_factory(p["model"], images.shape[1], models.feature_dim(teacher))
     rounds = min(20, max(k["steps"], 1))
     with recorded(ctx, rounds, "KRR-ST rounds", ctx.out / SYNTHETIC / "history.csv") as on_metrics:
         synthetic, metrics = krr_st.distill_dataset(
@@ -129,10 +129,10 @@ def synthetic_set(ctx, name: str, teacher) -> tuple[krr_st.SyntheticSet, dict]:
                        **{key: metrics[key] for key in ("krr_loss", "krr_loss_first") if key in metrics}}
 
 
-def save_synthetic(ctx, synthetic: krr_st.SyntheticSet, meta: dict, title: str) -> None:
+def save_synthetic(ctx, synthetic: synthetic_set.SyntheticSet, meta: dict, title: str) -> None:
     """synthetic/ (the set and how it was made; also logged to the stage's MLflow run) and its grid
     synthetic.png (a report figure, logged with the others)."""
-    krr_st.save_synthetic(synthetic, ctx.out / SYNTHETIC, meta)
+    synthetic_set.save_synthetic(synthetic, ctx.out / SYNTHETIC, meta)
     io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(synthetic.images.detach().numpy(), title=title))
     ctx.log_artifact(ctx.out / SYNTHETIC, f"distill/{SYNTHETIC}")  # the set itself, for whoever opens the run
 
@@ -141,7 +141,7 @@ def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:
     """KRR-ST: the synthetic set (made or reused), then the student pretrained on it by MSE."""
     p, k = ctx.params, ctx.params["krr_st"]
     (name, teacher), = teachers.items()
-    synthetic, made = synthetic_set(ctx, name, teacher)
+    synthetic, made = make_synthetic_set(ctx, name, teacher)
     runtime.seed_everything(p["seed"])
     student = models.build_backbone(in_channels=synthetic.images.shape[1], **p["model"])
     with recorded(ctx, k["epochs"], "epochs on the synthetic set", ctx.out / "history.csv") as on_metrics:

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from tlpipe import io
 from tlpipe.data import storage
 from tlpipe.evaluation import efficiency, metrics, plots, probe
-from tlpipe.training import loops, models, runtime
-from pipeline import report
+from tlpipe.training import inference, models, runtime
+from pipeline import outputs, report
 
 COST_STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune")
 CURVE_STAGES = ("surrogate", "pretrain", "distill", "finetune")
@@ -27,7 +27,7 @@ def backbones(ctx) -> dict:
     student = models.load_backbone(ctx.upstream("distill") / "backbone")
     runtime.seed_everything(ctx.params["seed"])
     scratch = type(student)(student.config)
-    return {"teacher": probe.teacher_backbone(ctx.upstream("pretrain")), "student": student, "scratch": scratch}
+    return {"teacher": outputs.teacher_backbone(ctx.upstream("pretrain")), "student": student, "scratch": scratch}
 
 
 def transfer_scores(ctx, nets: dict, pool, test) -> pd.DataFrame:
@@ -49,7 +49,7 @@ def finetuned_models(ctx, test, names: list[str]) -> dict[str, dict]:
     reports = {}
     for backbone, path in found.items():
         model = models.load_classifier(path)
-        logits = loops.predict_logits(model, test[0], batch_size=ctx.params["batch_size"],
+        logits = inference.predict_logits(model, test[0], batch_size=ctx.params["batch_size"],
                                       device=torch.device(ctx.device))
         reports[backbone] = metrics.classification_report(test[1], logits.argmax(1), num_classes=len(names))
     return reports

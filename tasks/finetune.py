@@ -7,8 +7,8 @@ import torch
 
 from tlpipe import io
 from tlpipe.data import storage
-from tlpipe.evaluation.probe import teacher_backbone
 from tlpipe.training import loops, models
+from pipeline.outputs import teacher_backbone
 from tasks.common import recorded
 
 BACKBONES = ("student", "teacher")

@@ -10,25 +10,25 @@ from tlpipe import io, pruning, registry
 from tlpipe.data import images as image_sets, storage
 from tlpipe.evaluation import plots
 from tlpipe.pruning.early import SCORED, early_training_scores
-from tlpipe.training import loops, models
+from tlpipe.training import inference, models
 
 
 def surrogate_logits(ctx, images: np.ndarray) -> np.ndarray:
     """The surrogate's source-class logits for the target train images (target labels are not read)."""
     model = models.load_classifier(ctx.upstream("surrogate") / "model")
-    return loops.predict_logits(model, images, batch_size=256, device=torch.device(ctx.device))
+    return inference.predict_logits(model, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def surrogate_features(ctx, images: np.ndarray) -> np.ndarray:
     backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
-    return loops.extract_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
+    return inference.extract_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def source_feature_chunks(ctx, images):
     """The surrogate's features of the source a chunk at a time: the methods sum or rank them as they
     come (what reads them more than once joins them)."""
     backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
-    return loops.iter_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
+    return inference.iter_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def scores(ctx, source: tuple, num_classes: int) -> list:

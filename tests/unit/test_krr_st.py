@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlpipe.distillation import krr_st
+from tlpipe.distillation import kernel_ridge, krr_st, synthetic_set
 from tlpipe.training.checkpoints import Checkpoint
 from tlpipe.training.models import build_backbone
 
@@ -48,7 +48,7 @@ def test_outer_loss_and_gradients_match_the_authors_code(name):
     c = case(name)
     model = OneLayer(c).eval()
     x_syn, y_syn = as64(c["x_syn"]).requires_grad_(), as64(c["y_syn"]).requires_grad_()
-    loss, extra = krr_st.krr_loss(model.embed, as64(c["x_real"]), as64(c["y_real"]), x_syn, y_syn)
+    loss, extra = kernel_ridge.krr_loss(model.embed, as64(c["x_real"]), as64(c["y_real"]), x_syn, y_syn)
     grad_x, grad_y = torch.autograd.grad(loss, [x_syn, y_syn])
     np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(grad_x.numpy(), c["expected_grad_x_syn"], rtol=1e-7, atol=1e-10)
@@ -63,7 +63,7 @@ def test_outer_loss_in_float32_on_the_full_rank_case():
     model = OneLayer(c).float().eval()
     x_syn = torch.tensor(c["x_syn"], dtype=torch.float32, requires_grad=True)
     y_syn = torch.tensor(c["y_syn"], dtype=torch.float32, requires_grad=True)
-    loss, _ = krr_st.krr_loss(model.embed, torch.tensor(c["x_real"], dtype=torch.float32),
+    loss, _ = kernel_ridge.krr_loss(model.embed, torch.tensor(c["x_real"], dtype=torch.float32),
                               torch.tensor(c["y_real"], dtype=torch.float32), x_syn, y_syn)
     grad_x, = torch.autograd.grad(loss, [x_syn])
     np.testing.assert_allclose(loss.item(), c["expected_loss"], rtol=1e-5)
@@ -76,10 +76,10 @@ def test_a_ridge_that_is_not_detached_would_be_caught():
     c = case("K2")
     model = OneLayer(c).eval()
     x_syn = as64(c["x_syn"]).requires_grad_()
-    phi = krr_st.kernel_features(model.embed, x_syn)
+    phi = kernel_ridge.kernel_features(model.embed, x_syn)
     k_ss = phi @ phi.T
-    phi_r = krr_st.kernel_features(model.embed, as64(c["x_real"])).detach()
-    ridge = krr_st.RIDGE * torch.trace(k_ss)  # not detached
+    phi_r = kernel_ridge.kernel_features(model.embed, as64(c["x_real"])).detach()
+    ridge = kernel_ridge.RIDGE * torch.trace(k_ss)  # not detached
     pred = phi_r @ phi.T @ torch.linalg.solve(k_ss + ridge * torch.eye(len(k_ss), dtype=torch.float64), as64(c["y_syn"]))
     wrong, = torch.autograd.grad(torch.nn.functional.mse_loss(pred, as64(c["y_real"])), [x_syn])
     assert not np.allclose(wrong.numpy(), c["expected_grad_x_syn"], rtol=1e-7, atol=1e-10)
@@ -87,10 +87,10 @@ def test_a_ridge_that_is_not_detached_would_be_caught():
 
 def test_pool_sgd_steps_match_the_authors_update():
     c = case("K1")
-    member = krr_st.PoolMember(OneLayer(c))
+    member = kernel_ridge.PoolMember(OneLayer(c))
     x_syn, y_syn = as64(c["x_syn"]), as64(c["y_syn"])
     lr, wd = float(c["inner_lr"]), float(c["inner_weight_decay"])
-    assert float(c["inner_momentum"]) == krr_st.POOL_MOMENTUM
+    assert float(c["inner_momentum"]) == kernel_ridge.POOL_MOMENTUM
     for step in (1, 2):
         loss = member.sgd_step(x_syn, y_syn, lr=lr, weight_decay=wd)
         np.testing.assert_allclose(loss, c[f"expected_inner_loss_step{step}"], rtol=1e-12, atol=0)
@@ -123,12 +123,12 @@ def run_dataset(images, teacher, **kw):
     args = dict(synthetic_size=6, steps=8, batch_size=12, lr=0.01, pool_size=2, online_steps=3, online_lr=0.05,
                 online_weight_decay=1e-3, seed=3, device=torch.device("cpu"), augment=False, rounds=4)
     args.update(kw)
-    return krr_st.distill_dataset(teacher, images, krr_st.regressor_factory(TINY, 1, 6), **args)
+    return krr_st.distill_dataset(teacher, images, kernel_ridge.regressor_factory(TINY, 1, 6), **args)
 
 
 def test_pool_restarts_a_model_after_online_steps_and_trains_it_again():
-    make = krr_st.regressor_factory(TINY, 1, 3)
-    pool = krr_st.ModelPool(make, 1, online_steps=2, lr=0.1, weight_decay=0.0, seed=0)
+    make = kernel_ridge.regressor_factory(TINY, 1, 3)
+    pool = kernel_ridge.ModelPool(make, 1, online_steps=2, lr=0.1, weight_decay=0.0, seed=0)
     x, y = torch.randn(4, 1, 8, 8), torch.randn(4, 3)
     pool.update(0, x, y)
     pool.update(0, x, y)
@@ -187,17 +187,17 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_set(tmp_path):
 
 
 def test_save_and_load_keep_the_set(tmp_path):
-    synthetic = krr_st.SyntheticSet(torch.randn(5, 1, 8, 8), torch.randn(5, 3))
-    krr_st.save_synthetic(synthetic, tmp_path / "s", {"teacher": "pretrain"})
-    loaded, meta = krr_st.load_synthetic(tmp_path / "s")
+    synthetic = synthetic_set.SyntheticSet(torch.randn(5, 1, 8, 8), torch.randn(5, 3))
+    synthetic_set.save_synthetic(synthetic, tmp_path / "s", {"teacher": "pretrain"})
+    loaded, meta = synthetic_set.load_synthetic(tmp_path / "s")
     assert torch.equal(loaded.images, synthetic.images) and meta["size"] == 5 and meta["target_dim"] == 3
     with pytest.raises(ValueError, match="holds no synthetic set"):
-        krr_st.load_synthetic(tmp_path)
+        synthetic_set.load_synthetic(tmp_path)
 
 
 def test_pretraining_on_the_synthetic_set_fits_its_targets():
     torch.manual_seed(0)
-    synthetic = krr_st.SyntheticSet(torch.rand(16, 1, 8, 8) * 2 - 1, torch.randn(16, 4))
+    synthetic = synthetic_set.SyntheticSet(torch.rand(16, 1, 8, 8) * 2 - 1, torch.randn(16, 4))
     backbone = build_backbone(in_channels=1, **TINY)
     _, metrics = krr_st.pretrain_on_synthetic(backbone, synthetic, epochs=40, batch_size=8, lr=0.01,
                                               weight_decay=0.0, seed=0, device=torch.device("cpu"))

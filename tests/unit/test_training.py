@@ -2,16 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from tlpipe.training import loops
-from tlpipe.training.loops import (
-    extract_features,
-    finetune,
-    iter_features,
-    predict_logits,
-    train_classifier,
-    warmup_cosine,
-)
+from tlpipe.training import inference
+from tlpipe.training.inference import extract_features, iter_features, predict_logits
+from tlpipe.training.loops import finetune, train_classifier
 from tlpipe.training.models import Classifier, build_backbone, embed
+from tlpipe.training.optim import warmup_cosine
 
 CPU = torch.device("cpu")
 FAST = dict(batch_size=16, weight_decay=0.01, seed=0, device=CPU)
@@ -101,7 +96,7 @@ def test_features_a_chunk_at_a_time():
     code between chunks runs with gradients as usual (inference mode is entered per batch only)."""
     images, _ = toy_data(70)
     backbone = Classifier(tiny_backbone(), 3).backbone
-    chunks = loops.iter_outputs(lambda x: embed(backbone.eval(), x), images, batch_size=4, device=CPU,
+    chunks = inference.iter_outputs(lambda x: embed(backbone.eval(), x), images, batch_size=4, device=CPU,
                                 batches_per_copy=5)
     sizes = []
     for chunk in chunks:

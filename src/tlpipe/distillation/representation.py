@@ -32,8 +32,9 @@ from tlpipe.distillation.seed import seed_loss
 from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION
 from tlpipe.training import distributed
 from tlpipe.training.checkpoints import Checkpoint, LoopState
-from tlpipe.training.loops import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
+from tlpipe.training.loops import LossLog, MetricsCallback
 from tlpipe.training.models import ProjectionHead, embed, feature_dim
+from tlpipe.training.optim import make_optimizer, param_groups, steps_per_epoch
 from tlpipe.training.runtime import autocast, iter_batches, prepare_module, seed_everything
 
 METHODS = tuple(m for m in DISTILLATION if m not in DATASET_DISTILLATION)  # krr_st: tlpipe.distillation.krr_st

@@ -14,7 +14,7 @@ from torch import nn
 
 from tlpipe.checks import check_temperature
 from tlpipe.registry import TEACHER_SELECTION
-from tlpipe.training.loops import extract_features
+from tlpipe.training.inference import extract_features
 from tlpipe.transferability import osborn
 from tlpipe.transferability._arrays import as_array
 from tlpipe.transferability.evidence import logme

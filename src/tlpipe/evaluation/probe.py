@@ -1,4 +1,4 @@
-"""Few-shot linear-probe transfer scores: `evaluate` scores every backbone with them, a sweep each teacher.
+"""Few-shot linear-probe transfer scores of backbones, with their transferability and fine-tuned accuracy.
 
 The draws are paired: every backbone is probed on the same few-shot subsets of the target pool and
 the same test split, so differences between backbones are not draw noise.
@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from tlpipe.data import storage
 from tlpipe.evaluation import metrics
-from tlpipe.training import loops, models
+from tlpipe.training import inference, loops, models
 from tlpipe.transferability import transferability_scores
 
 
@@ -34,8 +33,8 @@ def few_shot_draws(labels: np.ndarray, params: dict) -> dict[int, list[np.ndarra
 
 def probe_rows(name: str, backbone, pool, test, draws: dict, *, batch_size: int, device: torch.device) -> list[dict]:
     """One row per (shots, draw): the probe accuracy of `backbone` on the test split."""
-    pool_f = loops.extract_features(backbone, pool[0], batch_size=batch_size, device=device)
-    test_f = loops.extract_features(backbone, test[0], batch_size=batch_size, device=device)
+    pool_f = inference.extract_features(backbone, pool[0], batch_size=batch_size, device=device)
+    test_f = inference.extract_features(backbone, test[0], batch_size=batch_size, device=device)
     rows = []
     for shots, shot_draws in draws.items():
         accs = metrics.few_shot_probe(pool_f, pool[1], test_f, test[1], shot_draws)
@@ -43,18 +42,13 @@ def probe_rows(name: str, backbone, pool, test, draws: dict, *, batch_size: int,
     return rows
 
 
-def teacher_backbone(pretrain_dir: Path):
-    """The pretrained backbone of a pretrain output folder."""
-    return models.load_backbone(Path(pretrain_dir) / "backbone")
-
-
 def transferability_of(backbone, train, *, classifier_dir: Path | None, batch_size: int, device: torch.device) -> dict:
     """LogME, H-score and TMI of `backbone`'s features on the labeled target train split (no fine-tuning);
     LEEP and NCE too when `classifier_dir` holds a source classifier (a supervised teacher's model/)."""
-    features = loops.extract_features(backbone, train[0], batch_size=batch_size, device=device)
+    features = inference.extract_features(backbone, train[0], batch_size=batch_size, device=device)
     probs = None
     if classifier_dir is not None and Path(classifier_dir).is_dir():
-        logits = loops.predict_logits(models.load_classifier(classifier_dir), train[0], batch_size=batch_size,
+        logits = inference.predict_logits(models.load_classifier(classifier_dir), train[0], batch_size=batch_size,
                                       device=device)
         probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     return transferability_scores(features, train[1], source_probs=probs)
@@ -65,28 +59,7 @@ def finetuned_accuracy(backbone, train, test, recipe: dict, num_classes: int, de
     model, _ = loops.finetune(backbone, *train, num_classes=num_classes, mode=recipe["mode"],
                               epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
                               weight_decay=recipe["weight_decay"], seed=recipe["seed"], device=device)
-    logits = loops.predict_logits(model, test[0], batch_size=256, device=device)
+    logits = inference.predict_logits(model, test[0], batch_size=256, device=device)
     return float((logits.argmax(1) == test[1]).mean())
 
 
-def score_teacher(prepared_dir: Path, pretrain_dir: Path, params: dict, device: str, finetune: dict | None = None) -> dict:
-    """The teacher's probe accuracy per shot count ({"probe_1shot": mean, "probe_1shot_std": std, ..}),
-    its transferability scores (logme, h_score, tmi, leep, nce) and, given the finetune params, its
-    fine-tuned test accuracy (`finetune_accuracy`)."""
-    target = storage.load_prepared(Path(prepared_dir) / "target")
-    pool, test, train = probe_pool(target), storage.to_arrays(target["test"]), storage.to_arrays(target["train"])
-    backbone, device = teacher_backbone(pretrain_dir), torch.device(device)
-    rows = probe_rows("teacher", backbone, pool, test, few_shot_draws(pool[1], params),
-                      batch_size=params["batch_size"], device=device)
-    frame = pd.DataFrame(rows)
-    scores = {}
-    for shots, group in frame.groupby("shots"):
-        summary = metrics.summarise(group["accuracy"])
-        scores[f"probe_{shots}shot"] = summary["mean"]
-        scores[f"probe_{shots}shot_std"] = summary["std"]
-    scores.update(transferability_of(backbone, train, classifier_dir=Path(pretrain_dir) / "model",
-                                     batch_size=params["batch_size"], device=device))
-    if finetune is not None:
-        num_classes = target["train"].features["label"].num_classes
-        scores["finetune_accuracy"] = finetuned_accuracy(backbone, train, test, finetune, num_classes, device)
-    return scores

@@ -19,8 +19,9 @@ from tlpipe.pretraining.byol import byol_loss, byol_momentum, ema_update
 from tlpipe.pretraining.ntxent import nt_xent_loss
 from tlpipe.training import distributed
 from tlpipe.training.checkpoints import Checkpoint, LoopState
-from tlpipe.training.loops import LossLog, MetricsCallback, make_optimizer, param_groups, steps_per_epoch
+from tlpipe.training.loops import LossLog, MetricsCallback
 from tlpipe.training.models import ProjectedBackbone, ProjectionHead
+from tlpipe.training.optim import make_optimizer, param_groups, steps_per_epoch
 from tlpipe.training.runtime import autocast, iter_batches, prepare_module, seed_everything
 
 TwoViewLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (forward, view 1, view 2)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tlpipe.pruning.scores import el2n_norms, per_sample_grad_norms
-from tlpipe.training import loops, models, runtime
+from tlpipe.training import inference, loops, models, runtime
 from tlpipe.training.checkpoints import Checkpoint
 
 SCORED = {"el2n": "el2n_norms", "grand": "grad_norms"}  # what each method reads from a trained model
@@ -37,7 +37,7 @@ def early_training_scores(architecture: nn.Module, images, labels: np.ndarray, *
                                checkpoint=None if checkpoints is None else checkpoints(run))
         if SCORED[method] == "el2n_norms":  # a chunk of logits at a time: N x C of them would not fit
             model, norms = loops.prepare_module(model, device).eval(), []
-            for logits in loops.iter_outputs(model, images, batch_size=256, device=device):
+            for logits in inference.iter_outputs(model, images, batch_size=256, device=device):
                 done = sum(map(len, norms))
                 norms.append(el2n_norms(logits, labels[done : done + len(logits)]))
             per_run.append(np.concatenate(norms))

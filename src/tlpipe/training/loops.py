@@ -1,13 +1,13 @@
-"""Supervised training, inference and fine-tuning of backbones with a linear head.
+"""Supervised training and fine-tuning of backbones with a linear head (batched inference: `inference`;
+optimisers and schedules: `optim`).
 
 Images are uint8 numpy arrays [N, C, H, W], labels int64 [N]. Functions never modify the
 models they are given unless they say so; progress leaves through `on_metrics(step, dict)`.
 """
 
 import copy
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,48 +16,13 @@ from torch import nn
 
 from tlpipe.training import distributed
 from tlpipe.training.checkpoints import Checkpoint, LoopState
-from tlpipe.training.models import Classifier, embed
+from tlpipe.training.inference import extract_features, predict_classes
+from tlpipe.training.models import Classifier
+from tlpipe.training.optim import make_optimizer, param_groups, steps_per_epoch
 from tlpipe.training.runtime import autocast, iter_batches, prepare_module, seed_everything
 
 MetricsCallback = Callable[[int, dict], None]
 FINETUNE_MODES = ("linear", "full")
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup to 1, then cosine decay to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
-    """AdamW groups: no decay on biases and norm weights (1-d tensors); backbone lr scaled."""
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((name.startswith("backbone."), p.ndim > 1), []).append(p)
-    return [
-        {"params": ps, "lr": lr * (backbone_lr_scale if in_backbone else 1.0),
-         "weight_decay": weight_decay if decays else 0.0}
-        for (in_backbone, decays), ps in sorted(groups.items())
-    ]
-
-
-def make_optimizer(groups: list[dict], steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with a 5 % (at least one step) warmup then cosine decay over `steps`."""
-    optimizer = torch.optim.AdamW(groups)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, max(1, steps // 20)))
-    return optimizer, schedule
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch with the incomplete last batch dropped (a small set is one batch)."""
-    return max(n // batch_size, 1)
 
 
 class LossLog:
@@ -214,62 +179,6 @@ def train_classifier(
     train_s = wall - val_s
     return {"wall_time_s": wall, "train_time_s": train_s, "val_time_s": val_s, "images_seen": totals["images_seen"],
             "images_per_s": attempt_seen / train_s, **metrics, **state.resumed()}
-
-
-def iter_outputs(fn: Callable[[torch.Tensor], torch.Tensor], images, *, batch_size: int, device: torch.device,
-                 batches_per_copy: int = 32) -> Iterator[np.ndarray]:
-    """`fn` of the float pixels of every batch of `images`, in order, as float32 numpy chunks of up to
-    `batches_per_copy` batches: what a caller reduces as it goes holds one chunk, never all the outputs.
-
-    Outputs stay on the device and come back a chunk at a time: one host sync per chunk rather than per
-    batch (which idled a GPU between batches), device memory bounded by a chunk.
-    """
-    # inference mode around each call, not the generator: the caller's code runs between the chunks
-    pending = []
-    for x, _ in iter_batches(images, batch_size=batch_size, device=device):
-        with torch.inference_mode(), autocast(device):
-            pending.append(fn(x))
-        if len(pending) == batches_per_copy:
-            yield _to_host(pending)
-            pending = []
-    if pending:
-        yield _to_host(pending)
-
-
-def _to_host(outputs: list[torch.Tensor]) -> np.ndarray:
-    with torch.inference_mode():
-        return torch.cat(outputs).float().cpu().numpy()
-
-
-def _apply_batched(fn: Callable[[torch.Tensor], torch.Tensor], images, batch_size: int,
-                   device: torch.device) -> np.ndarray:
-    return np.concatenate(list(iter_outputs(fn, images, batch_size=batch_size, device=device)))
-
-
-def predict_logits(model: nn.Module, images: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """Logits float32 [N, K] of `model` in eval mode (the model is left in eval mode)."""
-    model = prepare_module(model, device).eval()
-    return _apply_batched(model, images, batch_size, device)
-
-
-def predict_classes(model: nn.Module, images, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """The predicted class ids int64 [N] of `model` in eval mode: the argmax of each batch's logits, so
-    the logits of a large set are never held at once."""
-    model = prepare_module(model, device).eval()
-    return _apply_batched(lambda x: model(x).argmax(1), images, batch_size, device).astype(np.int64)
-
-
-def extract_features(backbone: nn.Module, images: np.ndarray, *, batch_size: int,
-                     device: torch.device) -> np.ndarray:
-    """Pooled backbone features float32 [N, D] in eval mode (the backbone is left in eval mode)."""
-    return np.concatenate(list(iter_features(backbone, images, batch_size=batch_size, device=device)))
-
-
-def iter_features(backbone: nn.Module, images, *, batch_size: int, device: torch.device) -> Iterator[np.ndarray]:
-    """`extract_features` a chunk at a time (float32 [n, D] chunks, in order), for sets whose features
-    are reduced as they come rather than held."""
-    backbone = prepare_module(backbone, device).eval()
-    return iter_outputs(lambda x: embed(backbone, x), images, batch_size=batch_size, device=device)
 
 
 def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int,
