@@ -17,8 +17,6 @@ import yaml
 from tlpipe import io, registry
 from pipeline.schema import BOOL, Choice, Field, Float, Int, IntList, OPTIONAL_STR, ParamsError, Positive, STR
 
-STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate")
-
 SEED = Int(0, 2**31 - 1)
 RATIO = Float(0.0, 1.0, closed_hi=False)
 FRACTION_OPEN = Field("float", "(0, 1)", check=lambda v: 0 < v < 1)
@@ -135,6 +133,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "promote_margin": Float(0.0, 1.0),
     },
 }
+# The stages that take params, each with its params/<stage>.yaml; dvc.yaml declares the same stages in the
+# same order (check_declaration and tests/unit/test_declaration.py hold the two together).
+STAGES = tuple(SCHEMA)
 
 
 SWEEP_SCHEMA: dict[str, Any] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlpipe.distillation import SYNTHETIC_FILE, SYNTHETIC_META
+from pipeline import files
 
 BUILTIN = {"source": "glyphs", "target": "digits"}
 OWN_TEACHER = "pretrain"  # distill.teachers entry for this run's own pretrained teacher
@@ -88,7 +89,7 @@ def teacher_folder(entry: str, base: Path) -> Path | None:
     local = Path(base) / Path(entry).expanduser()
     if not local.exists():
         return None
-    for candidate in (local, local / "backbone", local / "model" / "backbone"):
+    for candidate in (local, local / files.BACKBONE, local / files.CLASSIFIER / files.BACKBONE):
         if (candidate / "config.json").is_file():
             return candidate
     raise ValueError(f"teachers: {entry!r} has no saved backbone "
@@ -105,7 +106,7 @@ def synthetic_folder(params: dict, base: Path) -> Path | None:
     if entry is None:
         return None
     folder = Path(base) / Path(entry).expanduser()
-    for candidate in (folder, folder / "synthetic"):
+    for candidate in (folder, folder / files.SYNTHETIC):
         if (candidate / SYNTHETIC_FILE).is_file() and (candidate / SYNTHETIC_META).is_file():
             return candidate
     raise ValueError(f"params/distill.yaml: krr_st.synthetic: {entry!r} holds no synthetic set ({SYNTHETIC_FILE} and {SYNTHETIC_META} "

@@ -16,6 +16,7 @@ from tlpipe.training.checkpoints import Checkpoint
 
 from runner import memo
 from runner.events import Events, StageRun, is_timing
+from runner.spec import metrics_output, stage_folders
 
 MetricsCallback = Callable[[int, dict], None]
 CHECKPOINT_VARIABLE = "TLPIPE_CHECKPOINT_MINUTES"
@@ -50,9 +51,15 @@ class StageContext:
         """The (already verified) output folder of an upstream stage."""
         return self._workspace.upstream(stage)
 
+    @property
+    def upstream_stages(self) -> list[str]:
+        """The stages whose metrics files this stage declares as deps in dvc.yaml, in run order."""
+        deps = set(self._run.spec.deps)
+        return [stage for stage in stage_folders(self.project) if metrics_output(stage) in deps]
+
     def upstream_metrics(self, stage: str) -> dict:
         """The metrics an upstream stage recorded in its metrics file (no timings)."""
-        return read_json(self._workspace.locate(f"data/metrics/{stage}.json"))
+        return read_json(self._workspace.locate(metrics_output(stage)))
 
     def upstream_timings(self, stage: str) -> dict:
         """The timings of the run that produced an upstream stage's outputs, when this run knows it

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tlpipe import io
 from tlpipe.distillation import SYNTHETIC_META
-from pipeline import sources
+from pipeline import files, sources
 
 from runner.dvc import read_lock
 from runner.spec import StageSpec, stage_dir
@@ -32,7 +32,7 @@ class DataCheck:
         """The target split the `prepare` params describe (train, unlabeled, test): the prepared one
         when `prepare` last ran with these params, else loaded and split now."""
         if self._target is None:
-            prepared = stage_dir(self.project, "prepare") / "target"
+            prepared = stage_dir(self.project, "prepare") / files.TARGET
             if self.ran_before("prepare") and (prepared / "dataset_dict.json").is_file():
                 from tlpipe.data import storage
 

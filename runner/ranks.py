@@ -26,7 +26,7 @@ from typing import Iterator
 
 from runner.context import StageContext
 from runner.events import Events, StageRun
-from runner.spec import STAGE_DIRS, StageSpec
+from runner.spec import StageSpec, stage_folders
 
 ENDPOINT_VARIABLE = "TLPIPE_RDZV_ENDPOINT"
 NODE_VARIABLE = "TLPIPE_NODE_RANK"
@@ -83,7 +83,7 @@ def run_stage(module, ctx: StageContext, run: StageRun, workspace, events: Event
         job.write_text(json.dumps({
             "stage": run.spec.name, "module": run.spec.module, "params": run.params, "device": run.device,
             "key": run.key, "project": str(workspace.project), "store": str(workspace.store), "out": str(ctx.out),
-            "upstream": {stage: str(workspace.upstream(stage)) for stage in STAGE_DIRS},
+            "upstream": {stage: str(workspace.upstream(stage)) for stage in stage_folders(workspace.project)},
             "checkpoints": str(workspace.checkpoints(run.spec.name, run.key)),
             "events": str(Path(scratch) / "events.jsonl"), "metrics": str(Path(scratch) / "metrics.json"),
         }))

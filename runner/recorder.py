@@ -67,7 +67,7 @@ class Recorder(Observer):
     def _log_reports(tracker: StageTracker, run: StageRun) -> None:
         """The metrics file and the small files people read (tables, figures, the report); models and
         data stay in DVC."""
-        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec.name))
+        folder, metrics_file = (run.outputs[rel] for rel in stage_outputs(run.spec))
         tracker.log_artifact(metrics_file)
         for report in sorted(folder.iterdir()):
             if report.is_file() and report.suffix in REPORT_SUFFIXES:
@@ -104,7 +104,7 @@ class Recorder(Observer):
         if outcome.model_uri and model_source_run(outcome.model_uri) is None:
             # The run that logged the model is in another tracking store (a teammate's clone): this
             # store gets the same model, rebuilt from the reused outputs, so the registry can hold it.
-            folder = run.outputs[stage_outputs(run.spec.name)[0]]
+            folder = run.outputs[run.spec.folder]
             model, example = importlib.import_module(run.spec.module).deployable(folder, run.inputs)
             outcome.model_uri = tracker.log_model(model, input_example=example)
         client().set_terminated(tracker.run_id, "FINISHED")

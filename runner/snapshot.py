@@ -15,12 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlpipe import io
 from tlpipe.io import staged_outputs
 from pipeline import config
 
 from runner import inputs, keys, ranks
 from runner.context import checkpoint_minutes
-from runner.spec import STAGE_DIRS, StageSpec, load_pipeline, producer_of, producers, record_output, stage_outputs
+from runner.spec import StageSpec, load_pipeline, metrics_output, producer_of, producers, record_output
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,13 @@ def resolve(project: Path, overrides=()) -> tuple[Snapshot, set[str]]:
 
 def check_declaration(spec: StageSpec) -> None:
     """dvc.yaml and the stage code must agree on the stage's outputs and params file."""
-    if spec.name not in STAGE_DIRS:
-        raise config.ParamsError(f"dvc.yaml: stage {spec.name!r} has no task module; known: {', '.join(STAGE_DIRS)}")
-    expected = set(stage_outputs(spec.name))
-    if set(spec.outs) != expected:
-        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare outputs {sorted(expected)}, not {sorted(spec.outs)}")
+    module = f"tasks.{spec.name}"
+    if spec.cmd.split()[-2:] != ["-m", module] or keys.module_file(module) is None:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name!r} must run its task module (cmd: python -m {module}, "
+                                 f"tasks/{spec.name}.py), not {spec.cmd!r}")
+    if spec.folder is None or not spec.folder.startswith("data/") or metrics_output(spec.name) not in spec.outs:
+        raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare one output folder under data/ and "
+                                 f"{metrics_output(spec.name)}, not {sorted(spec.outs)}")
     if spec.record is None:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare its record {record_output(spec.name)} "
                                  "among its outs (a clone finds the run that made the outputs through it)")
@@ -70,11 +73,24 @@ def check_declaration(spec: StageSpec) -> None:
         raise config.ParamsError(f"dvc.yaml: stage {spec.name} must declare {file} keys {sorted(schema)}")
 
 
-def check_producers(pipeline: list[StageSpec], stages: list[StageSpec]) -> None:
+def former_outputs(project: Path) -> dict[str, str]:
+    """{output: stage} of the stages this project had: those dvc.lock records, and data/<name> with its
+    metrics file for every task module (tasks/<name>.py)."""
+    owners = {}
+    for name in (p.stem for p in (Path(project) / "tasks").glob("*.py") if not p.stem.startswith("_")):
+        owners.update({f"data/{name}": name, metrics_output(name): name})
+    lock = Path(project) / "dvc.lock"
+    recorded = ((io.read_yaml(lock) or {}).get("stages") or {}) if lock.is_file() else {}
+    for name, entry in recorded.items():
+        owners.update({out["path"]: name for out in entry.get("outs", []) + entry.get("metrics", [])})
+    return owners
+
+
+def check_producers(project: Path, pipeline: list[StageSpec], stages: list[StageSpec]) -> None:
     """Every stage output that one of `stages` reads is made by a stage of the `pipeline` (a removed
     stage's old output folder must not pass for raw input data)."""
     made_by = producers(pipeline)
-    owners = {out: stage for stage in STAGE_DIRS for out in stage_outputs(stage)}
+    owners = {out: stage for out, stage in former_outputs(project).items() if stage not in made_by.values()}
     for spec in stages:
         for dep in spec.deps:
             owner = producer_of(dep, owners)
@@ -110,7 +126,7 @@ def preflight(project: Path, stages: list[StageSpec], params: dict[str, dict]) -
     ranks.check(stages, params, keys.device_name())
     for spec in stages:
         check_declaration(spec)
-    check_producers(load_pipeline(project), stages)
+    check_producers(project, load_pipeline(project), stages)
     inputs.check_data(project, stages, params)
 
 

@@ -7,34 +7,45 @@ same file for `dvc repro`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlpipe import io
 
-# Output folder of each stage under data/ (the stage `prepare` produces the *prepared* data).
-STAGE_DIRS = {
-    "prepare": "prepared",
-    "surrogate": "surrogate",
-    "prune": "prune",
-    "pretrain": "pretrain",
-    "distill": "distill",
-    "finetune": "finetune",
-    "evaluate": "evaluate",
-}
 
-
-def stage_dir(root: Path, stage: str) -> Path:
-    return Path(root) / "data" / STAGE_DIRS[stage]
+def metrics_output(stage: str) -> str:
+    """The metrics file every stage declares in dvc.yaml (`dvc metrics show` reads them all)."""
+    return f"data/metrics/{stage}.json"
 
 
 def metrics_file(root: Path, stage: str) -> Path:
-    return Path(root) / "data" / "metrics" / f"{stage}.json"
+    return Path(root) / metrics_output(stage)
 
 
-def stage_outputs(stage: str) -> tuple[str, ...]:
-    """The outputs every stage declares in dvc.yaml, relative to the project root (besides its record)."""
-    return (f"data/{STAGE_DIRS[stage]}", f"data/metrics/{stage}.json")
+def stage_folders(project: Path) -> dict[str, str]:
+    """{stage: its output folder} as the project's dvc.yaml declares them, in run order."""
+    path = Path(project) / "dvc.yaml"
+    stat = path.stat()
+    return dict(_folders(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _folders(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    return tuple((spec.name, spec.folder) for spec in load_pipeline(Path(path).parent) if spec.folder is not None)
+
+
+def stage_dir(root: Path, stage: str) -> Path:
+    """The output folder of `stage` in the project at `root`."""
+    folders = stage_folders(root)
+    if stage not in folders:
+        raise ValueError(f"dvc.yaml has no stage {stage!r} with an output folder; stages: {', '.join(folders)}")
+    return Path(root) / folders[stage]
+
+
+def stage_outputs(spec: StageSpec) -> tuple[str, str]:
+    """(output folder, metrics file) of a stage, relative to the project root (its record aside)."""
+    return spec.folder, metrics_output(spec.name)
 
 
 def record_output(stage: str) -> str:
@@ -59,6 +70,13 @@ class StageSpec:
     def declared(self, stage_params: dict) -> dict[str, dict]:
         """The values of the params this stage declares, as dvc.lock records them ({file: {key: value}})."""
         return {file: {key: stage_params[key] for key in keys} for file, keys in self.params.items()}
+
+    @property
+    def folder(self) -> str | None:
+        """The output folder dvc.yaml declares: the one out besides the metrics file (None when the
+        declaration has not exactly one; `check_declaration` says so)."""
+        others = [out for out in self.outs if out != metrics_output(self.name)]
+        return others[0] if len(others) == 1 else None
 
     @property
     def module(self) -> str:

@@ -23,11 +23,19 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from tlpipe.io import json_text, locked, read_json, remove_stale_temporaries, remove_temporaries, staged_outputs, write_json
+from tlpipe.io import (
+    json_text,
+    locked,
+    read_json,
+    remove_stale_temporaries,
+    remove_temporaries,
+    staged_outputs,
+    write_json,
+)
 
 from runner import dvc
 from runner.events import CACHED, RESTORED
-from runner.spec import STAGE_DIRS, StageSpec, is_within, metrics_file, stage_dir, stage_outputs
+from runner.spec import StageSpec, is_within, metrics_file, metrics_output, stage_dir, stage_folders
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +196,7 @@ class StoreWorkspace:
     def locate(self, rel: str) -> Path:
         """An upstream output (or a part of one) inside its entry; anything else (code) in the project."""
         for stage, key in self.entries.items():
-            out, metrics = stage_outputs(stage)
+            out, metrics = stage_folders(self.project)[stage], metrics_output(stage)
             if rel == metrics:
                 return self.entry(stage, key) / "metrics.json"
             if is_within(rel, out):
@@ -196,7 +204,7 @@ class StoreWorkspace:
         return self.project / rel
 
     def upstream(self, stage: str) -> Path:
-        return self.locate(f"data/{STAGE_DIRS[stage]}")
+        return self.locate(stage_folders(self.project)[stage])
 
     @contextlib.contextmanager
     def claim(self, spec: StageSpec, key: str) -> Iterator[None]:

@@ -15,6 +15,7 @@ from tlpipe import io
 from tlpipe.evaluation import plots
 from tlpipe.pretraining.source_models import fit_source_model
 from tlpipe.training import models
+from pipeline import files
 
 
 CURVES = "curves.png"  # beside the history: the training curves as `dvc plots show` and the report show them
@@ -52,8 +53,8 @@ def train_source(ctx, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarra
             weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
             label_smoothing=label_smoothing, on_metrics=on_metrics, checkpoint=ctx.checkpoint("train"), **ssl)
     if classifier is not None:
-        models.save_classifier(classifier, ctx.out / "model")
-    models.save_backbone(backbone, ctx.out / "backbone")
+        models.save_classifier(classifier, ctx.out / files.CLASSIFIER)
+    models.save_backbone(backbone, ctx.out / files.BACKBONE)
     return metrics
 
 

@@ -14,7 +14,7 @@ from tlpipe.distillation import kernel_ridge, krr_st, representation, synthetic_
 from tlpipe.distillation.teachers import select_teachers, weigh_teachers
 from tlpipe.evaluation import plots
 from tlpipe.training import models, runtime
-from pipeline import sources
+from pipeline import files, sources
 from pipeline.outputs import teacher_backbone
 from pipeline.sources import OWN_TEACHER, teacher_candidates, teacher_folder
 from tasks.common import recorded
@@ -24,11 +24,11 @@ def unlabeled_images(ctx) -> tuple[image_sets.Concatenated, dict]:
     """Target train-pool images (labels dropped) plus, if asked, the kept source images (read by
     index from the prepared source, never copied whole)."""
     prepared = ctx.upstream("prepare")
-    target = storage.load_prepared(prepared / "target")
+    target = storage.load_prepared(prepared / files.TARGET)
     parts = {split: storage.to_arrays(target[split])[0] for split in ("train", "unlabeled")}
     if ctx.params["use_source"]:
-        kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
-        parts["source"] = image_sets.Images.of(storage.load_prepared(prepared / "source")["train"]).select(kept)
+        kept = io.read_array(ctx.upstream("prune") / files.KEPT_INDICES)
+        parts["source"] = image_sets.Images.of(storage.load_prepared(prepared / files.SOURCE)["train"]).select(kept)
     counts = {f"{name}_images": len(images) for name, images in parts.items()}
     return image_sets.Concatenated(list(parts.values())), counts
 
@@ -53,8 +53,8 @@ def choose_teachers(ctx, candidates: dict) -> tuple[dict, dict | None]:
     if not isinstance(selection, dict):
         return candidates, None
     prepared = ctx.upstream("prepare")
-    target = storage.to_arrays(storage.load_prepared(prepared / "target")["train"])
-    source = image_sets.Images.of(storage.load_prepared(prepared / "source")["train"])
+    target = storage.to_arrays(storage.load_prepared(prepared / files.TARGET)["train"])
+    source = image_sets.Images.of(storage.load_prepared(prepared / files.SOURCE)["train"])
     return select_teachers(candidates, target, source, source.labels, select=selection["select"],
                            size=selection["size"], seed=ctx.params["seed"], device=torch.device(ctx.device))
 
@@ -63,7 +63,7 @@ def teacher_weights(ctx, teachers: dict) -> tuple[np.ndarray, dict]:
     """(weights, per-teacher record) from each teacher's LogME on the labeled target train split."""
     if len(teachers) == 1:  # no scoring needed
         return weigh_teachers(teachers, None, None)
-    images, labels = storage.to_arrays(storage.load_prepared(ctx.upstream("prepare") / "target")["train"])
+    images, labels = storage.to_arrays(storage.load_prepared(ctx.upstream("prepare") / files.TARGET)["train"])
     return weigh_teachers(teachers, images, labels, mode=ctx.params["teacher_weighting"],
                           temperature=ctx.params["weighting_temperature"], device=torch.device(ctx.device))
 
@@ -87,11 +87,10 @@ def teacher_embeddings(ctx, teachers: dict, images: np.ndarray, *, force: bool =
 
 def source_images(ctx) -> image_sets.Images:
     """The kept source images, read by index from the prepared source."""
-    kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
-    return image_sets.Images.of(storage.load_prepared(ctx.upstream("prepare") / "source")["train"]).select(kept)
+    kept = io.read_array(ctx.upstream("prune") / files.KEPT_INDICES)
+    return image_sets.Images.of(storage.load_prepared(ctx.upstream("prepare") / files.SOURCE)["train"]).select(kept)
 
 
-SYNTHETIC = "synthetic"  # the KRR-ST set: data/distill/synthetic/, its grid data/distill/synthetic.png
 
 
 def make_synthetic_set(ctx, name: str, teacher) -> tuple[synthetic_set.SyntheticSet, dict]:
@@ -111,13 +110,13 @@ def make_synthetic_set(ctx, name: str, teacher) -> tuple[synthetic_set.Synthetic
     table = torch.as_tensor(tables[0]) if tables else None
     make = kernel_ridge.regressor_factory(p["model"], images.shape[1], models.feature_dim(teacher))
     rounds = min(20, max(k["steps"], 1))
-    with recorded(ctx, rounds, "KRR-ST rounds", ctx.out / SYNTHETIC / "history.csv") as on_metrics:
+    with recorded(ctx, rounds, "KRR-ST rounds", ctx.out / files.SYNTHETIC / "history.csv") as on_metrics:
         synthetic, metrics = krr_st.distill_dataset(
             teacher, images, make, synthetic_size=k["synthetic_size"], steps=k["steps"], batch_size=k["batch_size"],
             lr=k["lr"], pool_size=k["pool_size"], online_steps=k["online_steps"], online_lr=k["online_lr"],
             online_weight_decay=k["online_weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
             init=k["init"], init_features=table, teacher_table=None if p["augment"] else table, augment=p["augment"],
-            rounds=rounds, on_metrics=on_metrics, checkpoint=ctx.checkpoint(SYNTHETIC))
+            rounds=rounds, on_metrics=on_metrics, checkpoint=ctx.checkpoint(files.SYNTHETIC))
     meta = {"method": "krr_st", "teacher": name, "teacher_digest": models.weights_digest(teacher),
             "real_images": len(images), "images_digest": image_sets.digest(images), "seed": p["seed"],
             **{key: k[key] for key in ("init", "steps", "pool_size", "online_steps")}}
@@ -132,9 +131,9 @@ def make_synthetic_set(ctx, name: str, teacher) -> tuple[synthetic_set.Synthetic
 def save_synthetic(ctx, synthetic: synthetic_set.SyntheticSet, meta: dict, title: str) -> None:
     """synthetic/ (the set and how it was made; also logged to the stage's MLflow run) and its grid
     synthetic.png (a report figure, logged with the others)."""
-    synthetic_set.save_synthetic(synthetic, ctx.out / SYNTHETIC, meta)
-    io.write_figure(ctx.out / f"{SYNTHETIC}.png", plots.plot_image_grid(synthetic.images.detach().numpy(), title=title))
-    ctx.log_artifact(ctx.out / SYNTHETIC, f"distill/{SYNTHETIC}")  # the set itself, for whoever opens the run
+    synthetic_set.save_synthetic(synthetic, ctx.out / files.SYNTHETIC, meta)
+    io.write_figure(ctx.out / f"{files.SYNTHETIC}.png", plots.plot_image_grid(synthetic.images.detach().numpy(), title=title))
+    ctx.log_artifact(ctx.out / files.SYNTHETIC, f"distill/{files.SYNTHETIC}")  # the set itself, for whoever opens the run
 
 
 def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:
@@ -149,7 +148,7 @@ def run_krr_st(ctx, teachers: dict, teacher_record: dict) -> dict:
             student, synthetic, epochs=k["epochs"], batch_size=p["batch_size"], lr=p["lr"],
             weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
             checkpoint=ctx.checkpoint("train"))
-    models.save_backbone(student, ctx.out / "backbone")
+    models.save_backbone(student, ctx.out / files.BACKBONE)
     io.write_json(ctx.out / "teachers.json", [{"teacher": name, **teacher_record[name]}])
     metrics.pop("loss_history", None)
     return {**metrics, **made, "method": "krr_st", "synthetic_size": len(synthetic.images),
@@ -168,7 +167,7 @@ def run(ctx) -> dict:
     p = ctx.params
     teachers, selection = choose_teachers(ctx, load_teachers(ctx))
     if selection is not None:
-        io.write_json(ctx.out / "selection.json", selection, sort_keys=False)
+        io.write_json(ctx.out / files.SELECTION, selection, sort_keys=False)
     if p["method"] in registry.DATASET_DISTILLATION:
         return {**run_krr_st(ctx, teachers, {name: {"weight": 1.0} for name in teachers}),
                 **selection_metrics(selection)}
@@ -186,7 +185,7 @@ def run(ctx) -> dict:
             device=torch.device(ctx.device), augment=p["augment"], on_metrics=on_metrics,
             checkpoint=ctx.checkpoint("train"),
         )
-    models.save_backbone(student, ctx.out / "backbone")
+    models.save_backbone(student, ctx.out / files.BACKBONE)
     io.write_json(ctx.out / "teachers.json", [  # a list: the order is the teachers' order in params
         {"teacher": name, **record, "embeddings": embedding_status.get(name, "in loop")}
         for name, record in teacher_record.items()])

@@ -14,17 +14,15 @@ from tlpipe import io
 from tlpipe.data import storage
 from tlpipe.evaluation import efficiency, metrics, plots, probe
 from tlpipe.training import inference, models, runtime
-from pipeline import outputs, report
+from pipeline import files, outputs, report
 
-COST_STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune")
-CURVE_STAGES = ("surrogate", "pretrain", "distill", "finetune")
 REPORT_TITLE = "tlpipe evaluation"
 PROBE_FIGURE = "probe_shots.png"
 
 
 def backbones(ctx) -> dict:
     """Teacher, student, and an untrained copy of the student's architecture as the floor."""
-    student = models.load_backbone(ctx.upstream("distill") / "backbone")
+    student = models.load_backbone(ctx.upstream("distill") / files.BACKBONE)
     runtime.seed_everything(ctx.params["seed"])
     scratch = type(student)(student.config)
     return {"teacher": outputs.teacher_backbone(ctx.upstream("pretrain")), "student": student, "scratch": scratch}
@@ -44,8 +42,8 @@ def finetuned_models(ctx, test, names: list[str]) -> dict[str, dict]:
     """Test-split classification report of each fine-tuned model, by the backbone it started from."""
     folder = ctx.upstream("finetune")
     found = {ctx.upstream_metrics("finetune")["backbone"]: folder / "model"}
-    if (folder / "compare.json").is_file():
-        found[io.read_json(folder / "compare.json")["backbone"]] = folder / "compare"
+    if (folder / files.COMPARISON).is_file():
+        found[io.read_json(folder / files.COMPARISON)["backbone"]] = folder / files.COMPARED
     reports = {}
     for backbone, path in found.items():
         model = models.load_classifier(path)
@@ -60,7 +58,7 @@ def transferability_scores(ctx, nets: dict, train) -> dict[str, dict]:
     the distillation teachers as distill scored and weighted them."""
     scores = {name: probe.transferability_of(nets[name], train, batch_size=ctx.params["batch_size"],
                                              device=torch.device(ctx.device),
-                                             classifier_dir=ctx.upstream("pretrain") / "model" if name == "teacher" else None)
+                                             classifier_dir=ctx.upstream("pretrain") / files.CLASSIFIER if name == "teacher" else None)
               for name in ("teacher", "student")}
     teachers_file = ctx.upstream("distill") / "teachers.json"
     for record in (io.read_json(teachers_file) if teachers_file.is_file() else ()):
@@ -82,7 +80,7 @@ def stage_costs(ctx, evaluate_s: float) -> dict:
     sums; a time is None where this run does not know it (the stage ran in another process, e.g. dvc
     repro). Timings stay out of the metrics file (the runner drops them); the report and MLflow keep them."""
     costs = {stage: {"wall_time_s": ctx.upstream_timings(stage).get("wall_time_s"),
-                     "images_seen": ctx.upstream_metrics(stage).get("images_seen", 0)} for stage in COST_STAGES}
+                     "images_seen": ctx.upstream_metrics(stage).get("images_seen", 0)} for stage in ctx.upstream_stages}
     costs["evaluate"] = {"wall_time_s": evaluate_s, "images_seen": 0}
     times = [c["wall_time_s"] for c in costs.values()]
     costs["end_to_end"] = {"wall_time_s": None if None in times else sum(times),
@@ -92,7 +90,7 @@ def stage_costs(ctx, evaluate_s: float) -> dict:
 
 def run(ctx) -> dict:
     started = time.perf_counter()
-    target = storage.load_prepared(ctx.upstream("prepare") / "target")
+    target = storage.load_prepared(ctx.upstream("prepare") / files.TARGET)
     names = list(target["test"].features["label"].names)
     test, train = storage.to_arrays(target["test"]), storage.to_arrays(target["train"])
     deployed = ctx.upstream_metrics("finetune")["backbone"]
@@ -122,7 +120,7 @@ def run(ctx) -> dict:
     result["retention"] = retention(result)
     io.write_json(ctx.out / "summary.json", summary(ctx, result))
     io.write_figure(ctx.out / PROBE_FIGURE, plots.plot_probe_vs_shots(result["transfer"]))
-    curves = [(stage, copy_figure(ctx, stage, "curves.png", f"curves_{stage}.png")) for stage in CURVE_STAGES]
+    curves = [(stage, copy_figure(ctx, stage, "curves.png", f"curves_{stage}.png")) for stage in ctx.upstream_stages]
     votes = copy_figure(ctx, "prune", "votes.png", "votes.png")
     synthetic = copy_figure(ctx, "distill", "synthetic.png", "synthetic.png")
     result["cost"] = stage_costs(ctx, time.perf_counter() - started)

@@ -8,6 +8,7 @@ import torch
 from tlpipe import io
 from tlpipe.data import storage
 from tlpipe.training import loops, models
+from pipeline import files
 from pipeline.outputs import teacher_backbone
 from tasks.common import recorded
 
@@ -16,7 +17,7 @@ BACKBONES = ("student", "teacher")
 
 def load_backbone(ctx, which: str):
     if which == "student":
-        return models.load_backbone(ctx.upstream("distill") / "backbone")
+        return models.load_backbone(ctx.upstream("distill") / files.BACKBONE)
     return teacher_backbone(ctx.upstream("pretrain"))
 
 
@@ -34,20 +35,20 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
 
 def run(ctx) -> dict:
     p = ctx.params
-    train = storage.load_prepared(ctx.upstream("prepare") / "target")["train"]
+    train = storage.load_prepared(ctx.upstream("prepare") / files.TARGET)["train"]
     images, labels = storage.to_arrays(train)
     num_classes = train.features["label"].num_classes
     with recorded(ctx, p["epochs"], f"{p['mode']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
         model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)
-    models.save_classifier(model.cpu(), ctx.out / "model")
+    models.save_classifier(model.cpu(), ctx.out / files.CLASSIFIER)
     result = {**metrics, "parameters": models.count_parameters(model), "train_images": len(images),
               "backbone": p["backbone"]}
     if p["compare"]:  # the other backbone, same recipe: evaluate reports both fine-tuned accuracies
         other = next(b for b in BACKBONES if b != p["backbone"])
         reference, reference_metrics = fit(ctx, other, images, labels, num_classes)
-        models.save_classifier(reference.cpu(), ctx.out / "compare")
+        models.save_classifier(reference.cpu(), ctx.out / files.COMPARED)
         # no timings in an output: its bytes (and DVC hash) must depend on the inputs alone
-        io.write_json(ctx.out / "compare.json", {"backbone": other, "train_accuracy": reference_metrics["train_accuracy"],
+        io.write_json(ctx.out / files.COMPARISON, {"backbone": other, "train_accuracy": reference_metrics["train_accuracy"],
                                                  "images_seen": reference_metrics["images_seen"]})
     deployed, example = _deployable(model, images)
     ctx.log_model(deployed, input_example=example)
@@ -63,7 +64,7 @@ def deployable(out, inputs: dict) -> tuple:
     """What `run` logs as the model, rebuilt from the stage's output folder and its inputs ({dep: path}):
     for a reused run whose model the tracking store at hand lacks (a teammate's run)."""
     train = storage.load_prepared(inputs["data/prepared/target"])["train"].select(range(2))
-    return _deployable(models.load_classifier(out / "model"), storage.to_arrays(train)[0])
+    return _deployable(models.load_classifier(out / files.CLASSIFIER), storage.to_arrays(train)[0])
 
 
 def headline(m: dict) -> str:

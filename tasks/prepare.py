@@ -7,16 +7,16 @@ bounded by memory; the target (a few-shot data set) is split in memory.
 from __future__ import annotations
 
 from tlpipe.data import shards, storage
-from pipeline import sources
+from pipeline import files, sources
 
 
 def run(ctx) -> dict:
     params = ctx.params
     source = sources.source_parts(params, ctx.project)
-    sizes = shards.prepare_source(source, ctx.out / "source", val_fraction=params["source"]["val_fraction"],
+    sizes = shards.prepare_source(source, ctx.out / files.SOURCE, val_fraction=params["source"]["val_fraction"],
                                   seed=params["seed"])
     target = sources.split_target(params, *sources.load_target(params, ctx.project))
-    storage.save_prepared(target, ctx.out / "target")
+    storage.save_prepared(target, ctx.out / files.TARGET)
     counts = {f"source_{k}": n for k, n in sizes.items()} | {f"target_{k}": len(v) for k, v in target.items()}
     return {
         **counts,

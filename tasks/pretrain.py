@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from tlpipe import io
 from tlpipe.data import images, splits, storage
+from pipeline import files
 from tasks.common import fit_summary, train_source
 
 
 def run(ctx) -> dict:
-    source = storage.load_prepared(ctx.upstream("prepare") / "source")
-    kept = io.read_array(ctx.upstream("prune") / "kept_indices.npy")
+    source = storage.load_prepared(ctx.upstream("prepare") / files.SOURCE)
+    kept = io.read_array(ctx.upstream("prune") / files.KEPT_INDICES)
     train, val, classes = splits.pruned_split(images.read(source["train"]), images.read(source["val"]), kept)
     metrics = train_source(ctx, train, val, len(classes), ctx.params["label_smoothing"])
     full_images = len(source["train"])

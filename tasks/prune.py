@@ -11,23 +11,24 @@ from tlpipe.data import images as image_sets, storage
 from tlpipe.evaluation import plots
 from tlpipe.pruning.early import SCORED, early_training_scores
 from tlpipe.training import inference, models
+from pipeline import files
 
 
 def surrogate_logits(ctx, images: np.ndarray) -> np.ndarray:
     """The surrogate's source-class logits for the target train images (target labels are not read)."""
-    model = models.load_classifier(ctx.upstream("surrogate") / "model")
+    model = models.load_classifier(ctx.upstream("surrogate") / files.CLASSIFIER)
     return inference.predict_logits(model, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def surrogate_features(ctx, images: np.ndarray) -> np.ndarray:
-    backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
+    backbone = models.load_backbone(ctx.upstream("surrogate") / files.BACKBONE)
     return inference.extract_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
 def source_feature_chunks(ctx, images):
     """The surrogate's features of the source a chunk at a time: the methods sum or rank them as they
     come (what reads them more than once joins them)."""
-    backbone = models.load_backbone(ctx.upstream("surrogate") / "backbone")
+    backbone = models.load_backbone(ctx.upstream("surrogate") / files.BACKBONE)
     return inference.iter_features(backbone, images, batch_size=256, device=torch.device(ctx.device))
 
 
@@ -35,7 +36,7 @@ def scores(ctx, source: tuple, num_classes: int) -> list:
     """EL2N error norms or GraNd gradient norms of `scores.runs` short trainings, one per seed; kept in
     the store, since every pruning ratio of a method and seed needs the same scores."""
     p = ctx.params
-    surrogate = models.load_backbone(ctx.upstream("surrogate") / "backbone")
+    surrogate = models.load_backbone(ctx.upstream("surrogate") / files.BACKBONE)
     images, labels = source
     parts = [SCORED[p["method"]], p["method"], p["seed"], p["scores"], num_classes, models.weights_digest(surrogate),
              image_sets.digest(images), image_sets.digest(labels.astype(np.int64))]
@@ -71,17 +72,17 @@ def select(ctx, source: tuple, target: tuple, num_classes: int):
 def run(ctx) -> dict:
     p = ctx.params
     prepared = ctx.upstream("prepare")
-    source_split = storage.load_prepared(prepared / "source")["train"]
+    source_split = storage.load_prepared(prepared / files.SOURCE)["train"]
     class_names = list(source_split.features["label"].names)
     source = image_sets.read(source_split)
-    target = storage.to_arrays(storage.load_prepared(prepared / "target")["train"])
+    target = storage.to_arrays(storage.load_prepared(prepared / files.TARGET)["train"])
     selection = select(ctx, source, target, len(class_names))
     kept = pruning.kept_indices(selection, source[1])
     table = pruning.class_table(selection, source[1], kept, class_names)
     kept_classes = table.loc[table["kept_images"] > 0, "class_id"].sort_values().to_numpy()
     io.write_table(ctx.out / "classes.csv", table)
-    io.write_array(ctx.out / "kept_indices.npy", kept)
-    io.write_json(ctx.out / "selection.json", {
+    io.write_array(ctx.out / files.KEPT_INDICES, kept)
+    io.write_json(ctx.out / files.SELECTION, {
         "method": p["method"], "ratio": p["ratio"], "level": registry.PRUNING[p["method"]].level,
         "kept": kept_classes, "kept_names": [class_names[i] for i in kept_classes],
         "num_classes": len(class_names), "kept_images": len(kept),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from tlpipe.data import images, storage
+from pipeline import files
 from tasks.common import fit_summary, train_source
 
 
 def run(ctx) -> dict:
-    source = storage.load_prepared(ctx.upstream("prepare") / "source")
+    source = storage.load_prepared(ctx.upstream("prepare") / files.SOURCE)
     num_classes = source["train"].features["label"].num_classes
     return train_source(ctx, images.read(source["train"]), images.read(source["val"]), num_classes)
 

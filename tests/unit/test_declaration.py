@@ -6,7 +6,7 @@ import pytest
 
 from runner import keys
 from runner.snapshot import check_declaration
-from runner.spec import STAGE_DIRS, load_pipeline, select_stages
+from runner.spec import load_pipeline, select_stages, stage_folders
 from pipeline import config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_code_deps_are_exactly_what_the_stage_imports(stages, name):
 
 def test_select_stages_takes_only_what_until_needs(stages):
     assert [s.name for s in select_stages(stages, "prune")] == ["prepare", "surrogate", "prune"]
-    assert len(select_stages(stages, None)) == len(STAGE_DIRS)
+    assert len(select_stages(stages, None)) == len(stage_folders(REPO))
     with pytest.raises(ValueError, match="unknown stage 'nope'"):
         select_stages(stages, "nope")
 

@@ -1,7 +1,9 @@
 """Where stage records and store entries live, and which entries the runner trusts."""
 
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,14 @@ from runner.workspace import Records, StoreWorkspace, cache_location, store_root
 from tlpipe.io import cached_file, read_json, write_json
 
 PRUNE = StageSpec("prune", "python -m tasks.prune", ("data/prepared/source",), {}, ("data/prune", "data/metrics/prune.json"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def declared(request):
+    """Every project has its dvc.yaml: the workspaces find the stages' output folders there."""
+    if "tmp_path" in request.fixturenames:
+        shutil.copy(REPO / "dvc.yaml", request.getfixturevalue("tmp_path") / "dvc.yaml")
 
 
 def make_entry(workspace: StoreWorkspace, stage="prune", key="k1") -> dict:
