@@ -55,7 +55,7 @@ def deep_merge(*layers: dict) -> dict:
 
 def parse_overrides(texts: list[str]) -> dict:
     """`-s stage.key=value` overrides as a {stage: {key: ...}} dict (for `copy_project`)."""
-    from pipeline import config
+    from project import config
 
     parsed: dict = {}
     for text in texts:
@@ -70,7 +70,7 @@ def parse_overrides(texts: list[str]) -> dict:
 def run_chain(project: Path, overrides: dict, device: str, until: str | None, *, quiet: bool = False) -> dict[str, dict]:
     """Runs the stages in dvc.yaml order (through `until`) in a fresh copy of the project; {stage: metrics}."""
     from runner.spec import load_pipeline
-    from pipeline import config
+    from project import config
 
     if project.exists():
         shutil.rmtree(project)

@@ -55,7 +55,7 @@ def merged(params: dict, changes: dict) -> dict:
 
 def run_seed(work: Path, seed: int, chosen: dict[str, dict], tiny: bool, device: str) -> dict:
     """{variant: figures} for one seed, and the teacher's pretraining cost under "teacher"."""
-    from pipeline import config
+    from project import config
 
     project = work / f"s{seed}"
     if project.exists():

@@ -44,7 +44,7 @@ def seed_overrides(seed: int, tiny: bool) -> dict:
 
 def run_seed(work: Path, seed: int, methods: list[str], tiny: bool, device: str) -> dict:
     """{method: evaluate metrics (+ scratch accuracy, distill figures)} for one seed."""
-    from pipeline import config
+    from project import config
 
     project = work / f"s{seed}"
     if project.exists():
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--speed-repeats", type=int, default=3, help="alternating runs of the loop comparison")
     args = parser.parse_args()
     from runner.keys import device_name
-    from pipeline import config
+    from project import config
 
     device = device_name()
     work = REPO / "bench" / ".work" / ("distill-tiny" if args.tiny else "distill")

@@ -36,7 +36,7 @@ def bare_loop(project: Path) -> None:
     from _stages import run_stage
     from runner.keys import device_name
     from runner.spec import load_pipeline
-    from pipeline import config
+    from project import config
 
     device = device_name()
     for spec in load_pipeline(project):

@@ -44,7 +44,7 @@ def run_sweep(args, work: Path) -> Path:
     if not (work / "dvc.yaml").exists():
         copy_project(REPO, work, overrides)
     else:  # keep the store; refresh code and params from this checkout
-        for folder in ("pipeline", "tasks", "src", "params"):
+        for folder in ("project", "tasks", "src", "params"):
             shutil.rmtree(work / folder)
         copy_project(REPO, work, overrides)
     sweep_file = work / "bench-sweep.json"
@@ -77,7 +77,7 @@ def load_results(path: Path):
     in the current timing columns."""
     import pandas as pd
 
-    from pipeline import sweeps
+    from project import sweeps
 
     table = pd.read_parquet(path / "results.parquet") if path.is_dir() else pd.read_csv(path)
     return sweeps.upgrade_timing(table)
@@ -91,7 +91,7 @@ def merge_results(paths: list[Path], work: Path) -> Path:
     import pandas as pd
 
     from flows.sweep import write_results
-    from pipeline import sweeps
+    from project import sweeps
 
     table = pd.concat([load_results(path) for path in paths], ignore_index=True)
     table = table.drop_duplicates(["method", "ratio", "seed"], keep="last")
@@ -100,7 +100,7 @@ def merge_results(paths: list[Path], work: Path) -> Path:
 
 
 def report(results: Path, work: Path, ssl: bool) -> None:
-    from pipeline import sweeps
+    from project import sweeps
 
     table = load_results(results)
     shots = sweeps.probe_columns(table.columns)
@@ -153,7 +153,7 @@ def report(results: Path, work: Path, ssl: bool) -> None:
 
 def print_against_full(table, shots: list[str]) -> None:
     """Every method minus the full source, paired by seed: mean [min, max] per ratio and shot count."""
-    from pipeline import sweeps
+    from project import sweeps
 
     print("\nevery method - full source, paired by seed: mean [min, max] over seeds")
     print("| method | ratio | " + " | ".join(shots) + " |\n|---|---|" + "---|" * len(shots))

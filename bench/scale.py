@@ -44,7 +44,7 @@ def stage_process(project: str, stage: str) -> None:
     """In the child: runs one stage and prints its figures as JSON."""
     from _stages import run_stage
     from runner.keys import device_name
-    from pipeline import config
+    from project import config
     from tlpipe.data import storage
 
     started = time.perf_counter()
@@ -65,7 +65,7 @@ def disk_mb(folder: Path) -> float:
 
 def measure(images_per_class: int, image_size: int, scratch: Path, stages=STAGES) -> list[dict]:
     from flows.workspace import copy_project
-    from pipeline import config
+    from project import config
 
     project = scratch / f"p{images_per_class}-{image_size}"
     copy_project(REPO, project, point_params(images_per_class, image_size))
@@ -94,7 +94,7 @@ def loop_comparison(images_per_class: int, scratch: Path, repeat: int = 3) -> di
 
     import torch
 
-    from pipeline import config
+    from project import config
     from tlpipe.data import storage
     from tlpipe.data import images
     from tlpipe.training import models

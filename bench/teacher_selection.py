@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="write the per-seed figures as JSON there")
     args = parser.parse_args()
-    from pipeline import config
+    from project import config
 
     project = REPO / "bench" / ".work" / "teacher_selection"
     if project.exists():

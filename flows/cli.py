@@ -17,7 +17,7 @@ from rich.table import Table
 from flows import cli_ops
 from flows.console import bad_input, err, open_project, out, project_root, run_flow, server_timeout
 from flows.server import command_api
-from pipeline import config
+from project import config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
 
@@ -185,7 +185,7 @@ def _environment(**values: str | None):
 def print_sweep_summary(folder: Path) -> None:
     import pandas as pd
 
-    from pipeline import sweeps
+    from project import sweeps
 
     table = pd.read_parquet(folder / "results.parquet")
     metrics = sweeps.probe_columns(table.columns) + ["pretrain_time_s"]

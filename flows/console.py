@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from runner.progress import make_console
-from pipeline import config
+from project import config
 
 err = make_console(stderr=True)
 out = make_console()

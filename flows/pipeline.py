@@ -45,7 +45,7 @@ def pipeline_run_name() -> str:
         taken = Snapshot.from_dict(given["snapshot"])
         return run_labels(project, taken.params, taken.digest)[0]
     try:  # a deployment or schedule: the params files as they are (the snapshot is taken in the run)
-        from pipeline import config
+        from project import config
 
         return run_labels(project, config.load_all_params(project))[0]
     except Exception:  # noqa: BLE001 - bad params fail the run itself, with the one-line message

@@ -25,7 +25,7 @@ from runner.spec import load_pipeline
 from runner.workspace import StoreWorkspace
 from tlpipe import io
 from tlpipe.evaluation import plots
-from pipeline import config, outputs, sweeps
+from project import config, outputs, sweeps
 
 POINT_STAGES = ("prune", "pretrain")
 # The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo

@@ -13,7 +13,7 @@ import yaml
 
 from tlpipe import io
 
-COPIED = ("dvc.yaml", "params", "pipeline", "tasks", "runner", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+COPIED = ("dvc.yaml", "params", "project", "tasks", "runner", "src", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
           "data/.gitignore", "data/metrics/.gitignore")
 
 

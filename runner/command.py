@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.config import ParamsError
+from project.config import ParamsError
 
 from runner import keys, snapshot, tracking
 from runner.core import MissingInput, run_stage

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tlpipe import io
 from tlpipe.distillation import SYNTHETIC_META
-from pipeline import files, sources
+from project import files, sources
 
 from runner.dvc import read_lock
 from runner.spec import StageSpec, stage_dir

@@ -24,7 +24,7 @@ from tlpipe.training import devices
 
 from runner.spec import StageSpec
 
-PROJECT_PACKAGES = ("tlpipe", "pipeline", "tasks")
+PROJECT_PACKAGES = ("tlpipe", "project", "tasks")
 RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
 DEVICE_VARIABLE = "TLPIPE_DEVICE"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tlpipe import io
 from tlpipe.io import staged_outputs
-from pipeline import config
+from project import config
 
 from runner import inputs, keys, ranks
 from runner.context import checkpoint_minutes
@@ -87,7 +87,7 @@ def former_outputs(project: Path) -> dict[str, str]:
 
 
 def check_producers(project: Path, pipeline: list[StageSpec], stages: list[StageSpec]) -> None:
-    """Every stage output that one of `stages` reads is made by a stage of the `pipeline` (a removed
+    """Every stage output that one of `stages` reads is made by a stage of `pipeline` (a removed
     stage's old output folder must not pass for raw input data)."""
     made_by = producers(pipeline)
     owners = {out: stage for out, stage in former_outputs(project).items() if stage not in made_by.values()}

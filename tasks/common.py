@@ -15,7 +15,7 @@ from tlpipe import io
 from tlpipe.evaluation import plots
 from tlpipe.pretraining.source_models import fit_source_model
 from tlpipe.training import models
-from pipeline import files
+from project import files
 
 
 CURVES = "curves.png"  # beside the history: the training curves as `dvc plots show` and the report show them

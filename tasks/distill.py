@@ -14,9 +14,9 @@ from tlpipe.distillation import kernel_ridge, krr_st, representation, synthetic_
 from tlpipe.distillation.teachers import select_teachers, weigh_teachers
 from tlpipe.evaluation import plots
 from tlpipe.training import models, runtime
-from pipeline import files, sources
-from pipeline.outputs import teacher_backbone
-from pipeline.sources import OWN_TEACHER, teacher_candidates, teacher_folder
+from project import files, sources
+from project.outputs import teacher_backbone
+from project.sources import OWN_TEACHER, teacher_candidates, teacher_folder
 from tasks.common import recorded
 
 

@@ -14,7 +14,7 @@ from tlpipe import io
 from tlpipe.data import storage
 from tlpipe.evaluation import efficiency, metrics, plots, probe
 from tlpipe.training import inference, models, runtime
-from pipeline import files, outputs, report
+from project import files, outputs, report
 
 REPORT_TITLE = "tlpipe evaluation"
 PROBE_FIGURE = "probe_shots.png"

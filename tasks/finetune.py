@@ -8,8 +8,8 @@ import torch
 from tlpipe import io
 from tlpipe.data import storage
 from tlpipe.training import loops, models
-from pipeline import files
-from pipeline.outputs import teacher_backbone
+from project import files
+from project.outputs import teacher_backbone
 from tasks.common import recorded
 
 BACKBONES = ("student", "teacher")

@@ -7,7 +7,7 @@ bounded by memory; the target (a few-shot data set) is split in memory.
 from __future__ import annotations
 
 from tlpipe.data import shards, storage
-from pipeline import files, sources
+from project import files, sources
 
 
 def run(ctx) -> dict:

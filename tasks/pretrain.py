@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tlpipe import io
 from tlpipe.data import images, splits, storage
-from pipeline import files
+from project import files
 from tasks.common import fit_summary, train_source
 
 

@@ -11,7 +11,7 @@ from tlpipe.data import images as image_sets, storage
 from tlpipe.evaluation import plots
 from tlpipe.pruning.early import SCORED, early_training_scores
 from tlpipe.training import inference, models
-from pipeline import files
+from project import files
 
 
 def surrogate_logits(ctx, images: np.ndarray) -> np.ndarray:

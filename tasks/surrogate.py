@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tlpipe.data import images, storage
-from pipeline import files
+from project import files
 from tasks.common import fit_summary, train_source
 
 

@@ -72,7 +72,7 @@ def test_broken_params_file_is_named(project):
 
 def test_overrides_are_written_keeping_comments(project):
     from runner.snapshot import write_overrides
-    from pipeline import config
+    from project import config
 
     rest = "groups: classes\nnum_clusters: 10\nscores:\n  runs: 1  # score runs\n  epochs: 1\n  batch_size: 8\n  lr: 0.1\n"
     (project / "params" / "prune.yaml").write_text("# how much to prune\nmethod: lm  # or random\nratio: 0.5\nseed: 0\n" + rest)

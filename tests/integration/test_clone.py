@@ -16,7 +16,7 @@ from runner.spec import load_pipeline
 from tests.integration.conftest import git, make_project
 from tests.integration.servers import BIN, tool_env
 from tlpipe.data import storage
-from pipeline import config
+from project import config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

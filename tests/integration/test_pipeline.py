@@ -11,7 +11,7 @@ from flows.pipeline import pipeline
 from runner import dvc, tracking
 from runner.snapshot import preflight
 from runner.spec import load_pipeline
-from pipeline import config
+from project import config
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

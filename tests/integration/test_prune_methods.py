@@ -15,7 +15,7 @@ from runner.spec import load_pipeline, stage_dir
 from runner.workspace import ProjectWorkspace, store_root
 from tlpipe import io, registry
 from tlpipe.data import storage
-from pipeline import config
+from project import config
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,7 +18,7 @@ from runner.events import Observer
 from runner.spec import load_pipeline
 from runner.workspace import ProjectWorkspace
 from tlpipe import io
-from pipeline import config
+from project import config
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

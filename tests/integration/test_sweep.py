@@ -108,7 +108,7 @@ def test_a_point_probe_is_a_memo_of_the_probe_code(swept, edit_code):
     """The probe of a swept point, read back; with the probe's code edited, computed again (same numbers)."""
     from flows.sweep import _probe
     from runner.workspace import StoreWorkspace
-    from pipeline import config
+    from project import config
 
     project, *_ = swept
     root = store_root(project)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner import dvc
-from pipeline import config
+from project import config
 from tests.integration.conftest import git, make_project
 from tests.integration.servers import (BIN, add_mlflow_user, mlflow_server, needs_postgres, postgres, prefect_server,
                                        s3_server, tool_env)

@@ -19,7 +19,7 @@ from runner import tracking
 from runner.spec import load_pipeline, producers, upstream_of
 from tests.integration.conftest import git, make_project
 from tests.integration.servers import BIN, prefect_server, tool_env
-from pipeline import config
+from project import config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config, sources
-from pipeline.schema import ParamsError
+from project import config, sources
+from project.schema import ParamsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,7 +166,7 @@ def test_checking_params_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys; from pipeline import config; from tlpipe import registry; print('torch' in sys.modules)"
+    code = "import sys; from project import config; from tlpipe import registry; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

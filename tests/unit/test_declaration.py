@@ -7,7 +7,7 @@ import pytest
 from runner import keys
 from runner.snapshot import check_declaration
 from runner.spec import load_pipeline, select_stages, stage_folders
-from pipeline import config
+from project import config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import pytest
 from runner.keys import imported_modules
 
 REPO = Path(__file__).resolve().parents[2]
-ROOTS = {"tlpipe": REPO / "src" / "tlpipe", "pipeline": REPO / "pipeline", "tasks": REPO / "tasks", "runner": REPO / "runner", "flows": REPO / "flows"}
+ROOTS = {"tlpipe": REPO / "src" / "tlpipe", "project": REPO / "project", "tasks": REPO / "tasks", "runner": REPO / "runner", "flows": REPO / "flows"}
 
 
 def project_modules() -> dict[str, Path]:
@@ -79,7 +79,7 @@ def test_no_import_cycles_among_project_modules():
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("tool", ["prefect", "mlflow", "dvc", "pipeline", "tasks", "runner", "flows"])
+@pytest.mark.parametrize("tool", ["prefect", "mlflow", "dvc", "project", "tasks", "runner", "flows"])
 def test_the_library_imports_none_of_the_tools(tool):
     for name, path in project_modules().items():
         if name.startswith("tlpipe"):
@@ -92,3 +92,11 @@ def test_stage_modules_import_no_machinery():
         if name.startswith("tasks."):
             outside = {m for m in imported_modules(path) if m.split(".")[0] in ("runner", "flows", "prefect", "mlflow", "dvc")}
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_no_top_level_package_is_shadowed_by_a_flow_module():
+    """Prefect loads a deployment's entrypoint (flows/retrain.py) with flows/ first on sys.path, so a
+    module there named like a top-level package (flows/pipeline.py against a `pipeline` package) would
+    be imported in its place on every worker."""
+    flow_modules = {path.stem for path in ROOTS["flows"].glob("*.py")}
+    assert not flow_modules & (set(ROOTS) - {"flows"})

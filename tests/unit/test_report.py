@@ -2,8 +2,8 @@ import base64
 
 import pytest
 
-from pipeline import report
-from pipeline.report import Section, evaluation_sections, fmt, render_html, render_markdown
+from project import report
+from project.report import Section, evaluation_sections, fmt, render_html, render_markdown
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 

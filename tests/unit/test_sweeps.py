@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tlpipe.evaluation import plots
-from pipeline import sweeps
+from project import sweeps
 
 
 def table() -> pd.DataFrame:

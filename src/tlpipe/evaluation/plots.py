@@ -200,7 +200,7 @@ def plot_metric_vs_ratio(summary, *, ylabel: str, full=None) -> Figure:
     """One line per method: mean ± std of a metric against the pruning ratio.
 
     Args:
-        summary: a DataFrame with columns method, ratio, mean, std (`pipeline.sweeps.summarise`),
+        summary: a DataFrame with columns method, ratio, mean, std (`project.sweeps.summarise`),
             without the full-source rows.
         ylabel: the metric's name on the y axis.
         full: (mean, std) of the full-source reference, drawn as a horizontal band; or None.
@@ -232,7 +232,7 @@ def plot_cost_vs_ratio(costs) -> Figure:
     """Measured pretraining cost relative to the full source, per method, against the ideal 1 - ratio.
 
     Args:
-        costs: a DataFrame with columns method, ratio, relative (`pipeline.sweeps.cost_ratios`).
+        costs: a DataFrame with columns method, ratio, relative (`project.sweeps.cost_ratios`).
     """
     fig = Figure(figsize=(7.5, 4), layout="constrained")
     ax = fig.add_subplot()

@@ -18,7 +18,7 @@ from tlpipe.evaluation.probe import (
     transferability_of,
 )
 from tlpipe.training import models
-from pipeline import files
+from project import files
 
 
 def teacher_backbone(pretrain_dir: Path):

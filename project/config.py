@@ -1,7 +1,7 @@
 """Validated stage parameters.
 
 Each stage reads one flat-at-the-top YAML file (`params/<stage>.yaml`). The schema below is the one
-place that says which keys exist, their types and their ranges (fields from `pipeline.schema`); every
+place that says which keys exist, their types and their ranges (fields from `project.schema`); every
 error names the file, the key and what is allowed, and is raised before any compute. A sweep file
 and `-s` overrides are checked here too.
 """
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from tlpipe import io, registry
-from pipeline.schema import BOOL, Choice, Field, Float, Int, IntList, OPTIONAL_STR, ParamsError, Positive, STR
+from project.schema import BOOL, Choice, Field, Float, Int, IntList, OPTIONAL_STR, ParamsError, Positive, STR
 
 SEED = Int(0, 2**31 - 1)
 RATIO = Float(0.0, 1.0, closed_hi=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlpipe.distillation import SYNTHETIC_FILE, SYNTHETIC_META
-from pipeline import files
+from project import files
 
 BUILTIN = {"source": "glyphs", "target": "digits"}
 OWN_TEACHER = "pretrain"  # distill.teachers entry for this run's own pretrained teacher
