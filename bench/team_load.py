@@ -25,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,17 @@ class Probe(threading.Thread):
             self._ask("mlflow", urllib.request.Request(
                 f"{self.servers['tracking_uri']}/api/2.0/mlflow/experiments/search?max_results=10",
                 headers={"Authorization": mlflow}))
+
+
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Violation)\b.*:")
+
+
+def failure(stderr: str) -> str:
+    """The exception lines of a failed command's stderr (the database error and its statement, not only
+    SQLAlchemy's closing link), each cut at 300 characters, else its last line."""
+    lines = stderr.strip().splitlines()
+    raised = [line[:300] for line in lines if EXCEPTION_LINE.match(line.strip())]
+    return " | ".join(raised[-3:]) or (lines[-1][:300] if lines else "(no stderr)")
 
 
 def run_command(member: str, workspace: Path, env: dict, args: list[str], into: list[dict]) -> threading.Thread:
@@ -271,7 +283,7 @@ def run_load(db: str, root: Path) -> dict:
         probe.done.set()
         probe.join()
         lost = audit(servers, members, results)
-    errors = [f"{r['member']} {' '.join(r['args'])}: exit {r['rc']}: {r['stderr'].strip().splitlines()[-1:]}"
+    errors = [f"{r['member']} {' '.join(r['args'])}: exit {r['rc']}: {failure(r['stderr'])}"
               for r in results if r["rc"] != 0] + probe.errors
     return {
         "db": db, "runs": len(results), "completed": sum(r["rc"] == 0 for r in results), "errors": errors,

@@ -131,5 +131,6 @@ def alias_holder(name: str, alias: str) -> tuple[str, float] | None:
 
 def set_alias(name: str, alias: str, version: str, *, reason: str) -> None:
     mlf = tracking.client()
-    mlf.set_registered_model_alias(name, alias, version)
-    mlf.set_model_version_tag(name, version, f"tlpipe.{alias}_reason", reason)
+    # both idempotent; the store inserts the alias row when absent, so two members at once may race
+    tracking.retry_insert_race(lambda: mlf.set_registered_model_alias(name, alias, version))
+    tracking.retry_insert_race(lambda: mlf.set_model_version_tag(name, version, f"tlpipe.{alias}_reason", reason))

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import socket
 import subprocess
+import time
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -94,6 +96,25 @@ def relocate_artifacts(database: Path) -> list[str]:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+INTEGRITY_ERROR = re.compile(r"sqlalche\.me/e/\d+/gkpj")  # any SQLAlchemy version
+
+
+def retry_insert_race(call, attempts: int = 3):
+    """`call()`, again when the store lost an insert race: MLflow's SQL store looks a data set up by
+    (experiment, name, digest) and inserts it when absent, so two members logging the same data at
+    once make one of them fail with the database's IntegrityError (seen on PostgreSQL under load);
+    the next try finds the winner's row. The server passes the error on as text only, which ends in
+    SQLAlchemy's link for IntegrityError (code gkpj)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as exc:
+            if not INTEGRITY_ERROR.search(str(exc)) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    return None
+
+
 def experiment_id(mlf: MlflowClient) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     found = mlf.get_experiment_by_name(name)
@@ -104,7 +125,7 @@ def experiment_id(mlf: MlflowClient) -> str:
             found = mlf.get_experiment_by_name(name)
     for key, value in EXPERIMENT_KIND.items():
         if key not in found.tags:  # an experiment made before (or by another tool): say what it holds
-            mlf.set_experiment_tag(found.experiment_id, key, value)
+            retry_insert_race(lambda: mlf.set_experiment_tag(found.experiment_id, key, value))  # noqa: B023 (called at once)
     return found.experiment_id
 
 
@@ -278,7 +299,8 @@ class StageTracker:
         tags = [InputTag("mlflow.data.context", context), InputTag("dvc_md5", digest)]
         if rows is not None:
             tags.append(InputTag("rows", str(rows)))
-        self._client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags)
+        retry_insert_race(lambda: self._client.log_inputs(self.run_id, datasets=[entry]))
 
     def log_model(self, model, *, input_example, name: str = "model") -> str:
         """Logs a torch module (exported with torch.export) with explicit pip requirements; returns its URI."""

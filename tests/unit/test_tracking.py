@@ -74,3 +74,28 @@ def test_the_command_of_a_stage_under_dvc_repro(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/project/tasks/prune.py"])
     monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "-m", "tasks.prune"])
     assert tracking.command_line() == "python -m tasks.prune"
+
+
+def test_a_lost_insert_race_is_tried_again_and_other_errors_are_not():
+    import mlflow
+    import pytest
+
+    calls = []
+
+    def racing():
+        calls.append(1)
+        if len(calls) == 1:  # the message MLflow's SQL store gives when another process inserted the row first
+            raise mlflow.exceptions.MlflowException("(psycopg2.errors.UniqueViolation) duplicate key ... "
+                                                    "(Background on this error at: https://sqlalche.me/e/20/gkpj)")
+        return "logged"
+
+    assert tracking.retry_insert_race(racing) == "logged" and len(calls) == 2
+
+    def refused():
+        calls.append(1)
+        raise mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST: run not found")
+
+    calls.clear()
+    with pytest.raises(mlflow.exceptions.MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        tracking.retry_insert_race(refused)
+    assert len(calls) == 1
