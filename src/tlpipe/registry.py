@@ -1,5 +1,6 @@
 """The families of methods, each declared once: params validation, the stage code and the library's
-dispatch all read these tables. Plain data, so checking params imports no torch.
+dispatch all read these tables. Plain data, so checking params imports no torch: an entry names its
+implementation as "module:function", imported only when `load` is called.
 
 A pruning method also names the inputs it reads (keywords of `tlpipe.pruning.select`), so the `prune`
 stage computes exactly those: `logits` (the supervised surrogate's source-class logits on the target
@@ -10,7 +11,9 @@ the source, Paul et al. 2021: one number per image and model, so they scale with
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
 CLASS, SAMPLE = "class", "sample"
 
@@ -20,28 +23,41 @@ class PruningMethod:
     level: str  # CLASS: keeps whole source classes (or groups); SAMPLE: keeps single images
     needs: tuple[str, ...]
     summary: str
+    impl: str  # "module:function" taking (pruning.methods.Inputs, *, ratio, seed)
+
+
+def _pruning(function: str) -> str:
+    return f"tlpipe.pruning.methods:{function}"
 
 
 PRUNING: dict[str, PruningMethod] = {
-    "lm": PruningMethod(CLASS, ("logits",), "label mapping (DP4TL): the classes the target images vote for"),
-    "lm_bottom": PruningMethod(CLASS, ("logits",), "the least-voted classes (ablation)"),
-    "lm_soft": PruningMethod(CLASS, ("logits",), "label mapping with softmax votes"),
+    "lm": PruningMethod(CLASS, ("logits",), "label mapping (DP4TL): the classes the target images vote for",
+                        _pruning("lm")),
+    "lm_bottom": PruningMethod(CLASS, ("logits",), "the least-voted classes (ablation)", _pruning("lm_bottom")),
+    "lm_soft": PruningMethod(CLASS, ("logits",), "label mapping with softmax votes", _pruning("lm_soft")),
     "lm_balanced": PruningMethod(CLASS, ("logits", "target_labels"),
-                                   "label mapping, round robin over target classes"),
-    "random": PruningMethod(CLASS, (), "random classes (baseline)"),
+                                 "label mapping, round robin over target classes", _pruning("lm_balanced")),
+    "random": PruningMethod(CLASS, (), "random classes (baseline)", _pruning("random_classes")),
     "fm": PruningMethod(CLASS, ("target_features", "source_features"),
-                                   "feature mapping (DP4TL): groups nearest to the target features"),
-    "random_samples": PruningMethod(SAMPLE, (), "random images (baseline)"),
+                        "feature mapping (DP4TL): groups nearest to the target features", _pruning("fm")),
+    "random_samples": PruningMethod(SAMPLE, (), "random images (baseline)", _pruning("random_samples")),
     "fm_samples": PruningMethod(SAMPLE, ("target_features", "source_features"),
-                                   "images nearest to the target features"),
-    "el2n": PruningMethod(SAMPLE, ("el2n_norms_per_model",), "EL2N: the hardest images early in training"),
+                                "images nearest to the target features", _pruning("fm_samples")),
+    "el2n": PruningMethod(SAMPLE, ("el2n_norms_per_model",), "EL2N: the hardest images early in training",
+                          _pruning("el2n")),
     "grand": PruningMethod(SAMPLE, ("grad_norms_per_model",),
-                                   "GraNd: the largest gradient norms early in training"),
+                           "GraNd: the largest gradient norms early in training", _pruning("grand")),
     "moderate": PruningMethod(SAMPLE, ("source_features",),
-                                   "moderate coreset: images at the median distance"),
+                              "moderate coreset: images at the median distance", _pruning("moderate")),
 }
 CLASS_METHODS = tuple(name for name, m in PRUNING.items() if m.level == CLASS)
 SAMPLE_METHODS = tuple(name for name, m in PRUNING.items() if m.level == SAMPLE)
+
+
+def load(implementation: str) -> Any:
+    """The object a "module:function" entry names, imported now."""
+    module, _, name = implementation.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def pruning_method(name: str) -> PruningMethod:
@@ -51,8 +67,8 @@ def pruning_method(name: str) -> PruningMethod:
 
 
 # Self-supervised distillation of the teacher into the student: objectives between the two
-# (tlpipe.distillation.representation), or, for DATASET_DISTILLATION, the source distilled into a few synthetic images that
-# the student then learns from (tlpipe.distillation.krr_st).
+# (tlpipe.distillation.representation), or, for DATASET_DISTILLATION, the source distilled into a few
+# synthetic images that the student then learns from (tlpipe.distillation.krr_st).
 DISTILLATION: dict[str, str] = {
     "seed": "SEED (Fang et al., ICLR 2021): the teacher's similarity distribution over a queue",
     "compress": "CompRess (Abbasi Koohpayegani et al., NeurIPS 2020): two memory banks",

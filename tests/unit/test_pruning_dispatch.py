@@ -131,3 +131,14 @@ def test_select_reads_what_the_registry_says_a_method_needs(method):
     for name in needed:  # and every input it names is needed
         with pytest.raises(ValueError, match=name):
             pruning.select(method, ratio=0.5, seed=4, **{k: v for k, v in needed.items() if k != name}, **base)
+
+
+@pytest.mark.parametrize("method", list(registry.PRUNING))
+def test_each_method_is_one_registry_entry_whose_code_enters_the_prune_key(method):
+    """`impl` names a function of tlpipe.pruning.methods; that module is in the prune stage's code
+    closure, so editing a method's implementation gives prune a new key like any other code."""
+    from runner.keys import code_closure
+
+    impl = registry.PRUNING[method].impl
+    assert callable(registry.load(impl))
+    assert impl.partition(":")[0] in code_closure("tasks.prune")

@@ -11,7 +11,7 @@ and moderate coreset (Xia et al., ICLR 2023).
 
 from __future__ import annotations
 
-from tlpipe.registry import CLASS, CLASS_METHODS, SAMPLE_METHODS, pruning_method
+from tlpipe.registry import CLASS, CLASS_METHODS, SAMPLE_METHODS, load, pruning_method
 from tlpipe.pruning.apply import class_table, kept_indices, ranks_source_classes
 from tlpipe.pruning.feature_mapping import (
     FeatureMapping,
@@ -21,9 +21,9 @@ from tlpipe.pruning.feature_mapping import (
     select_groups_feature_mapping,
     select_samples_feature_mapping,
 )
+from tlpipe.pruning.methods import Inputs
 from tlpipe.pruning.kmeans import kmeans, nearest, squared_distances
 from tlpipe.pruning.label_mapping import (
-    _as_numpy_logits,
     count_label_votes,
     select_by_votes,
     select_classes_balanced,
@@ -56,26 +56,22 @@ from tlpipe.pruning.selection import (
     select_top_samples,
 )
 
-_LOGIT_METHODS = {
-    "lm": select_classes_label_mapping,
-    "lm_bottom": select_classes_least_voted,
-    "lm_soft": select_classes_soft_votes,
-}
 
-
-def _require(method: str, **inputs) -> None:
-    missing = [name for name, value in inputs.items() if value is None]
-    if missing:
-        raise ValueError(f"method {method!r} needs {', '.join(missing)}")
+def _dispatch(method: str, methods: tuple[str, ...], ratio: float, seed: int, inputs: dict):
+    """One lookup: the registry's implementation of `method` (`impl`, in tlpipe.pruning.methods), given
+    the inputs that are not None."""
+    if method not in methods:
+        raise ValueError(f"method must be one of {', '.join(methods)}, got {method!r}")
+    entry = pruning_method(method)
+    given = Inputs(**{name: value for name, value in inputs.items() if value is not None})
+    return load(entry.impl)(given, ratio=ratio, seed=seed)
 
 
 def select(method: str, *, ratio: float, seed: int, **inputs) -> ClassSelection | SampleSelection:
     """The selection of `method`, a name of `registry.PRUNING` (whose `needs` lists the inputs it
-    reads): `select_classes` for class-level methods, `select_samples` for sample-level ones, each
-    given `inputs` as it takes them."""
-    if pruning_method(method).level == CLASS:
-        return select_classes(method, ratio=ratio, seed=seed, **inputs)
-    return select_samples(method, ratio=ratio, seed=seed, **inputs)
+    reads), given `inputs` by the names `select_classes` and `select_samples` document."""
+    methods = CLASS_METHODS if pruning_method(method).level == CLASS else SAMPLE_METHODS
+    return _dispatch(method, methods, ratio, seed, inputs)
 
 
 def select_classes(
@@ -91,7 +87,7 @@ def select_classes(
     source_labels=None,
     num_clusters: int | None = None,
 ) -> ClassSelection:
-    """Dispatches to a class-selection method.
+    """Selects source classes (groups) by a class-level method.
 
     Args:
         method: one of `CLASS_METHODS`: "lm", "lm_bottom", "lm_soft" (need `logits`),
@@ -111,23 +107,9 @@ def select_classes(
     Returns:
         A `ClassSelection`; for "fm" a `FeatureMapping`, which also holds the groups.
     """
-    if method not in CLASS_METHODS:
-        raise ValueError(f"method must be one of {', '.join(CLASS_METHODS)}, got {method!r}")
-    if method in _LOGIT_METHODS:
-        _require(method, logits=logits)
-        return _LOGIT_METHODS[method](logits, ratio=ratio)
-    if method == "lm_balanced":
-        _require(method, logits=logits, target_labels=target_labels)
-        return select_classes_balanced(logits, target_labels, ratio=ratio)
-    if method == "fm":
-        _require(method, target_features=target_features, source_features=source_features)
-        return select_groups_feature_mapping(target_features, source_features, source_labels,
-                                             num_clusters=num_clusters, ratio=ratio, seed=seed)
-    if num_classes is None:
-        if logits is None:
-            raise ValueError("method 'random' needs num_classes (or logits to infer it)")
-        num_classes = _as_numpy_logits(logits).shape[1]
-    return select_classes_random(num_classes, ratio=ratio, seed=seed)
+    return _dispatch(method, CLASS_METHODS, ratio, seed, dict(
+        logits=logits, num_classes=num_classes, target_labels=target_labels, target_features=target_features,
+        source_features=source_features, source_labels=source_labels, num_clusters=num_clusters))
 
 
 def select_samples(
@@ -143,7 +125,7 @@ def select_samples(
     el2n_norms_per_model=None,
     grad_norms_per_model=None,
 ) -> SampleSelection:
-    """Dispatches to a sample-selection method.
+    """Selects source samples by a sample-level method.
 
     Args:
         method: one of `SAMPLE_METHODS`: "random_samples" (`num_samples`), "fm_samples"
@@ -164,26 +146,10 @@ def select_samples(
     Returns:
         A `SampleSelection`.
     """
-    if method not in SAMPLE_METHODS:
-        raise ValueError(f"method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
-    if method == "random_samples":
-        _require(method, num_samples=num_samples)
-        return select_samples_random(num_samples, ratio=ratio, seed=seed)
-    if method == "fm_samples":
-        _require(method, target_features=target_features, source_features=source_features)
-        return select_samples_feature_mapping(target_features, source_features, ratio=ratio)
-    if method == "el2n" and el2n_norms_per_model is not None:
-        return select_samples_el2n_norms(el2n_norms_per_model, ratio=ratio)
-    if method == "el2n":
-        if logits_per_model is None:
-            raise ValueError("method 'el2n' needs el2n_norms_per_model (or logits_per_model and source_labels)")
-        _require(method, source_labels=source_labels)
-        return select_samples_el2n(logits_per_model, source_labels, ratio=ratio)
-    if method == "grand":
-        _require(method, grad_norms_per_model=grad_norms_per_model)
-        return select_samples_grand(grad_norms_per_model, ratio=ratio)
-    _require(method, source_features=source_features, source_labels=source_labels)
-    return select_samples_moderate(source_features, source_labels, ratio=ratio)
+    return _dispatch(method, SAMPLE_METHODS, ratio, seed, dict(
+        num_samples=num_samples, target_features=target_features, source_features=source_features,
+        source_labels=source_labels, logits_per_model=logits_per_model, el2n_norms_per_model=el2n_norms_per_model,
+        grad_norms_per_model=grad_norms_per_model))
 
 
 __all__ = [
