@@ -140,7 +140,7 @@ def method_bullets(context: dict) -> list[str]:
     if prune.get("method") in registry.PRUNING:
         lines.append(f"pruning {prune['method']}: {registry.PRUNING[prune['method']].summary}")
     if distill.get("method") in registry.DISTILLATION:
-        lines.append(f"distillation {distill['method']}: {registry.DISTILLATION[distill['method']]}")
+        lines.append(f"distillation {distill['method']}: {registry.DISTILLATION[distill['method']].summary}")
     if distill.get("teachers_selected_by") in registry.TEACHER_SELECTION:
         lines.append(f"teacher selection {distill['teachers_selected_by']}: "
                      f"{registry.TEACHER_SELECTION[distill['teachers_selected_by']]}")

@@ -69,13 +69,25 @@ def pruning_method(name: str) -> PruningMethod:
 # Self-supervised distillation of the teacher into the student: objectives between the two
 # (tlpipe.distillation.representation), or, for DATASET_DISTILLATION, the source distilled into a few
 # synthetic images that the student then learns from (tlpipe.distillation.krr_st).
-DISTILLATION: dict[str, str] = {
-    "seed": "SEED (Fang et al., ICLR 2021): the teacher's similarity distribution over a queue",
-    "compress": "CompRess (Abbasi Koohpayegani et al., NeurIPS 2020): two memory banks",
-    "mse": "regression of the teacher's normalised embedding",
-    "krr_st": "KRR-ST (Lee et al., ICLR 2024): the source distilled into synthetic images with learned targets",
+@dataclass(frozen=True)
+class DistillationMethod:
+    summary: str
+    # "module:class" of one teacher's objective (loss and memory, an nn.Module taking (dim, *, queue_size,
+    # tau_s, tau_t, seed)); None for dataset distillation, which has its own loop
+    objective: str | None = None
+
+
+DISTILLATION: dict[str, DistillationMethod] = {
+    "seed": DistillationMethod("SEED (Fang et al., ICLR 2021): the teacher's similarity distribution over a queue",
+                               "tlpipe.distillation.seed:SeedObjective"),
+    "compress": DistillationMethod("CompRess (Abbasi Koohpayegani et al., NeurIPS 2020): two memory banks",
+                                   "tlpipe.distillation.compress:CompressObjective"),
+    "mse": DistillationMethod("regression of the teacher's normalised embedding",
+                              "tlpipe.distillation.mse:MseObjective"),
+    "krr_st": DistillationMethod("KRR-ST (Lee et al., ICLR 2024): the source distilled into synthetic images with "
+                                 "learned targets"),
 }
-DATASET_DISTILLATION = ("krr_st",)
+DATASET_DISTILLATION = tuple(name for name, m in DISTILLATION.items() if m.objective is None)
 KRR_ST_INITS = ("random", "kmeans")  # how KRR-ST's synthetic images are first drawn from the real ones
 
 # How `distill.teachers: {select: ..., from: [...], size: k}` picks k teachers out of candidates.

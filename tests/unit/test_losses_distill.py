@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from tlpipe.distillation.compress import build_compress_memory_bank, compress_loss
 from tlpipe.distillation.mse import feature_regression_loss
+from tlpipe import registry
 from tlpipe.distillation.queue import EmbeddingQueue
 from tests.unit.parity import check_loss_parity
 
@@ -343,3 +344,18 @@ def test_compress_separate_temperatures_match_the_formula():
 def test_compress_needs_both_temperatures(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compress_loss(torch.ones(2, 3), torch.ones(2, 3), torch.ones(4, 3), **kwargs)
+
+
+@pytest.mark.parametrize("method", [m for m, entry in registry.DISTILLATION.items() if entry.objective])
+def test_each_objective_is_a_registry_entry_whose_code_enters_the_distill_key(method):
+    """The loop builds a method's objective from its registry entry alone, and editing the module that
+    holds it gives distill a new key like any other code."""
+    from runner.keys import code_closure
+
+    objective = registry.load(registry.DISTILLATION[method].objective)(4, queue_size=8, tau_s=0.1, tau_t=0.05, seed=0)
+    student, teacher = torch.randn(3, 4), torch.randn(3, 4)
+    before = {name: b.clone() for name, b in objective.named_buffers()}
+    assert torch.isfinite(objective.loss(student, teacher))
+    objective.remember(student, teacher)
+    assert all(not torch.equal(before[name], b) for name, b in objective.named_buffers() if name.endswith("embeddings"))
+    assert registry.DISTILLATION[method].objective.partition(":")[0] in code_closure("tasks.distill")

@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tlpipe.checks import check_temperature
 from tlpipe.distillation.queue import EmbeddingQueue
@@ -129,3 +130,24 @@ def build_compress_memory_bank(
     with torch.no_grad():
         bank.tensor.copy_(torch.rand(k, d, generator=generator, dtype=dtype).mul_(2 * bound).add_(-bound))
     return bank
+
+
+class CompressObjective(nn.Module):
+    """CompRess-2q for one teacher: the loss and its two memory banks, which hold the same images slot
+    for slot (uniform start as in the reference; buffers, saved and resumed with the loop)."""
+
+    def __init__(self, dim: int, *, queue_size: int, tau_s: float, tau_t: float, seed: int):
+        super().__init__()
+        self.tau_s, self.tau_t = tau_s, tau_t
+        self.teacher_queue = build_compress_memory_bank(queue_size, dim, seed=seed)
+        self.student_queue = build_compress_memory_bank(queue_size, dim, seed=seed + 7919)
+
+    def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return compress_loss(student, teacher, self.teacher_queue.tensor, student_queue=self.student_queue.tensor,
+                             tau_s=self.tau_s, tau_t=self.tau_t)
+
+    @torch.no_grad()
+    def remember(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Enqueues the batch after its loss was formed: a batch is never its own negative."""
+        self.teacher_queue.enqueue(F.normalize(teacher, dim=1))
+        self.student_queue.enqueue(F.normalize(student.detach(), dim=1))

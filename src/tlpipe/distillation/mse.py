@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def feature_regression_loss(
@@ -43,3 +44,17 @@ def feature_regression_loss(
         teacher = F.normalize(teacher, dim=1, eps=1e-12)
     # the difference form is exactly 0 for equal rows, where 2 - 2cos may round to ~1e-16
     return (student - teacher).pow(2).sum(dim=1).mean()
+
+
+class MseObjective(nn.Module):
+    """Feature regression for one teacher: no memory between steps (the queue and temperature
+    arguments every objective takes are not used)."""
+
+    def __init__(self, dim: int, *, queue_size: int, tau_s: float, tau_t: float, seed: int):
+        super().__init__()
+
+    def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return feature_regression_loss(student, teacher)
+
+    def remember(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Nothing to keep."""

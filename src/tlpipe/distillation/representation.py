@@ -21,15 +21,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tlpipe.data.augment import augment_batch
-from tlpipe.distillation.compress import build_compress_memory_bank, compress_loss
-from tlpipe.distillation.mse import feature_regression_loss
-from tlpipe.distillation.queue import EmbeddingQueue
-from tlpipe.distillation.seed import seed_loss
-from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION
+# the objectives registry.DISTILLATION names, imported here so their code enters the distill stage's key
+import tlpipe.distillation.compress  # noqa: F401
+import tlpipe.distillation.mse  # noqa: F401
+import tlpipe.distillation.seed  # noqa: F401
+from tlpipe.registry import DATASET_DISTILLATION, DISTILLATION, load
 from tlpipe.training import distributed
 from tlpipe.training.checkpoints import Checkpoint, LoopState
 from tlpipe.training.loops import LossLog, MetricsCallback
@@ -54,35 +53,6 @@ class MultiHeadStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = embed(self.backbone, x)
         return [head(features) for head in self.heads]
-
-
-class Objective(nn.Module):
-    """One teacher's loss and the memory it keeps between steps (queues live in buffers)."""
-
-    def __init__(self, method: str, dim: int, *, queue_size: int, tau_s: float, tau_t: float, seed: int):
-        super().__init__()
-        self.method, self.tau_s, self.tau_t = method, tau_s, tau_t
-        if method == "seed":
-            self.teacher_queue = EmbeddingQueue(queue_size, dim, seed=seed)
-        if method == "compress":  # uniform start as in CompRess; the banks hold the same images, slot for slot
-            self.teacher_queue = build_compress_memory_bank(queue_size, dim, seed=seed)
-            self.student_queue = build_compress_memory_bank(queue_size, dim, seed=seed + 7919)
-
-    def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if self.method == "seed":
-            return seed_loss(student, teacher, self.teacher_queue.tensor, tau_s=self.tau_s, tau_t=self.tau_t)
-        if self.method == "compress":
-            return compress_loss(student, teacher, self.teacher_queue.tensor, student_queue=self.student_queue.tensor,
-                                 tau_s=self.tau_s, tau_t=self.tau_t)
-        return feature_regression_loss(student, teacher)
-
-    @torch.no_grad()
-    def remember(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
-        """Enqueues the batch after its loss was formed: a batch is never its own negative."""
-        if self.method in ("seed", "compress"):
-            self.teacher_queue.enqueue(F.normalize(teacher, dim=1))
-        if self.method == "compress":
-            self.student_queue.enqueue(F.normalize(student.detach(), dim=1))
 
 
 def _check_inputs(method: str, teachers: Sequence[nn.Module], weights, teacher_embeddings, images: np.ndarray,
@@ -181,7 +151,8 @@ def distill(
     teachers = [prepare_module(t, device).eval() for t in teachers] if live else []
     tables = None if live else [torch.as_tensor(np.asarray(t, dtype=np.float32)) for t in teacher_embeddings]
     student = prepare_module(MultiHeadStudent(copy.deepcopy(student_backbone), dims), device)
-    objectives = [Objective(method, dim, queue_size=queue_size, tau_s=tau_s, tau_t=tau_t, seed=seed + k).to(device)
+    objective = load(DISTILLATION[method].objective)  # one teacher's loss and memory (queues are buffers)
+    objectives = [objective(dim, queue_size=queue_size, tau_s=tau_s, tau_t=tau_t, seed=seed + k).to(device)
                   for k, dim in enumerate(dims)]
 
     ranks, forward = distributed.join(student, device, batch_size)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tlpipe.checks import check_temperature
+from tlpipe.distillation.queue import EmbeddingQueue
 
 
 def _check_inputs(
@@ -62,3 +64,21 @@ def seed_loss(
     teacher_logits = torch.cat([(t * t).sum(dim=1, keepdim=True), t @ q.T], dim=1) / tau_t
     targets = torch.softmax(teacher_logits, dim=1)
     return -(targets * torch.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
+class SeedObjective(nn.Module):
+    """SEED for one teacher: the loss and the queue of past teacher embeddings it keeps (a buffer, so
+    it is saved and resumed with the loop's modules)."""
+
+    def __init__(self, dim: int, *, queue_size: int, tau_s: float, tau_t: float, seed: int):
+        super().__init__()
+        self.tau_s, self.tau_t = tau_s, tau_t
+        self.teacher_queue = EmbeddingQueue(queue_size, dim, seed=seed)
+
+    def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return seed_loss(student, teacher, self.teacher_queue.tensor, tau_s=self.tau_s, tau_t=self.tau_t)
+
+    @torch.no_grad()
+    def remember(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Enqueues the batch after its loss was formed: a batch is never its own negative."""
+        self.teacher_queue.enqueue(F.normalize(teacher, dim=1))
