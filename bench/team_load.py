@@ -39,6 +39,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from runner.spec import load_pipeline  # noqa: E402
 from tests.integration.conftest import TINY, git, make_project  # noqa: E402
 from tests.integration.servers import (BIN, add_mlflow_user, mlflow_server, postgres, prefect_server,  # noqa: E402
                                        s3_server, tool_env)
@@ -52,7 +53,7 @@ CONFIGS = (["-s", "prune.method=lm", "-s", "prune.ratio=0.5"],
            ["-s", "prune.method=random", "-s", "prune.ratio=0.5"])
 SWEEP = {"methods": ["lm", "random"], "ratios": [0.5, 0.8], "seeds": [0, 1], "full_source": False, "set": {},
          "cluster": {"address": None, "n_workers": 2, "threads_per_worker": 1}}  # 8 points
-STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill", "finetune", "evaluate")
+STAGES = tuple(spec.name for spec in load_pipeline(REPO))  # every stage of dvc.yaml, in run order
 # The tests' tiny configuration with one epoch per training and one probe draw: the load is about
 # the servers and the records, not about training.
 LOAD = {**TINY, **{stage: {**TINY[stage], "epochs": 1} for stage in ("surrogate", "pretrain", "distill", "finetune")},
