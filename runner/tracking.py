@@ -105,14 +105,14 @@ def retry_insert_race(call, attempts: int = 3):
     once make one of them fail with the database's IntegrityError (seen on PostgreSQL under load);
     the next try finds the winner's row. The server passes the error on as text only, which ends in
     SQLAlchemy's link for IntegrityError (code gkpj)."""
-    for attempt in range(attempts):
+    for attempt in range(1, attempts):
         try:
             return call()
         except mlflow.exceptions.MlflowException as exc:
-            if not INTEGRITY_ERROR.search(str(exc)) or attempt == attempts - 1:
+            if not INTEGRITY_ERROR.search(str(exc)):
                 raise
-            time.sleep(0.1 * (attempt + 1))
-    return None
+        time.sleep(0.1 * attempt)
+    return call()  # the last try raises whatever it meets
 
 
 def experiment_id(mlf: MlflowClient) -> str:

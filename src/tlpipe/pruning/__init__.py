@@ -21,7 +21,6 @@ from tlpipe.pruning.feature_mapping import (
     select_groups_feature_mapping,
     select_samples_feature_mapping,
 )
-from tlpipe.pruning.methods import Inputs
 from tlpipe.pruning.kmeans import kmeans, nearest, squared_distances
 from tlpipe.pruning.label_mapping import (
     count_label_votes,
@@ -31,6 +30,7 @@ from tlpipe.pruning.label_mapping import (
     select_classes_least_voted,
     select_classes_soft_votes,
 )
+from tlpipe.pruning.methods import Inputs
 from tlpipe.pruning.scores import (
     el2n_norms,
     el2n_scores,
@@ -63,7 +63,7 @@ def _dispatch(method: str, methods: tuple[str, ...], ratio: float, seed: int, in
     if method not in methods:
         raise ValueError(f"method must be one of {', '.join(methods)}, got {method!r}")
     entry = pruning_method(method)
-    given = Inputs(**{name: value for name, value in inputs.items() if value is not None})
+    given = Inputs(method, **{name: value for name, value in inputs.items() if value is not None})
     return load(entry.impl)(given, ratio=ratio, seed=seed)
 
 
