@@ -1,13 +1,11 @@
-"""Stage functions called in-process without Prefect, DVC or MLflow, for benchmarks that time or
-compare what the stages compute (the same code `tlpipe run` executes, minus the orchestration)."""
+"""Stages run in-process by the pipeline's own runner with nothing recorded (no Prefect, MLflow, DVC
+commit or stage record), for benchmarks that time or compare what the stages compute."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import statistics
 import time
-import uuid
 from pathlib import Path
 
 # In-process benchmarks: offline, and no progress bars or notices from the Hugging Face libraries
@@ -32,35 +30,32 @@ TINY = {
 SSL = {"surrogate": {"mode": "simclr"}, "pretrain": {"mode": "simclr"}, "prune": {"method": "fm", "groups": "kmeans"}}
 
 
+def stage_spec(project: Path, stage: str):
+    from runner.spec import load_pipeline
+
+    return next(s for s in load_pipeline(project) if s.name == stage)
+
+
 def stage_context(project: Path, stage: str, params: dict, device: str, out: Path):
-    """What the runner hands `tasks.<stage>.run`, with no observer: nothing is tracked or shown."""
+    """What the runner hands `tasks.<stage>.run`, with no observer, for a benchmark that calls a stage's
+    helpers (its inputs as the stage reads them) rather than the whole stage."""
     from runner.context import StageContext
     from runner.events import Events, StageRun
-    from runner.spec import load_pipeline
-    from runner.workspace import ProjectWorkspace
+    from runner.workspace import ScratchWorkspace
 
-    spec = next(s for s in load_pipeline(project) if s.name == stage)
-    # a key of its own: a benchmark's stage never resumes from another run's checkpoint
-    key = f"bench-{uuid.uuid4().hex}"
-    return StageContext(StageRun(spec, params, key=key, deps={}, device=device), out, ProjectWorkspace(project), Events())
+    run = StageRun(stage_spec(project, stage), params, key="scratch", deps={}, device=device)
+    return StageContext(run, out, ScratchWorkspace(project), Events())
 
 
 def run_stage(project: Path, stage: str, params: dict, device: str) -> dict:
-    """Runs `tasks.<stage>.run` with the same atomic writes as the runner, but no keys, hashes or
-    records; returns its metrics."""
-    from runner.spec import metrics_file, stage_dir
-    from tlpipe.io import remove_path, staged_outputs, write_json
+    """Runs one stage through the pipeline's runner (`runner.core.run_stage`: the same keys, data-parallel
+    launch and atomic writes as `tlpipe run`) in a workspace that records nothing: always computed, no
+    record, no MLflow run, no resuming; returns its metrics (with `wall_time_s`)."""
+    from runner import core
+    from runner.workspace import ScratchWorkspace
 
-    module = importlib.import_module(f"tasks.{stage}")
-    started = time.perf_counter()
-    with staged_outputs(stage_dir(project, stage), metrics_file(project, stage)) as (out, metrics_path):
-        out.mkdir()
-        ctx = stage_context(project, stage, params, device, out)
-        metrics = module.run(ctx)
-        metrics["wall_time_s"] = time.perf_counter() - started
-        write_json(metrics_path, metrics)
-    remove_path(ctx._workspace.checkpoints(stage, ctx._run.key))  # noqa: SLF001 (as the runner does)
-    return metrics
+    spec = stage_spec(project, stage)
+    return core.run_stage(spec, params, ScratchWorkspace(project), device=device, refresh=True).metrics
 
 
 def surrogate_inference_line(model_dir: Path, target_dir: Path, device: str) -> str:

@@ -55,11 +55,11 @@ def deep_merge(*layers: dict) -> dict:
 
 def parse_overrides(texts: list[str]) -> dict:
     """`-s stage.key=value` overrides as a {stage: {key: ...}} dict (for `copy_project`)."""
-    from project import config
+    from project import paramfiles
 
     parsed: dict = {}
     for text in texts:
-        stage, keys, value = config.parse_override(text)
+        stage, keys, value = paramfiles.parse_override(text)
         node = parsed.setdefault(stage, {})
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -70,12 +70,12 @@ def parse_overrides(texts: list[str]) -> dict:
 def run_chain(project: Path, overrides: dict, device: str, until: str | None, *, quiet: bool = False) -> dict[str, dict]:
     """Runs the stages in dvc.yaml order (through `until`) in a fresh copy of the project; {stage: metrics}."""
     from runner.spec import load_pipeline
-    from project import config
+    from project import paramfiles
 
     if project.exists():
         shutil.rmtree(project)
     copy_project(REPO, project, overrides)
-    params = config.load_all_params(project)
+    params = paramfiles.load_all_params(project)
     metrics = {}
     for spec in load_pipeline(project):
         metrics[spec.name] = run_stage(project, spec.name, params[spec.name], device)

@@ -55,7 +55,7 @@ def merged(params: dict, changes: dict) -> dict:
 
 def run_seed(work: Path, seed: int, chosen: dict[str, dict], tiny: bool, device: str) -> dict:
     """{variant: figures} for one seed, and the teacher's pretraining cost under "teacher"."""
-    from project import config
+    from project import paramfiles
 
     project = work / f"s{seed}"
     if project.exists():
@@ -64,7 +64,7 @@ def run_seed(work: Path, seed: int, chosen: dict[str, dict], tiny: bool, device:
     for stage in ("prune", "pretrain", "distill", "finetune"):
         overrides.setdefault(stage, {})["seed"] = seed
     copy_project(REPO, project, overrides)
-    params = config.load_all_params(project)
+    params = paramfiles.load_all_params(project)
     upstream = {stage: run_stage(project, stage, params[stage], device) for stage in UPSTREAM}
     pretrain = upstream["pretrain"]
     results = {"teacher": {"pretrain_s": pretrain.get("train_time_s", pretrain["wall_time_s"]),

@@ -44,13 +44,13 @@ def seed_overrides(seed: int, tiny: bool) -> dict:
 
 def run_seed(work: Path, seed: int, methods: list[str], tiny: bool, device: str) -> dict:
     """{method: evaluate metrics (+ scratch accuracy, distill figures)} for one seed."""
-    from project import config
+    from project import paramfiles
 
     project = work / f"s{seed}"
     if project.exists():
         shutil.rmtree(project)
     copy_project(REPO, project, seed_overrides(seed, tiny))
-    params = config.load_all_params(project)
+    params = paramfiles.load_all_params(project)
     for stage in UPSTREAM:
         run_stage(project, stage, params[stage], device)
     scratch = scratch_accuracy(project, params, device)
@@ -101,7 +101,7 @@ def bare_distill_loop(student_backbone, teacher, images, p: dict, device) -> flo
     queue = F.normalize(torch.randn(p["queue_size"], feature_dim(teacher), device=device), dim=1)
     optimizer = torch.optim.AdamW([*backbone.parameters(), *head.parameters()], lr=p["lr"],
                                   weight_decay=p["weight_decay"])
-    pixels, order_gen = torch.from_numpy(images), torch.Generator().manual_seed(p["seed"])
+    pixels, order_gen = torch.from_numpy(images[:]), torch.Generator().manual_seed(p["seed"])  # a bare loop holds them all
     view_gen = torch.Generator(device=device).manual_seed(p["seed"] + 1)
     batch, pointer, seen = p["batch_size"], 0, 0
     start = time.perf_counter()
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--speed-repeats", type=int, default=3, help="alternating runs of the loop comparison")
     args = parser.parse_args()
     from runner.keys import device_name
-    from project import config
+    from project import paramfiles
 
     device = device_name()
     work = REPO / "bench" / ".work" / ("distill-tiny" if args.tiny else "distill")
@@ -206,7 +206,7 @@ def main() -> None:
     results = {seed: run_seed(work, seed, args.methods, args.tiny, device) for seed in range(args.seeds)}
     report(results, args.methods)
     project = work / "s0"
-    pipeline, bare = loop_speed(project, config.load_all_params(project), device, args.speed_repeats)
+    pipeline, bare = loop_speed(project, paramfiles.load_all_params(project), device, args.speed_repeats)
     print(f"\ndistillation training (SEED, {device}): representation.distill {pipeline:.0f} img/s vs bare loop {bare:.0f} img/s "
           f"= {pipeline / bare:.1%} (goal >= 85 %; median of {args.speed_repeats} alternating runs)")
     print(f"wall time {time.perf_counter() - started:.0f} s")

@@ -30,17 +30,22 @@ sys.path.insert(0, str(REPO))
 from _stages import QUIET, TINY  # noqa: E402
 from flows.workspace import copy_project  # noqa: E402
 
+LOOP_SECONDS = "loop-seconds.json"
+
 
 def bare_loop(project: Path) -> None:
-    """Every stage function, in dvc.yaml order, with the same atomic writes but no Prefect, DVC or MLflow."""
+    """Every stage in dvc.yaml order through the runner with nothing recorded (its keys, hashes and atomic
+    writes included): what Prefect, MLflow, DVC and the records add is the difference. The stages' own
+    seconds go to `LOOP_SECONDS` in the project (the metrics files hold no timings)."""
     from _stages import run_stage
     from runner.keys import device_name
     from runner.spec import load_pipeline
-    from project import config
+    from project import paramfiles
 
     device = device_name()
-    for spec in load_pipeline(project):
-        run_stage(project, spec.name, config.load_stage_params(project, spec.name), device)
+    seconds = {spec.name: run_stage(project, spec.name, paramfiles.load_stage_params(project, spec.name), device)["wall_time_s"]
+               for spec in load_pipeline(project)}
+    (project / LOOP_SECONDS).write_text(json.dumps(seconds))
 
 
 def create_databases(env: dict) -> None:
@@ -59,14 +64,12 @@ def stage_names(project: Path) -> list[str]:
 
 def stage_seconds(project: Path, stage: str) -> float:
     """The stage function's wall time: from the flow's lineage document (timings are not outputs), or
-    from the metrics file the plain loop writes."""
-    from runner.spec import metrics_file
-
+    from what the plain loop wrote."""
     documents = sorted((project / ".tlpipe" / "lineage").glob("*.json"), key=lambda p: p.stat().st_mtime)
     if documents:
         first_run = json.loads(documents[0].read_text())
         return next(s for s in first_run["stages"] if s["stage"] == stage)["metrics"]["wall_time_s"]
-    return json.loads(metrics_file(project, stage).read_text())["wall_time_s"]
+    return json.loads((project / LOOP_SECONDS).read_text())[stage]
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:

@@ -6,8 +6,8 @@ sizes, plus the streaming training loop against the in-memory one at the smalles
     python bench/scale.py --sizes 50 500           # images per class (400 classes)
     python bench/scale.py --tiny                   # a minute: 4k images, to try the script
 
-Each stage runs in a fresh process (`_stages.run_stage`: the stage code the pipeline runs, without
-Prefect, DVC or MLflow) on a fresh copy of the project, one epoch where it trains; its time is the
+Each stage runs in a fresh process (`_stages.run_stage`: the pipeline's runner with nothing recorded,
+no Prefect, MLflow or DVC commit) on a fresh copy of the project, one epoch where it trains; its time is the
 stage's own (imports excluded). Peak RSS is the process's own high-water mark (VmHWM), read as the
 stage ends (prepare's worker processes are not in it: each holds one unit). Prune runs feature mapping (`fm`),
 which reads every source image through the surrogate. The table and a plot go to bench/results/.
@@ -29,9 +29,17 @@ sys.path.insert(0, str(REPO))
 
 from _stages import QUIET  # noqa: E402
 
-STAGES = ("prepare", "surrogate", "prune", "pretrain", "distill")
-IMAGES = {"prepare": "source_images", "surrogate": "images_seen", "prune": "source_images",
-          "pretrain": "images_seen", "distill": "images_seen"}
+
+
+def source_stages() -> tuple[str, ...]:
+    """The stages dvc.yaml runs through distill: those whose work grows with the source (distill learns
+    from the teacher that the pruned source trained)."""
+    from runner.spec import load_pipeline, select_stages
+
+    return tuple(spec.name for spec in select_stages(load_pipeline(REPO), "distill"))
+
+
+STAGES = source_stages()
 
 
 def point_params(images_per_class: int, image_size: int) -> dict:
@@ -44,19 +52,19 @@ def stage_process(project: str, stage: str) -> None:
     """In the child: runs one stage and prints its figures as JSON."""
     from _stages import run_stage
     from runner.keys import device_name
-    from project import config
+    from project import paramfiles
     from tlpipe.data import storage
 
     started = time.perf_counter()
-    metrics = run_stage(Path(project), stage, config.load_stage_params(Path(project), stage), device_name())
+    metrics = run_stage(Path(project), stage, paramfiles.load_stage_params(Path(project), stage), device_name())
     wall = time.perf_counter() - started
     peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                 if line.startswith("VmHWM:"))
-    if stage in ("prepare", "prune"):
+    if "images_seen" not in metrics:  # a stage that does not train reads every source image once
         source = storage.load_prepared(Path(project) / "data" / "prepared" / "source")
-        metrics["source_images"] = len(source["train"]) + len(source["val"])
+        metrics["images_seen"] = len(source["train"]) + len(source["val"])
     print(json.dumps({"stage": stage, "wall_s": wall, "stage_s": metrics["wall_time_s"], "peak_rss_mb": peak / 1024,
-                      "images": metrics.get(IMAGES[stage], 0)}))
+                      "images": metrics["images_seen"]}))
 
 
 def disk_mb(folder: Path) -> float:
@@ -65,11 +73,11 @@ def disk_mb(folder: Path) -> float:
 
 def measure(images_per_class: int, image_size: int, scratch: Path, stages=STAGES) -> list[dict]:
     from flows.workspace import copy_project
-    from project import config
+    from project import paramfiles
 
     project = scratch / f"p{images_per_class}-{image_size}"
     copy_project(REPO, project, point_params(images_per_class, image_size))
-    config.load_all_params(project)  # the params are valid
+    paramfiles.load_all_params(project)  # the params are valid
     rows = []
     for stage in stages:
         done = subprocess.run([sys.executable, __file__, "--stage", stage, "--project", str(project)],
@@ -94,7 +102,7 @@ def loop_comparison(images_per_class: int, scratch: Path, repeat: int = 3) -> di
 
     import torch
 
-    from project import config
+    from project import paramfiles
     from tlpipe.data import storage
     from tlpipe.data import images
     from tlpipe.training import models
@@ -102,7 +110,7 @@ def loop_comparison(images_per_class: int, scratch: Path, repeat: int = 3) -> di
     from tlpipe.training import loops
 
     project = scratch / f"p{images_per_class}-32"
-    params = config.load_stage_params(project, "surrogate")
+    params = paramfiles.load_stage_params(project, "surrogate")
     split = storage.load_prepared(project / "data" / "prepared" / "source")["train"]
     mapped = images.read(split)
     arrays = storage.to_arrays(split)

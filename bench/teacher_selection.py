@@ -96,13 +96,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="write the per-seed figures as JSON there")
     args = parser.parse_args()
-    from project import config
+    from project import paramfiles
 
     project = REPO / "bench" / ".work" / "teacher_selection"
     if project.exists():
         shutil.rmtree(project)
     copy_project(REPO, project, TINY if args.tiny else {})
-    params = config.load_all_params(project)
+    params = paramfiles.load_all_params(project)
     started = time.perf_counter()
     for stage in ("prepare", "surrogate"):
         run_stage(project, stage, params[stage], args.device)

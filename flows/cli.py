@@ -17,7 +17,7 @@ from rich.table import Table
 from flows import cli_ops
 from flows.console import bad_input, err, open_project, out, project_root, run_flow, server_timeout
 from flows.server import command_api
-from project import config
+from project import config, paramfiles
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transfer-learning pipeline: prune, pretrain, distill, fine-tune, evaluate.")
 
@@ -45,12 +45,15 @@ def run(
     project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
 ) -> None:
     """Run the pipeline (cached stages are reused); prints a results table and where to look."""
+    from runner.spec import load_pipeline
+
     try:
         root = open_project(project)
+        stages = [spec.name for spec in load_pipeline(root)]
         for name in [*refresh, *([until] if until else [])]:
-            if name != "all" and name not in config.STAGES:
-                raise config.ParamsError(f"unknown stage {name!r}; stages are {', '.join(config.STAGES)} (or 'all' for --refresh)")
-        config.apply_overrides(config.load_all_params(root), set_)  # a typo fails before anything starts
+            if name != "all" and name not in stages:
+                raise config.ParamsError(f"unknown stage {name!r}; stages are {', '.join(stages)} (or 'all' for --refresh)")
+        paramfiles.apply_overrides(paramfiles.load_all_params(root), set_)  # a typo fails before anything starts
     except config.ParamsError as exc:
         raise bad_input(str(exc))
     check_backends(root)
@@ -132,8 +135,8 @@ def sweep(
     """Run the pruning sweep (methods x ratios x seeds) on Dask; prints the summary and where the table is."""
     try:
         root = open_project(project)
-        path = (file or config.params_path(root, "sweep")).resolve()
-        spec = config.load_sweep(path, methods=config.SCHEMA["prune"]["method"].choices, base=config.load_all_params(root))
+        path = (file or paramfiles.params_path(root, "sweep")).resolve()
+        spec = paramfiles.load_sweep(path, methods=config.SCHEMA["prune"]["method"].choices, base=paramfiles.load_all_params(root))
     except config.ParamsError as exc:
         raise bad_input(str(exc))
     check_backends(root)

@@ -45,9 +45,9 @@ def pipeline_run_name() -> str:
         taken = Snapshot.from_dict(given["snapshot"])
         return run_labels(project, taken.params, taken.digest)[0]
     try:  # a deployment or schedule: the params files as they are (the snapshot is taken in the run)
-        from project import config
+        from project import paramfiles
 
-        return run_labels(project, config.load_all_params(project))[0]
+        return run_labels(project, paramfiles.load_all_params(project))[0]
     except Exception:  # noqa: BLE001 - bad params fail the run itself, with the one-line message
         return f"{project.name}: pipeline"
 

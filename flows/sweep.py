@@ -25,7 +25,7 @@ from runner.spec import load_pipeline
 from runner.workspace import StoreWorkspace
 from tlpipe import io
 from tlpipe.evaluation import plots
-from project import config, outputs, sweeps
+from project import config, outputs, paramfiles, sweeps
 
 POINT_STAGES = ("prune", "pretrain")
 # The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo
@@ -117,8 +117,8 @@ def sweep_run_name() -> str:
 def sweep(project: str, sweep_file: str, device: str | None = None) -> dict:
     """Runs every point of the sweep file; writes the results table and plots; returns where they are."""
     project_path = Path(project).resolve()
-    base = config.load_all_params(project_path)
-    spec = config.load_sweep(Path(sweep_file), methods=config.SCHEMA["prune"]["method"].choices, base=base)
+    base = paramfiles.load_all_params(project_path)
+    spec = paramfiles.load_sweep(Path(sweep_file), methods=config.SCHEMA["prune"]["method"].choices, base=base)
     preflight(project_path, load_pipeline(project_path), spec["params"])
     points = sweeps.grid(spec["methods"], spec["ratios"], spec["seeds"], full_source=spec["full_source"])
     device = device or keys.device_name()

@@ -2,19 +2,17 @@
 
 Each stage reads one flat-at-the-top YAML file (`params/<stage>.yaml`). The schema below is the one
 place that says which keys exist, their types and their ranges (fields from `project.schema`); every
-error names the file, the key and what is allowed, and is raised before any compute. A sweep file
-and `-s` overrides are checked here too.
+error names the file, the key and what is allowed, and is raised before any compute. Reading the
+files, `-s` overrides and the sweep file is `project.paramfiles`.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from tlpipe import io, registry
+from tlpipe import registry
 from project.schema import BOOL, Choice, Field, Float, Int, IntList, OPTIONAL_STR, ParamsError, Positive, STR
 
 SEED = Int(0, 2**31 - 1)
@@ -138,69 +136,6 @@ SCHEMA: dict[str, dict[str, Any]] = {
 STAGES = tuple(SCHEMA)
 
 
-SWEEP_SCHEMA: dict[str, Any] = {
-    "methods": Field("str_list"),
-    "ratios": Field("float_list", "[0, 1) each", check=lambda v: all(0.0 <= x < 1.0 for x in v)),
-    "seeds": Field("int_list", "[0, 2**31) each", check=lambda v: all(0 <= x < 2**31 for x in v)),
-    "full_source": BOOL,
-    "set": Field("mapping"),
-    "cluster": {
-        "address": OPTIONAL_STR,
-        "n_workers": Int(1, 1024),
-        "threads_per_worker": Int(1, 1024),
-    },
-}
-
-
-def load_sweep(path: Path, *, methods: tuple[str, ...], base: dict[str, dict]) -> dict:
-    """Reads and validates a sweep file: the grid, per-point overrides and the Dask cluster.
-
-    Args:
-        path: the sweep YAML file.
-        methods: the pruning methods that exist (prune.method choices).
-        base: the validated params of every stage, which `set` overrides for every point.
-
-    Raises:
-        ParamsError: unknown method, ratio outside [0, 1), duplicate or empty grid, bad overrides.
-    """
-    source = str(path)
-    sweep = _validate_mapping(SWEEP_SCHEMA, read_yaml(Path(path)), prefix="", source=source)
-    unknown = [m for m in sweep["methods"] if m not in methods]
-    if unknown:
-        raise ParamsError(f"{source}: methods: unknown method {unknown[0]!r}; allowed: {', '.join(methods)}")
-    for key in ("methods", "ratios", "seeds"):
-        if len(set(sweep[key])) != len(sweep[key]):
-            raise ParamsError(f"{source}: {key} lists a value twice: {sweep[key]}")
-    if 0.0 in sweep["ratios"]:
-        raise ParamsError(f"{source}: ratios: 0 is the full source; set full_source: true instead")
-    overrides = [f"{stage}.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-                 for stage, values in sweep["set"].items() for key, value in _flat_items(values, stage, source)]
-    for stage in sweep["set"]:
-        if stage == "prune" or stage not in SCHEMA:
-            raise ParamsError(f"{source}: set: {stage!r} cannot be set here; allowed: "
-                              f"{', '.join(s for s in STAGES if s != 'prune')} (prune comes from the grid)")
-    sweep["params"], _ = apply_overrides(base, overrides)
-    for method in sweep["methods"]:
-        check_combination({**sweep["params"], "prune": {**sweep["params"]["prune"], "method": method}})
-    return sweep
-
-
-def _flat_items(values: Any, stage: str, source: str) -> list[tuple[str, Any]]:
-    if not isinstance(values, Mapping):
-        raise ParamsError(f"{source}: set.{stage} must map keys to values, got {values!r}")
-    items = []
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            items += [(f"{key}.{sub}", v) for sub, v in _flat_items(value, stage, source)]
-        else:
-            items.append((str(key), value))
-    return items
-
-
-def params_path(project: Path, stage: str) -> Path:
-    return Path(project) / "params" / f"{stage}.yaml"
-
-
 def validate(stage: str, values: Any, *, source: str) -> dict:
     """Checks `values` against the stage schema and returns a validated deep copy.
 
@@ -214,12 +149,12 @@ def validate(stage: str, values: Any, *, source: str) -> dict:
     """
     if stage not in SCHEMA:
         raise ParamsError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    out = _validate_mapping(SCHEMA[stage], values, prefix="", source=source)
+    out = validate_mapping(SCHEMA[stage], values, prefix="", source=source)
     _check_cross_fields(stage, out, source)
     return out
 
 
-def _validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str) -> dict:
+def validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str) -> dict:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(values, Mapping):
         raise ParamsError(f"{source}: {where} must be a mapping of keys, got {type(values).__name__}")
@@ -234,7 +169,7 @@ def _validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str)
     out = {}
     for key, rule in schema.items():
         if isinstance(rule, Mapping):
-            out[key] = _validate_mapping(rule, values[key], prefix=f"{prefix}{key}.", source=source)
+            out[key] = validate_mapping(rule, values[key], prefix=f"{prefix}{key}.", source=source)
         else:
             out[key] = rule.validate(f"{source}: {prefix}{key}", copy.deepcopy(values[key]))
     return out
@@ -259,7 +194,7 @@ def _check_teachers(values: dict, source: str) -> None:
     """`teachers` as a selection is validated as a section of its own; KRR-ST distils one teacher."""
     teachers = values["teachers"]
     if isinstance(teachers, dict):
-        teachers = values["teachers"] = _validate_mapping(TEACHER_SELECT, teachers, prefix="teachers.", source=source)
+        teachers = values["teachers"] = validate_mapping(TEACHER_SELECT, teachers, prefix="teachers.", source=source)
         candidates = teachers["from"]
         if len(set(candidates)) != len(candidates):
             raise ParamsError(f"{source}: teachers.from lists a teacher twice: {candidates}")
@@ -281,64 +216,3 @@ def check_combination(params: dict[str, dict]) -> None:
             f"params/surrogate.yaml: mode={surrogate['mode']} trains no classifier; use surrogate mode supervised "
             f"or a feature method (fm, fm_samples, moderate)"
         )
-
-
-def load_stage_params(project: Path, stage: str) -> dict:
-    """Reads and validates `params/<stage>.yaml` of a project."""
-    path = params_path(project, stage)
-    return validate(stage, read_yaml(path), source=_display(project, path))
-
-
-def load_all_params(project: Path, stages=STAGES) -> dict[str, dict]:
-    return {stage: load_stage_params(project, stage) for stage in stages}
-
-
-def read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ParamsError(f"{path}: parameter file not found")
-    try:
-        return io.read_yaml(path)
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc.__class__.__name__}: {exc})") from None
-
-
-def _display(project: Path, path: Path) -> str:
-    try:
-        return str(path.relative_to(project))
-    except ValueError:
-        return str(path)
-
-
-def parse_override(text: str) -> tuple[str, list[str], Any]:
-    """Parses `stage.key[.sub]=value` (value in YAML syntax) into (stage, key path, value)."""
-    if "=" not in text:
-        raise ParamsError(f"override {text!r}: expected STAGE.KEY=VALUE, e.g. prune.ratio=0.5")
-    lhs, raw = text.split("=", 1)
-    parts = lhs.strip().split(".")
-    if len(parts) < 2 or not all(parts):
-        raise ParamsError(f"override {text!r}: expected STAGE.KEY=VALUE, e.g. prune.ratio=0.5")
-    if parts[0] not in SCHEMA:
-        raise ParamsError(f"override {text!r}: unknown stage {parts[0]!r}; stages are {', '.join(STAGES)}")
-    try:
-        value = io.parse_yaml(raw)
-    except yaml.YAMLError:
-        value = raw
-    return parts[0], parts[1:], value
-
-
-def apply_overrides(params: dict[str, dict], overrides: list[str]) -> tuple[dict[str, dict], set[str]]:
-    """Returns validated copies of the stage params with the overrides set, and the stages touched."""
-    updated = copy.deepcopy(params)
-    touched: set[str] = set()
-    for text in overrides:
-        stage, keys, value = parse_override(text)
-        node = updated[stage]
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
-                raise ParamsError(f"override {text!r}: params/{stage}.yaml has no section {key!r}")
-            node = node[key]
-        node[keys[-1]] = value
-        touched.add(stage)
-    for stage in touched:
-        updated[stage] = validate(stage, updated[stage], source=f"params/{stage}.yaml (with -s overrides)")
-    return updated, touched

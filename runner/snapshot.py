@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tlpipe import io
 from tlpipe.io import staged_outputs
-from project import config
+from project import config, paramfiles
 
 from runner import inputs, keys, ranks
 from runner.context import checkpoint_minutes
@@ -50,7 +50,7 @@ class Snapshot:
 
 def resolve(project: Path, overrides=()) -> tuple[Snapshot, set[str]]:
     """(snapshot of the files plus `overrides`, the stages the overrides touch); validated, no data read."""
-    params, touched = config.apply_overrides(config.load_all_params(project), list(overrides))
+    params, touched = paramfiles.apply_overrides(paramfiles.load_all_params(project), list(overrides))
     return Snapshot(params, tuple(overrides)), touched
 
 
@@ -149,7 +149,7 @@ def write_overrides(project: Path, params: dict[str, dict], stages: set[str]) ->
 
     yaml = YAML()
     for stage in sorted(stages):
-        path = config.params_path(project, stage)
+        path = paramfiles.params_path(project, stage)
         document = yaml.load(path.read_text(encoding="utf-8"))
         _merge(document, params[stage])
         with staged_outputs(path) as (temp,):

@@ -8,6 +8,9 @@ every key run before in the cache folder (TLPIPE_CACHE_DIR, which a team may sha
 such as s3://bucket/tlpipe-cache works too). Only the default pipeline run works here, so only it
 updates dvc.lock.
 
+`ScratchWorkspace` is the project's data/ folder for benchmarks: every stage computes through the
+same runner, and nothing is recorded, reused or resumed.
+
 `StoreWorkspace` keeps each stage's outputs in an entry of their own, `<store>/<stage>/<key>/`,
 written once and never changed: sweep points run side by side there, and two points (or two sweeps,
 or two team members) that need the same stage with the same inputs share its entry.
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -167,6 +171,26 @@ class ProjectWorkspace:
         and adds the record to the cache folder."""
         self._write_record(spec, record)
         self.records.put(spec.name, key, record)
+
+
+class ScratchWorkspace(ProjectWorkspace):
+    """The project's data/ folder with no memory (see the module docstring): run stages here with
+    `refresh=True` and no observers. Outputs replace the old ones as in every run; no record file is
+    written (dvc.lock's records stay those of a real run), and checkpoints go to a folder of this
+    workspace alone, so a benchmark never resumes from a run that was killed before it."""
+
+    def __init__(self, project: Path):
+        super().__init__(project)
+        self._id = f"scratch-{uuid.uuid4().hex}"
+
+    def checkpoints(self, stage: str, key: str) -> Path:
+        return super().checkpoints(stage, self._id)
+
+    def lookup(self, spec: StageSpec, key: str) -> None:
+        return None
+
+    def save(self, spec: StageSpec, key: str, record: dict) -> None:
+        pass
 
 
 class StoreWorkspace:

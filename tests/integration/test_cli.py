@@ -72,16 +72,16 @@ def test_broken_params_file_is_named(project):
 
 def test_overrides_are_written_keeping_comments(project):
     from runner.snapshot import write_overrides
-    from project import config
+    from project import paramfiles
 
     rest = "groups: classes\nnum_clusters: 10\nscores:\n  runs: 1  # score runs\n  epochs: 1\n  batch_size: 8\n  lr: 0.1\n"
     (project / "params" / "prune.yaml").write_text("# how much to prune\nmethod: lm  # or random\nratio: 0.5\nseed: 0\n" + rest)
-    params, touched = config.apply_overrides(config.load_all_params(project), ["prune.ratio=0.3", "prune.scores.runs=2"])
+    params, touched = paramfiles.apply_overrides(paramfiles.load_all_params(project), ["prune.ratio=0.3", "prune.scores.runs=2"])
     write_overrides(project, params, touched)
     text = (project / "params" / "prune.yaml").read_text()
     assert text == ("# how much to prune\nmethod: lm  # or random\nratio: 0.3\nseed: 0\n"
                     + rest.replace("runs: 1", "runs: 2"))
-    assert config.load_stage_params(project, "prune")["ratio"] == 0.3
+    assert paramfiles.load_stage_params(project, "prune")["ratio"] == 0.3
 
 
 @pytest.mark.parametrize("value, message", [("bogus", "TLPIPE_DEVICE: device='bogus' is not one of"),

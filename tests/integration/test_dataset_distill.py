@@ -15,7 +15,7 @@ from flows.pipeline import pipeline
 from runner import dvc, tracking
 from runner.snapshot import preflight
 from runner.spec import load_pipeline
-from project import config
+from project import paramfiles
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,14 +102,14 @@ def test_a_teammate_reuses_the_set_and_gets_the_same_student(krr_run, tmp_path):
 
 def test_a_missing_or_mismatched_set_is_refused_before_any_compute(krr_run, tmp_path):
     project, _ = krr_run
-    params, _ = config.apply_overrides(config.load_all_params(project), KRR + ["distill.krr_st.synthetic=no/such/set"])
+    params, _ = paramfiles.apply_overrides(paramfiles.load_all_params(project), KRR + ["distill.krr_st.synthetic=no/such/set"])
     with pytest.raises(ValueError, match=r"krr_st.synthetic: 'no/such/set' holds no synthetic set"):
         preflight(project, load_pipeline(project), params)
     other = tmp_path / "other"
     shutil.copytree(project / "data" / "distill" / "synthetic", other)
     meta = json.loads((other / "synthetic.json").read_text())
     (other / "synthetic.json").write_text(json.dumps({**meta, "image_shape": [3, 32, 32]}))
-    params, _ = config.apply_overrides(config.load_all_params(project), KRR + [f"distill.krr_st.synthetic={other}"])
+    params, _ = paramfiles.apply_overrides(paramfiles.load_all_params(project), KRR + [f"distill.krr_st.synthetic={other}"])
     with pytest.raises(ValueError, match=r"its images are \[3, 32, 32\]"):
         preflight(project, load_pipeline(project), params)
 

@@ -11,7 +11,7 @@ from flows.pipeline import pipeline
 from runner import dvc, tracking
 from runner.snapshot import preflight
 from runner.spec import load_pipeline
-from project import config
+from project import config, paramfiles
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -230,7 +230,7 @@ def test_changed_finetune_params_rerun_only_finetune_and_evaluate(project_run):
     project, _ = project_run
     champion = MlflowClient().get_model_version_by_alias("tlpipe-digits", "champion")
     result = run(project, overrides=["finetune.epochs=3"])
-    assert config.load_stage_params(project, "finetune")["epochs"] == 3  # written back, as dvc exp run -S does
+    assert paramfiles.load_stage_params(project, "finetune")["epochs"] == 3  # written back, as dvc exp run -S does
     assert [s for s, how in statuses(result).items() if how == "ran"] == ["finetune", "evaluate"]
     registered = result["registered"]  # a new model: promoted only if it beats the champion by the margin
     accuracy, best = result["stages"][-1]["metrics"]["accuracy"], float(champion.tags["test_accuracy"])
@@ -325,6 +325,6 @@ def test_two_teachers_weighted_by_logme_with_cached_teacher_embeddings(project_r
 
 def test_an_unknown_teacher_is_rejected_before_any_compute(project_run):
     project, _ = project_run
-    params, _ = config.apply_overrides(config.load_all_params(project), ["distill.teachers=[pretrain, no/such/teacher]"])
+    params, _ = paramfiles.apply_overrides(paramfiles.load_all_params(project), ["distill.teachers=[pretrain, no/such/teacher]"])
     with pytest.raises(ValueError, match="no/such/teacher"):
         preflight(project, load_pipeline(project), params)

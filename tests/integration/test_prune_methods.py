@@ -15,7 +15,7 @@ from runner.spec import load_pipeline, stage_dir
 from runner.workspace import ProjectWorkspace, store_root
 from tlpipe import io, registry
 from tlpipe.data import storage
-from project import config
+from project import config, paramfiles
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,8 +37,8 @@ def project(tmp_path_factory, prefect_harness):
 def run_stage(project, stage: str, also: tuple = (), **changes) -> dict:
     """Runs one stage with `changes` to its params (and `also`, overrides of other stages)."""
     spec = next(s for s in load_pipeline(project) if s.name == stage)
-    base = config.load_all_params(project)
-    params, _ = config.apply_overrides(base, [*also, *(f"{stage}.{k}={v}" for k, v in changes.items())])
+    base = paramfiles.load_all_params(project)
+    params, _ = paramfiles.apply_overrides(base, [*also, *(f"{stage}.{k}={v}" for k, v in changes.items())])
     preflight(project, [spec], params)
     return core.run_stage(spec, params[stage], ProjectWorkspace(project), device="cpu", refresh=True).summary()
 
@@ -114,3 +114,20 @@ def test_edited_scoring_code_computes_the_scores_again(project, edit_code):
     edit_code("tlpipe.pruning.early")
     run_stage(project, "prune", method="el2n", ratio=0.6, seed=3, scores=SCORES)
     assert len(set(scores_dir.glob("*.npy")) - before) == 1  # the scoring code changed: computed again
+
+
+def test_a_scratch_workspace_computes_and_records_nothing(project):
+    """The benchmarks' mode of the runner: the stage computes its outputs in place, and no record,
+    cache entry or checkpoint folder is left for a later run to reuse."""
+    from runner.workspace import ScratchWorkspace
+
+    spec = next(s for s in load_pipeline(project) if s.name == "prune")
+    params, _ = paramfiles.apply_overrides(paramfiles.load_all_params(project), ["prune.method=random", "prune.ratio=0.5"])
+    state = lambda root: sorted(str(p.relative_to(project)) for p in root.rglob("*")) if root.exists() else []  # noqa: E731
+    records, tlpipe = project / "data" / "records", project / ".tlpipe"
+    before = {path: path.read_bytes() for path in records.glob("*.json")}, state(tlpipe)
+    for _ in range(2):  # computed both times: nothing found the first run
+        outcome = core.run_stage(spec, params["prune"], ScratchWorkspace(project), device="cpu", refresh=False)
+        assert outcome.status == "ran" and outcome.produced_by is None
+    assert io.read_json(stage_dir(project, "prune") / "selection.json")["method"] == "random"
+    assert ({path: path.read_bytes() for path in records.glob("*.json")}, state(tlpipe)) == before

@@ -18,7 +18,7 @@ from runner.events import Observer
 from runner.spec import load_pipeline
 from runner.workspace import ProjectWorkspace
 from tlpipe import io
-from project import config
+from project import paramfiles
 from tests.integration.conftest import make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,7 +76,7 @@ def test_the_audit_hook_sees_a_stage_that_reads_a_params_file(tmp_path):
     watch = WatchParams(params)
     watch.stage_started(None)
     try:
-        config.read_yaml(params / "prune.yaml")
+        paramfiles.read_yaml(params / "prune.yaml")
     finally:
         watch.stage_finished(None, None)
     assert _WATCH["opened"] == [str(params / "prune.yaml")]
@@ -96,7 +96,7 @@ def test_overlapping_runs_keep_their_own_params(tmp_path):
     project = make_project(tmp_path / "proj")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs, logs = {}, {}
-    before = config.load_stage_params(project, "pretrain")["epochs"]
+    before = paramfiles.load_stage_params(project, "pretrain")["epochs"]
     handle = os.open(project, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(handle, fcntl.LOCK_EX)  # what a run holds: the flock on the project folder
     try:
@@ -107,7 +107,7 @@ def test_overlapping_runs_keep_their_own_params(tmp_path):
             with open(logs[epochs], "w") as err:
                 runs[epochs] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
             wait_for(logs[epochs], "another pipeline run holds", runs[epochs])
-        assert config.load_stage_params(project, "pretrain")["epochs"] == before not in runs  # nothing written yet
+        assert paramfiles.load_stage_params(project, "pretrain")["epochs"] == before not in runs  # nothing written yet
     finally:
         os.close(handle)
     outputs = {epochs: process.communicate(timeout=900)[0] for epochs, process in runs.items()}
@@ -128,4 +128,4 @@ def test_overlapping_runs_keep_their_own_params(tmp_path):
         by_stage = {s["stage"]: s for s in doc["stages"]}
         assert by_stage["pretrain"]["params"]["epochs"] == epochs and by_stage["pretrain"]["status"] == "ran"
     second = max(started, key=started.get)
-    assert config.load_stage_params(project, "pretrain")["epochs"] == second  # the files end with the second run's
+    assert paramfiles.load_stage_params(project, "pretrain")["epochs"] == second  # the files end with the second run's

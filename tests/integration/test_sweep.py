@@ -108,12 +108,12 @@ def test_a_point_probe_is_a_memo_of_the_probe_code(swept, edit_code):
     """The probe of a swept point, read back; with the probe's code edited, computed again (same numbers)."""
     from flows.sweep import _probe
     from runner.workspace import StoreWorkspace
-    from project import config
+    from project import paramfiles
 
     project, *_ = swept
     root = store_root(project)
     entries = {stage: next(p.name for p in (root / stage).iterdir() if p.is_dir()) for stage in ("prepare", "pretrain")}
-    params = config.load_all_params(project)
+    params = paramfiles.load_all_params(project)
     workspace = StoreWorkspace(project, entries)
     scores, status = _probe(workspace, params, "cpu")
     assert status == "cached"

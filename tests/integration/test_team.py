@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner import dvc
-from project import config
+from project import config, paramfiles
 from tests.integration.conftest import git, make_project
 from tests.integration.servers import (BIN, add_mlflow_user, mlflow_server, needs_postgres, postgres, prefect_server,
                                        s3_server, tool_env)
@@ -142,7 +142,7 @@ def test_both_runs_and_the_model_are_in_the_mlflow_server(team, monkeypatch):
         model = mlflow.pytorch.load_model(f"models:/{name}@champion")  # artifacts through the server's proxy
     finally:
         mlflow.set_tracking_uri(before)
-    prepare = config.load_stage_params(team["alice"]["workspace"], "prepare")
+    prepare = paramfiles.load_stage_params(team["alice"]["workspace"], "prepare")
     with torch.no_grad():
         logits = model(torch.zeros(2, prepare["channels"], prepare["image_size"], prepare["image_size"], dtype=torch.uint8))
     assert logits.shape[0] == 2

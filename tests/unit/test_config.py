@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from project import config, sources
+from project import config, paramfiles, sources
 from project.schema import ParamsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def params():
-    return config.load_all_params(REPO)
+    return paramfiles.load_all_params(REPO)
 
 
 def test_shipped_params_are_valid(params):
@@ -38,12 +38,12 @@ def test_shipped_params_are_valid(params):
 )
 def test_bad_overrides_name_the_key_and_rule(params, override, message):
     with pytest.raises(config.ParamsError, match=None) as info:
-        config.apply_overrides(params, [override])
+        paramfiles.apply_overrides(params, [override])
     assert message in str(info.value)
 
 
 def test_override_sets_value_and_reports_stage(params):
-    updated, touched = config.apply_overrides(params, ["prune.ratio=0.5", "distill.model.depths=[2]"])
+    updated, touched = paramfiles.apply_overrides(params, ["prune.ratio=0.5", "distill.model.depths=[2]"])
     assert updated["prune"]["ratio"] == 0.5
     assert updated["distill"]["model"]["depths"] == [2]
     assert touched == {"prune", "distill"}
@@ -51,7 +51,7 @@ def test_override_sets_value_and_reports_stage(params):
 
 
 def test_int_accepted_where_float_expected(params):
-    updated, _ = config.apply_overrides(params, ["prune.ratio=0"])
+    updated, _ = paramfiles.apply_overrides(params, ["prune.ratio=0"])
     assert updated["prune"]["ratio"] == 0.0 and isinstance(updated["prune"]["ratio"], float)
 
 
@@ -59,22 +59,22 @@ def test_missing_and_unknown_keys_in_file(tmp_path):
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "prune.yaml").write_text("method: lm\nratio: 0.5\n")
     with pytest.raises(config.ParamsError, match=r"params/prune.yaml: missing key seed"):
-        config.load_stage_params(tmp_path, "prune")
+        paramfiles.load_stage_params(tmp_path, "prune")
     (tmp_path / "params" / "prune.yaml").write_text("method: lm\nratio: 0.5\nseed: 0\nextra: 1\n")
     with pytest.raises(config.ParamsError, match=r"params/prune.yaml: unknown key extra"):
-        config.load_stage_params(tmp_path, "prune")
+        paramfiles.load_stage_params(tmp_path, "prune")
 
 
 def test_unreadable_files(tmp_path):
     with pytest.raises(config.ParamsError, match="parameter file not found"):
-        config.load_stage_params(tmp_path, "prune")
+        paramfiles.load_stage_params(tmp_path, "prune")
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "prune.yaml").write_text("method: [lm\n")
     with pytest.raises(config.ParamsError, match="not valid YAML"):
-        config.load_stage_params(tmp_path, "prune")
+        paramfiles.load_stage_params(tmp_path, "prune")
     (tmp_path / "params" / "prune.yaml").write_text("- a list\n")
     with pytest.raises(config.ParamsError, match="must be a mapping"):
-        config.load_stage_params(tmp_path, "prune")
+        paramfiles.load_stage_params(tmp_path, "prune")
 
 
 SWEEP = {"methods": ["lm", "random"], "ratios": [0.5, 0.8], "seeds": [0, 1], "full_source": True,
@@ -91,13 +91,13 @@ def write_sweep(tmp_path, **changes):
 
 
 def test_shipped_sweep_file_is_valid(params):
-    sweep = config.load_sweep(config.params_path(REPO, "sweep"), methods=config.SCHEMA["prune"]["method"].choices,
+    sweep = paramfiles.load_sweep(paramfiles.params_path(REPO, "sweep"), methods=config.SCHEMA["prune"]["method"].choices,
                               base=params)
     assert sweep["methods"] and sweep["params"]["pretrain"] == params["pretrain"]
 
 
 def test_sweep_overrides_apply_to_every_point_and_leave_the_rest(tmp_path, params):
-    sweep = config.load_sweep(write_sweep(tmp_path), methods=("lm", "random"), base=params)
+    sweep = paramfiles.load_sweep(write_sweep(tmp_path), methods=("lm", "random"), base=params)
     assert sweep["params"]["pretrain"]["epochs"] == 2
     assert sweep["params"]["pretrain"]["model"]["embedding_size"] == 8
     assert sweep["params"]["pretrain"]["model"]["hidden_sizes"] == params["pretrain"]["model"]["hidden_sizes"]
@@ -119,7 +119,7 @@ def test_sweep_overrides_apply_to_every_point_and_leave_the_rest(tmp_path, param
 ])
 def test_bad_sweep_files_are_named(tmp_path, params, changes, message):
     with pytest.raises(config.ParamsError, match=None) as info:
-        config.load_sweep(write_sweep(tmp_path, **changes), methods=("lm", "random"), base=params)
+        paramfiles.load_sweep(write_sweep(tmp_path, **changes), methods=("lm", "random"), base=params)
     assert message in str(info.value)
 
 
@@ -150,13 +150,13 @@ def test_method_choices_are_the_registries():
     ("pretrain", "seed", "expected a non-empty list of strings or a mapping"),
 ])
 def test_teachers_as_a_list_or_a_selection_are_checked(teachers, method, message):
-    values = {**config.load_stage_params(REPO, "distill"), "teachers": teachers, "method": method}
+    values = {**paramfiles.load_stage_params(REPO, "distill"), "teachers": teachers, "method": method}
     with pytest.raises(ParamsError, match=re.escape(message)):
         config.validate("distill", values, source="params/distill.yaml")
 
 
 def test_a_selection_of_teachers_is_valid():
-    values = {**config.load_stage_params(REPO, "distill"), "teachers": {"select": "osborn", "from": ["a", "b"], "size": 1}}
+    values = {**paramfiles.load_stage_params(REPO, "distill"), "teachers": {"select": "osborn", "from": ["a", "b"], "size": 1}}
     checked = config.validate("distill", values, source="params/distill.yaml")
     assert sources.teacher_candidates(checked) == ["a", "b"]
     assert sources.teacher_candidates({"teachers": ["pretrain"]}) == ["pretrain"]
@@ -172,8 +172,8 @@ def test_checking_params_imports_no_torch():
 
 
 def test_label_mapping_needs_a_supervised_surrogate(params):
-    bad, _ = config.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=lm_soft"])
+    bad, _ = paramfiles.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=lm_soft"])
     with pytest.raises(config.ParamsError, match="mode=simclr trains no classifier"):
         config.check_combination(bad)
-    ok, _ = config.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=fm"])
+    ok, _ = paramfiles.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=fm"])
     config.check_combination(ok)

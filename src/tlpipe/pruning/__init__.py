@@ -11,7 +11,7 @@ and moderate coreset (Xia et al., ICLR 2023).
 
 from __future__ import annotations
 
-from tlpipe.registry import CLASS, CLASS_METHODS, SAMPLE_METHODS, load, pruning_method
+from tlpipe.registry import CLASS_METHODS, SAMPLE_METHODS, load, pruning_method
 from tlpipe.pruning.apply import class_table, kept_indices, ranks_source_classes
 from tlpipe.pruning.feature_mapping import (
     FeatureMapping,
@@ -57,21 +57,18 @@ from tlpipe.pruning.selection import (
 )
 
 
-def _dispatch(method: str, methods: tuple[str, ...], ratio: float, seed: int, inputs: dict):
-    """One lookup: the registry's implementation of `method` (`impl`, in tlpipe.pruning.methods), given
-    the inputs that are not None."""
+def select(method: str, *, ratio: float, seed: int, **inputs) -> ClassSelection | SampleSelection:
+    """The selection of `method`, a name of `registry.PRUNING`, by one lookup: its implementation
+    (`impl`, in tlpipe.pruning.methods) given the `inputs` that are not None, by the names
+    `select_classes` and `select_samples` document (the entry's `needs` lists those it reads)."""
+    given = Inputs(method, **{name: value for name, value in inputs.items() if value is not None})
+    return load(pruning_method(method).impl)(given, ratio=ratio, seed=seed)
+
+
+def _of_family(method: str, methods: tuple[str, ...]) -> str:
     if method not in methods:
         raise ValueError(f"method must be one of {', '.join(methods)}, got {method!r}")
-    entry = pruning_method(method)
-    given = Inputs(method, **{name: value for name, value in inputs.items() if value is not None})
-    return load(entry.impl)(given, ratio=ratio, seed=seed)
-
-
-def select(method: str, *, ratio: float, seed: int, **inputs) -> ClassSelection | SampleSelection:
-    """The selection of `method`, a name of `registry.PRUNING` (whose `needs` lists the inputs it
-    reads), given `inputs` by the names `select_classes` and `select_samples` document."""
-    methods = CLASS_METHODS if pruning_method(method).level == CLASS else SAMPLE_METHODS
-    return _dispatch(method, methods, ratio, seed, inputs)
+    return method
 
 
 def select_classes(
@@ -107,9 +104,9 @@ def select_classes(
     Returns:
         A `ClassSelection`; for "fm" a `FeatureMapping`, which also holds the groups.
     """
-    return _dispatch(method, CLASS_METHODS, ratio, seed, dict(
+    return select(_of_family(method, CLASS_METHODS), ratio=ratio, seed=seed,
         logits=logits, num_classes=num_classes, target_labels=target_labels, target_features=target_features,
-        source_features=source_features, source_labels=source_labels, num_clusters=num_clusters))
+        source_features=source_features, source_labels=source_labels, num_clusters=num_clusters)
 
 
 def select_samples(
@@ -146,10 +143,10 @@ def select_samples(
     Returns:
         A `SampleSelection`.
     """
-    return _dispatch(method, SAMPLE_METHODS, ratio, seed, dict(
+    return select(_of_family(method, SAMPLE_METHODS), ratio=ratio, seed=seed,
         num_samples=num_samples, target_features=target_features, source_features=source_features,
         source_labels=source_labels, logits_per_model=logits_per_model, el2n_norms_per_model=el2n_norms_per_model,
-        grad_norms_per_model=grad_norms_per_model))
+        grad_norms_per_model=grad_norms_per_model)
 
 
 __all__ = [
