@@ -86,6 +86,32 @@ def test_the_library_imports_none_of_the_tools(tool):
             assert not any(m == tool or m.startswith(tool + ".") for m in imported_modules(path, main_guard=True)), name
 
 
+def code_strings(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module's code (docstrings left out: prose may say where a function is used)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs]
+
+
+def test_the_library_names_no_stage_params_file_or_declaration():
+    """The library takes plain arguments: no stage of dvc.yaml, no params/ file, no dvc.yaml in its code."""
+    import re
+
+    from runner.spec import load_pipeline
+
+    stages = [spec.name for spec in load_pipeline(REPO)]
+    pipeline = re.compile(rf"^({'|'.join(stages)})$|(^|/)(data|params)/({'|'.join(stages)})\b|params/|dvc\.(yaml|lock)")
+    found = [f"{path.relative_to(REPO)}:{line}: {text!r}" for name, path in project_modules().items()
+             if name.startswith("tlpipe") for line, text in code_strings(path) if pipeline.search(text)]
+    assert found == []
+    assert pipeline.search("distill") and pipeline.search("data/prune/kept.npy") and not pipeline.search("distilled")
+
+
 def test_stage_modules_import_no_machinery():
     """A stage loads, calls the library and writes; the runner does everything around it."""
     for name, path in project_modules().items():
