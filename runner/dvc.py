@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from tlpipe import io
 from tlpipe.io import replace_path
 
+from runner import links
 from runner.events import Observer, Outcome, StageRun
 from runner.spec import StageSpec
 
@@ -41,11 +41,42 @@ def md5_path(path: Path) -> str:
 
 
 def _md5_file(path: Path) -> str:
+    stat = os.stat(path)
     digest = hashlib.md5()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
+    if len(_HASHED) >= _HASHED_LIMIT:
+        _HASHED.clear()
+    _HASHED[_version(path, stat)] = digest.hexdigest()
     return digest.hexdigest()
+
+
+def _version(path: Path, stat: os.stat_result) -> tuple:
+    return os.fspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+# What this process last hashed, by file version: linking a stage's outputs into the DVC cache right
+# after the runner hashed them reads each file once, not twice (as DVC's own state database does).
+# Only that step consults it; every check of outputs reads the bytes again.
+_HASHED: dict[tuple, str] = {}
+_HASHED_LIMIT = 100_000
+
+
+def _recent_md5(path: Path) -> str:
+    return _HASHED.get(_version(path, os.stat(path))) or _md5_file(path)
+
+
+def share_with_cache(project: Path, rels) -> int:
+    """Each file of the outputs `rels` and its DVC cache object as one copy on disk, by the project's
+    link types (`runner.links`); the number of files shared."""
+    project = Path(project)
+    files = {}
+    for rel in rels:
+        path = project / rel
+        for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+            files[file] = cache_object(project, _recent_md5(file))
+    return links.share(files, links.cache_types(project))
 
 
 def outputs_match(root: Path, recorded: dict[str, str]) -> bool:
@@ -120,7 +151,7 @@ class Commits(Observer):
         self._repo = None
 
     def stage_finished(self, run: StageRun, outcome: Outcome) -> None:
-        self.submit(run.spec.name)
+        self.submit(run.spec.name, [*outcome.outs, *([run.spec.record] if run.spec.record else [])])
 
     def stage_cached(self, run: StageRun, outcome: Outcome) -> None:
         """Commits a reused stage when dvc.lock does not record it as it is, or when the DVC cache lost
@@ -130,16 +161,17 @@ class Commits(Observer):
         recorded = lock_records(self.project, run.spec, deps=outcome.deps, outs=outs,
                                 params=run.spec.declared(run.params))
         if not recorded or not all(cached_locally(self.project, md5) for md5 in outs.values()):
-            self.submit(run.spec.name)
+            self.submit(run.spec.name, list(outs))
 
     stage_restored = stage_cached
 
-    def submit(self, stage: str) -> None:
-        self._pending.append(self._pool.submit(self._commit, stage))
+    def submit(self, stage: str, outs: list[str]) -> None:
+        self._pending.append(self._pool.submit(self._commit, stage, outs))
 
-    def _commit(self, stage: str) -> None:
+    def _commit(self, stage: str, outs: list[str]) -> None:
         from dvc.repo import Repo
 
+        share_with_cache(self.project, outs)  # the commit then finds every object there and copies nothing
         with inside(self.project):
             if self._repo is None:
                 self._repo = Repo(str(self.project), _wait_for_lock=True)
@@ -174,7 +206,8 @@ def cache_object(project: Path, md5: str) -> Path:
 
 def restore_output(project: Path, rel: str, md5: str) -> bool:
     """Puts the output `rel` back as it was when its hash was `md5`, from the local DVC cache, which
-    is first filled from the default remote when it lacks that version (a teammate's run).
+    is first filled from the default remote when it lacks that version (a teammate's run); its files
+    are links to the cache objects where the project's link types allow (as `dvc checkout` does).
 
     Returns False when neither holds that version (the caller then re-runs the stage).
     """
@@ -187,9 +220,10 @@ def restore_output(project: Path, rel: str, md5: str) -> bool:
         sources = _cache_files(project, md5, temp)
         if sources is None:
             return False
+        types = links.cache_types(project)
         for src, dst in sources:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            links.place(src, dst, types)  # one copy with the cache object where the link types allow
         if md5.endswith(".dir"):
             temp.mkdir(parents=True, exist_ok=True)  # an empty folder still exists
         if md5_path(temp) != md5:

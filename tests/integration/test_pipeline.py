@@ -1,6 +1,7 @@
 """The real flow on a tiny configuration: Prefect test harness, a real DVC repo, a real MLflow store."""
 
 import json
+from pathlib import Path
 
 import pytest
 from dvc.repo import Repo
@@ -54,6 +55,31 @@ def test_first_run_versions_every_output(project_run):
         assert record["cache_key"] == stage["cache_key"] and record["outs"] == stage["outs"]
     with Repo(str(project)) as repo:
         assert repo.status() == {}  # `dvc status` is clean
+
+
+def disk_bytes(*folders: Path) -> int:
+    """Blocks on disk under the folders, a file with several names counted once (as one `du` over them)."""
+    seen, total = set(), 0
+    for folder in folders:
+        for path in folder.rglob("*"):
+            stat = path.lstat()
+            if path.is_file() and (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_blocks * 512
+    return total
+
+
+def test_every_output_is_one_copy_with_its_dvc_cache_object(project_run):
+    """The project's link types (.dvc/config: reflink,hardlink,symlink): data/ and the DVC cache hold
+    each output once, and what the cache holds is read-only."""
+    import stat
+
+    project, _ = project_run
+    data, cache = project / "data", project / ".dvc" / "cache"
+    assert disk_bytes(data, cache) <= 1.1 * disk_bytes(data)
+    kept = project / "data" / "prune" / "kept_indices.npy"
+    assert kept.stat().st_nlink == 2 and stat.S_IMODE(kept.stat().st_mode) & 0o222 == 0
+    assert kept.samefile(dvc.cache_object(project, dvc.md5_path(kept)))
 
 
 def test_first_run_outputs(project_run):
@@ -247,7 +273,9 @@ def test_missing_or_altered_outputs_are_restored_not_trusted(project_run):
     import shutil
 
     shutil.rmtree(project / "data" / "pretrain")
-    (project / "data" / "prune" / "selection.json").write_text("{}")
+    altered = project / "data" / "prune" / "selection.json"
+    altered.unlink()  # read-only, one copy with the DVC cache's: an editor saves a new file in its place
+    altered.write_text("{}")
     result = run(project)
     how = statuses(result)
     assert how["pretrain"] == "restored" and how["prune"] == "restored"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dvc_data.hashfile.hash import file_md5
 
 from runner import dvc, spec
@@ -57,8 +59,10 @@ def test_run_order_and_selection_follow_dependencies_on_parts_of_outputs(tmp_pat
     assert [s.name for s in spec.select_stages(stages, "train")] == ["prepare", "train"]
 
 
-def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
-    """The next stage reads an output while its commit runs: the files must never vanish meanwhile."""
+@pytest.mark.parametrize("cache_type", ["copy", "reflink,hardlink,symlink"])
+def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path, cache_type):
+    """The next stage reads an output while its commit runs: the files must never vanish meanwhile,
+    whether the commit copies them into the cache or links them there."""
     import subprocess
     import sys
     import threading
@@ -66,6 +70,7 @@ def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "config", "cache.type", cache_type], cwd=tmp_path, check=True)
     (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: 'true'\n    outs: [out]\n    metrics: [m.json]\n")
     (tmp_path / "out").mkdir()
     watched = [tmp_path / "m.json", tmp_path / "out" / "0.bin"]
@@ -76,14 +81,17 @@ def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
             missing.extend(p.name for p in watched if not p.exists())
 
     for round_ in range(3):  # each round changes the outputs, so each commit stores new versions
-        for i in range(100):
-            (tmp_path / "out" / f"{i}.bin").write_bytes(bytes([round_]) * 4096 + bytes([i]))
-        (tmp_path / "m.json").write_text(f'{{"round": {round_}}}')
+        for i in range(100):  # new files renamed into place, as the stages write (a linked output is the cache's)
+            new = tmp_path / "out" / f".{i}.new"
+            new.write_bytes(bytes([round_]) * 4096 + bytes([i]))
+            new.replace(tmp_path / "out" / f"{i}.bin")
+        (tmp_path / "m.new").write_text(f'{{"round": {round_}}}')
+        (tmp_path / "m.new").replace(tmp_path / "m.json")
         reader = threading.Thread(target=read_all)
         reader.start()
         try:
             with dvc.Commits(tmp_path) as commits:
-                commits.submit("make")
+                commits.submit("make", ["out", "m.json"])
         finally:
             done.set()
             reader.join()
@@ -91,3 +99,5 @@ def test_outputs_stay_readable_while_a_background_commit_stores_them(tmp_path):
     assert not missing
     recorded = {o["path"]: o["md5"] for o in dvc.read_lock(tmp_path)["stages"]["make"]["outs"]}
     assert dvc.outputs_match(tmp_path, recorded)
+    linked = (tmp_path / "out" / "0.bin").stat().st_nlink == 2
+    assert linked == (cache_type != "copy")
