@@ -1,7 +1,6 @@
 """An output and its DVC cache object as one copy on disk (runner/links.py), on files the tests write."""
 
 import errno
-import os
 import stat
 
 import pytest
