@@ -20,8 +20,8 @@ export TRANSFORMERS_OFFLINE := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	# torch first, so nothing pulls a multi-GB CUDA build (GPU users: see README).
-	$(PIP) install "torch==2.13.0"
+	# torch and torchvision first, as the pair they must be (a CPU-only build: see README).
+	$(PIP) install "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
