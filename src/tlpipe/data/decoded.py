@@ -1,0 +1,153 @@
+"""Encoded images (JPEG, PNG, WebP bytes) decoded and augmented in DataLoader worker processes.
+
+`EncodedColumn` reads the bytes of one row at a time from a split's Arrow files (memory-mapped by
+each process itself, so it pickles as file names). `EncodedImages` decodes a row with
+`torchvision.io.decode_image` and applies the recipes of `tlpipe.data.recipes`; `EpochOrder` is the
+sampler. The sampler hands out (epoch, row) pairs, and each image's random draws come from a seed of
+(seed, epoch, row), so an epoch gives the same batches, in the same order, with the same
+augmentations, for any number of workers, and a run resumed at batch k gives what batch k would have.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+__all__ = ["EncodedColumn", "EncodedImages", "EpochOrder", "image_seed", "loader"]
+
+
+def image_seed(seed: int, epoch: int, row: int) -> int:
+    """The seed of one image's augmentations in one epoch (independent streams for every triple)."""
+    words = np.random.SeedSequence([seed, epoch, row]).generate_state(2, np.uint32)
+    return int(words[0]) << 31 | int(words[1]) >> 1  # below 2**63, as manual_seed takes
+
+
+class EncodedColumn(Sequence):
+    """The encoded bytes of an image column (a `datasets.Image` feature, or plain binary) of Arrow files."""
+
+    def __init__(self, files: list[str] | None = None, column: str = "image", table: pa.Table | None = None):
+        if (files is None) == (table is None):
+            raise ValueError("give the split's Arrow files or a table, not both")
+        self.files, self.column, self._table = files, column, table
+        self._chunks: list[pa.Array] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"files": self.files, "column": self.column, "_table": self._table if self.files is None else None,
+                "_chunks": None}
+
+    def _load(self) -> None:
+        tables = []
+        self._maps = []
+        for name in self.files or ():
+            with open(name, "rb") as fh:
+                self._maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+            tables.append(pa.ipc.open_stream(pa.py_buffer(self._maps[-1])).read_all())
+        table = pa.concat_tables(tables) if self.files is not None else self._table
+        if self.column not in table.column_names:
+            raise ValueError(f"no column {self.column!r}; columns: {', '.join(table.column_names)}")
+        values = table.column(self.column)
+        chunks = [c.storage if isinstance(c, pa.ExtensionArray) else c for c in values.chunks]
+        if chunks and pa.types.is_struct(chunks[0].type):  # datasets.Image: {bytes, path}
+            chunks = [c.field("bytes") for c in chunks]
+        self._chunks = [c for c in chunks if len(c)]
+        self._starts = np.cumsum([0, *(len(c) for c in self._chunks)])
+
+    def __len__(self) -> int:
+        if self._chunks is None:
+            self._load()
+        return int(self._starts[-1])
+
+    def __getitem__(self, row: int) -> bytes:
+        if self._chunks is None:
+            self._load()
+        if not 0 <= row < self._starts[-1]:
+            raise IndexError(f"row {row} of {self._starts[-1]}")
+        part = int(np.searchsorted(self._starts, row, side="right") - 1)
+        value = self._chunks[part][row - int(self._starts[part])]
+        if not value.is_valid:
+            raise ValueError(f"row {row} holds no image bytes")
+        return value.as_buffer().to_pybytes()
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 [1, H, W] from uint8 [3, H, W] by ITU-R 601-2 in PIL's fixed point (its "L" conversion,
+    exactly; torchvision's own grayscale decoding differs from it by up to 18 levels)."""
+    r, g, b = rgb.to(torch.int32)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[None]
+
+
+class EncodedImages(torch.utils.data.Dataset):
+    """(view, ..., label) of row `i`: the image decoded (1 or 3 `channels`) and each of `transforms`
+    applied under the image's seed for the epoch; indexed by (epoch, row), as `EpochOrder` gives."""
+
+    def __init__(self, encoded: Sequence[bytes], labels: np.ndarray, transforms: Sequence[Callable], *,
+                 seed: int, channels: int = 3):
+        if len(encoded) != len(labels):
+            raise ValueError(f"{len(labels)} labels for {len(encoded)} images")
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels}: images have 1 or 3 channels")
+        if not transforms:
+            raise ValueError("give at least one transform (one per view)")
+        self.encoded, self.labels = encoded, np.asarray(labels, dtype=np.int64)
+        self.transforms, self.seed, self.channels = tuple(transforms), seed, channels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode(self, row: int) -> torch.Tensor:
+        """uint8 [channels, H, W], the pixels PIL gives (`Image.open(...).convert("RGB" or "L")`)."""
+        data = torch.frombuffer(bytearray(self.encoded[row]), dtype=torch.uint8)
+        try:
+            rgb = decode_image(data, mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise ValueError(f"image of row {row} does not decode ({err})") from None
+        return rgb if self.channels == 3 else luma(rgb)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, row = key
+        image = self.decode(row)
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+            torch.manual_seed(image_seed(self.seed, epoch, row))
+            views = tuple(transform(image) for transform in self.transforms)
+        return (*views, int(self.labels[row]))
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """A permutation of the rows per epoch from (seed, epoch), as (epoch, row) pairs; `start` skips the
+    first rows of the first epoch iterated (a resumed run), and `set_epoch` picks the epoch."""
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.n:
+            raise ValueError(f"start={start} outside the epoch's {self.n} rows")
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for row in self.order()[self.start:]:
+            yield self.epoch, int(row)
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def loader(dataset: EncodedImages, *, batch_size: int, order: EpochOrder, workers: int = 0,
+           drop_last: bool = False, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of `dataset` in `order`, decoded in `workers` processes (0: in this one), kept alive
+    between epochs. Workers are spawned: the caller may hold threads that a forked child must not."""
+    extra = {"persistent_workers": True, "prefetch_factor": 4,
+             "multiprocessing_context": "spawn"} if workers else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+                                       drop_last=drop_last, pin_memory=pin_memory, **extra)
