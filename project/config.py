@@ -68,7 +68,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "label_column": STR,
         },
     },
-    "surrogate": {"mode": Choice(*SURROGATE_MODES), "seed": SEED, "model": MODEL, **OPTIM, **PARALLEL, **SSL},
+    "surrogate": {"mode": Choice(*SURROGATE_MODES), "seed": SEED, "model": MODEL, "pretrained": OPTIONAL_STR,
+                  **OPTIM, **PARALLEL, **SSL},
     "prune": {
         "method": Choice(*registry.PRUNING),
         "ratio": RATIO,
@@ -178,6 +179,12 @@ def validate_mapping(schema: Mapping, values: Any, *, prefix: str, source: str) 
 def _check_cross_fields(stage: str, values: dict, source: str) -> None:
     if stage == "distill":
         _check_teachers(values, source)
+    if stage == "surrogate" and values["pretrained"] is not None:
+        if values["mode"] != "supervised":
+            raise ParamsError(f"{source}: pretrained={values['pretrained']!r} is a classifier used as it is, but "
+                              f"mode={values['mode']}; set mode: supervised (or pretrained: null to train one)")
+        if values["nproc"] * values["nnodes"] != 1:
+            raise ParamsError(f"{source}: pretrained={values['pretrained']!r} trains nothing; nproc and nnodes must be 1")
     processes = values.get("nproc", 1) * values.get("nnodes", 1)
     if values.get("batch_size", 0) % processes:
         raise ParamsError(f"{source}: batch_size={values['batch_size']} must be a multiple of nproc x nnodes "

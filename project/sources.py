@@ -75,6 +75,21 @@ def prepare_inputs(params: dict, base: Path) -> dict[str, Path]:
     return found
 
 
+def surrogate_classifier(params: dict, base: Path) -> str | None:
+    """What `surrogate.pretrained` names: a local folder (as a path) or a hub id; None when unset."""
+    name = params.get("pretrained")
+    if name is None:
+        return None
+    local = Path(base) / Path(name).expanduser()
+    return str(local) if local.exists() else name
+
+
+def surrogate_inputs(params: dict, base: Path) -> dict[str, Path]:
+    """The local classifier folder `surrogate.pretrained` names (a hub id is versioned by its hub)."""
+    name = surrogate_classifier(params, base)
+    return {"surrogate.pretrained": Path(name)} if name is not None and Path(name).exists() else {}
+
+
 def teacher_folder(entry: str, base: Path) -> Path | None:
     """The saved backbone a local `distill.teachers` entry names; None for `pretrain` or a hub id.
 

@@ -47,6 +47,11 @@ class StageContext:
         self.store = workspace.store  # for intermediate results shared across runs (e.g. prune scores)
         self._run, self._workspace, self._events = run, workspace, events
 
+    def external(self, name: str) -> Path | None:
+        """Where the local data a param names outside the pipeline is (`runner.inputs.external_inputs`,
+        e.g. "surrogate.pretrained"); None when the param names none (unset, or a hub id)."""
+        return self._run.inputs.get(name)
+
     def upstream(self, stage: str) -> Path:
         """The (already verified) output folder of an upstream stage."""
         return self._workspace.upstream(stage)

@@ -96,6 +96,19 @@ def check_distill(check: DataCheck) -> None:
                                  f"a local folder nor a reachable hub id ({type(exc).__name__})") from None
 
 
+def check_surrogate(check: DataCheck) -> None:
+    """A pretrained classifier as the surrogate: its architecture, channels and labels fit the source."""
+    name = sources.surrogate_classifier(check.params["surrogate"], check.project)
+    if name is None or "prepare" not in check.params:
+        return
+    from tlpipe.pretraining import pretrained
+
+    prepare = check.params["prepare"]
+    classes = _named(f"params/prepare.yaml: source.name={prepare['source']['name']!r}: ",
+                     lambda: sources.source_parts(prepare, check.project).names())
+    _named("params/surrogate.yaml: pretrained: ", lambda: pretrained.check(name, classes, prepare["channels"]))
+
+
 def check_evaluate(check: DataCheck) -> None:
     """Every probe shot count fits the labeled images of the smallest class of the target's pool."""
     import numpy as np
@@ -114,9 +127,9 @@ def check_evaluate(check: DataCheck) -> None:
 
 # Each check, and the stages whose params it reads: it is skipped when all of them last ran with
 # these params (its data passed it then and has not changed since).
-CHECKS = {"prepare": (check_prepare, ("prepare",)), "distill": (check_distill, ("distill",)),
-          "evaluate": (check_evaluate, ("prepare", "evaluate"))}
-_EXTERNAL = {"prepare": sources.prepare_inputs, "distill": sources.distill_inputs}
+CHECKS = {"prepare": (check_prepare, ("prepare",)), "surrogate": (check_surrogate, ("prepare", "surrogate")),
+          "distill": (check_distill, ("distill",)), "evaluate": (check_evaluate, ("prepare", "evaluate"))}
+_EXTERNAL = {"prepare": sources.prepare_inputs, "surrogate": sources.surrogate_inputs, "distill": sources.distill_inputs}
 
 
 def external_inputs(stage: str, params: dict, project: Path) -> dict[str, Path]:

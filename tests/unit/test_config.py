@@ -177,3 +177,13 @@ def test_label_mapping_needs_a_supervised_surrogate(params):
         config.check_combination(bad)
     ok, _ = paramfiles.apply_overrides(params, ["surrogate.mode=simclr", "prune.method=fm"])
     config.check_combination(ok)
+
+
+@pytest.mark.parametrize("also, message", [
+    ("surrogate.mode=simclr", "is a classifier used as it is, but mode=simclr; set mode: supervised"),
+    ("surrogate.nproc=2", "trains nothing; nproc and nnodes must be 1"),
+])
+def test_a_pretrained_surrogate_trains_nothing(params, also, message):
+    with pytest.raises(ParamsError, match=message):
+        paramfiles.apply_overrides(params, ["surrogate.pretrained=some/classifier", also])
+    assert paramfiles.apply_overrides(params, ["surrogate.pretrained=some/classifier"])[0]["surrogate"]["pretrained"]
