@@ -19,7 +19,6 @@ worker count and optimiser.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile
