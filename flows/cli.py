@@ -40,6 +40,7 @@ def _commands(
 @app.command()
 def run(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a parameter: STAGE.KEY=VALUE (YAML value); written to params/STAGE.yaml."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Set the params of a preset first (params/presets/NAME.yaml, or a YAML file), e.g. resnet50-224; -s still applies after it."),
     refresh: list[str] = typer.Option([], "--refresh", help="Run this stage even if cached ('all' for every stage). Repeatable."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (and run only what it needs)."),
     project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),
@@ -53,6 +54,7 @@ def run(
         for name in [*refresh, *([until] if until else [])]:
             if name != "all" and name not in stages:
                 raise config.ParamsError(f"unknown stage {name!r}; stages are {', '.join(stages)} (or 'all' for --refresh)")
+        set_ = [*(paramfiles.load_preset(root, preset) if preset else []), *set_]
         paramfiles.apply_overrides(paramfiles.load_all_params(root), set_)  # a typo fails before anything starts
     except config.ParamsError as exc:
         raise bad_input(str(exc))

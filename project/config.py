@@ -19,12 +19,14 @@ SEED = Int(0, 2**31 - 1)
 RATIO = Float(0.0, 1.0, closed_hi=False)
 FRACTION_OPEN = Field("float", "(0, 1)", check=lambda v: 0 < v < 1)
 
-MODEL = {
-    "arch": Choice("resnet"),
+MODEL = {  # tlpipe.training.models.build_backbone; presets of real backbones: params/presets/
+    "arch": Choice("resnet", "convnext", "vit"),
     "embedding_size": Int(1, 4096),
     "hidden_sizes": IntList(1),
     "depths": IntList(1),
     "downsample_in_first_stage": BOOL,
+    "layer_type": Choice("basic", "bottleneck"),  # resnet blocks
+    "patch_size": Int(1, 64),  # convnext stem stride, vit patch side
     "pretrained": OPTIONAL_STR,
 }
 OPTIM = {
@@ -195,6 +197,9 @@ def _check_cross_fields(stage: str, values: dict, source: str) -> None:
             f"{source}: model.hidden_sizes has {len(model['hidden_sizes'])} entries but model.depths has "
             f"{len(model['depths'])}; they must have the same length (one per stage of the backbone)"
         )
+    if model is not None and model["arch"] == "vit" and (len(model["hidden_sizes"]) != 1 or model["hidden_sizes"][0] % 64):
+        raise ParamsError(f"{source}: model.arch=vit takes one stage: hidden_sizes=[width] (a multiple of 64, "
+                          f"one attention head per 64) and depths=[layers]; got {model['hidden_sizes']}")
 
 
 def _check_teachers(values: dict, source: str) -> None:

@@ -131,6 +131,33 @@ def load_sweep(path: Path, *, methods: tuple[str, ...], base: dict[str, dict]) -
     return sweep
 
 
+def presets(project: Path) -> list[str]:
+    """The names of the presets a project ships (`params/presets/<name>.yaml`)."""
+    return sorted(p.stem for p in (Path(project) / "params" / "presets").glob("*.yaml"))
+
+
+def load_preset(project: Path, name: str) -> list[str]:
+    """A preset (a name under params/presets/ or a YAML file: {stage: {key: value}}) as `-s` overrides,
+    which go before the command line's own (so `-s` can still change what a preset sets).
+
+    Raises:
+        ParamsError: no such preset, or one that names no stage or key of the schema.
+    """
+    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(project) / "params" / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ParamsError(f"preset {name!r}: no such file {path}; presets here: {', '.join(presets(project)) or 'none'}")
+    values = read_yaml(path)
+    if not isinstance(values, Mapping) or not values:
+        raise ParamsError(f"{path}: a preset maps stages to the keys it sets")
+    overrides = []
+    for stage, keys in values.items():
+        if stage not in SCHEMA:
+            raise ParamsError(f"{path}: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        overrides += [f"{stage}.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                      for key, value in _flat_items(keys, stage, str(path))]
+    return overrides
+
+
 def _flat_items(values: Any, stage: str, source: str) -> list[tuple[str, Any]]:
     if not isinstance(values, Mapping):
         raise ParamsError(f"{source}: set.{stage} must map keys to values, got {values!r}")

@@ -40,6 +40,8 @@ def snapshot(project):
         (["-s", "distill.teachers={select: osborn, from: [pretrain], size: 2}"],
          "teachers.size=2 must be between 1 and the 1 candidates of teachers.from"),
         (["--until", "deploy"], "unknown stage 'deploy'"),
+        (["--preset", "nope"], "preset 'nope': no such file"),
+        (["--preset", "vit-s16-224", "-s", "pretrain.model.hidden_sizes=[100]"], "arch=vit takes one stage"),
         (["--refresh", "everything"], "unknown stage 'everything'"),
     ],
 )

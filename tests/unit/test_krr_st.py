@@ -16,7 +16,7 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 CASES = ("K1", "K2", "K3")
 PARAMS = ("embed_weight", "embed_bias", "fc_weight", "fc_bias")
 TINY = {"arch": "resnet", "embedding_size": 4, "hidden_sizes": [8], "depths": [1],
-        "downsample_in_first_stage": True, "pretrained": None}
+        "downsample_in_first_stage": True, "layer_type": "basic", "patch_size": 2, "pretrained": None}
 
 
 def case(name: str) -> dict:

@@ -20,11 +20,12 @@ from tlpipe.training.models import (
 )
 
 TINY = dict(embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1])
+TINY_VIT = dict(embedding_size=4, hidden_sizes=[64], depths=[1], patch_size=4)  # one stage, one head
 
 
 def tiny(arch: str = "resnet", in_channels: int = 1, seed: int = 0):
     torch.manual_seed(seed)
-    return build_backbone(arch=arch, in_channels=in_channels, **TINY)
+    return build_backbone(arch=arch, in_channels=in_channels, **(TINY_VIT if arch == "vit" else TINY))
 
 
 def md5s(folder):
@@ -36,11 +37,11 @@ def md5s(folder):
 def test_embed_gives_pooled_features(arch, in_channels):
     backbone = tiny(arch, in_channels).eval()
     features = embed(backbone, torch.randn(5, in_channels, 16, 16))
-    assert features.shape == (5, feature_dim(backbone)) == (5, 8)
+    assert features.shape == (5, feature_dim(backbone)) == (5, 64 if arch == "vit" else 8)
 
 
 def test_build_backbone_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="resnet, convnext"):
+    with pytest.raises(ValueError, match="resnet, convnext, vit"):
         build_backbone(arch="vgg", **TINY)
     with pytest.raises(ValueError, match="same length"):
         build_backbone(embedding_size=4, hidden_sizes=[4, 8], depths=[1])
@@ -80,7 +81,7 @@ def test_projection_head_maps_dims():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_backbone_round_trip_and_deterministic_bytes(tmp_path, arch):
     backbone = tiny(arch).eval()
-    backbone(pixel_values=torch.randn(2, 1, 16, 16))
+    embed(backbone, torch.randn(2, 1, 16, 16))
     save_backbone(backbone, tmp_path / "a")
     save_backbone(backbone, tmp_path / "b")
     assert md5s(tmp_path / "a") == md5s(tmp_path / "b")

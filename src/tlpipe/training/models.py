@@ -35,18 +35,31 @@ from torch import nn
 
 from tlpipe.training.runtime import to_float
 
-ARCHS = ("resnet", "convnext")
+ARCHS = ("resnet", "convnext", "vit")
+LAYER_TYPES = ("basic", "bottleneck")  # ResNet blocks: two 3x3 convs (ResNet-18/34), 1-3-1 (ResNet-50 and up)
+VIT_HEAD_DIM = 64  # ViT: width per attention head (ViT-S/16: 384 = 6 heads, ViT-B/16: 768 = 12)
 
 
-def _backbone_config(arch: str, in_channels: int, embedding_size: int, hidden_sizes: list[int],
-                     depths: list[int], patch_size: int, downsample_in_first_stage: bool) -> transformers.PretrainedConfig:
+def _backbone_config(arch: str, in_channels: int, embedding_size: int, hidden_sizes: list[int], depths: list[int],
+                     patch_size: int, downsample_in_first_stage: bool, layer_type: str) -> transformers.PretrainedConfig:
     if arch == "resnet":
         # The stem (7x7 stride-2 conv + stride-2 max-pool) is fixed: 32x32 -> 8x8 before stage 1,
         # which halves it once more (-> 4x4) when downsample_in_first_stage is set.
+        if layer_type not in LAYER_TYPES:
+            raise ValueError(f"layer_type={layer_type!r} is not one of {', '.join(LAYER_TYPES)}")
         return transformers.ResNetConfig(
             num_channels=in_channels, embedding_size=embedding_size, hidden_sizes=list(hidden_sizes),
-            depths=list(depths), layer_type="basic", downsample_in_first_stage=downsample_in_first_stage,
+            depths=list(depths), layer_type=layer_type, downsample_in_first_stage=downsample_in_first_stage,
         )
+    if arch == "vit":
+        # One stage: hidden_sizes = [width], depths = [layers]; heads of VIT_HEAD_DIM, MLP 4x the width.
+        # Any image size: the position embeddings are interpolated (embed passes interpolate_pos_encoding).
+        (width,), (layers,) = hidden_sizes, depths
+        if width % VIT_HEAD_DIM:
+            raise ValueError(f"vit: hidden_sizes=[{width}] must be a multiple of {VIT_HEAD_DIM} (one head per {VIT_HEAD_DIM})")
+        return transformers.ViTConfig(num_channels=in_channels, hidden_size=width, num_hidden_layers=layers,
+                                      num_attention_heads=width // VIT_HEAD_DIM, intermediate_size=4 * width,
+                                      patch_size=patch_size, image_size=224)
     # ConvNeXt: patchify stem of stride `patch_size`, then a 2x2 stride-2 conv between stages.
     # Its stem width is hidden_sizes[0]; embedding_size has no counterpart here.
     return transformers.ConvNextConfig(
@@ -64,6 +77,7 @@ def build_backbone(
     depths: list[int],
     patch_size: int = 2,
     downsample_in_first_stage: bool = False,
+    layer_type: str = "basic",
     pretrained: str | None = None,
 ) -> transformers.PreTrainedModel:
     """Builds a backbone from a config with fresh weights, or loads a saved/pretrained one.
@@ -71,13 +85,14 @@ def build_backbone(
     Args:
         arch: one of `ARCHS`.
         in_channels: image channels (1 for the built-in glyphs and digits).
-        embedding_size: ResNet stem width (ignored by ConvNeXt).
-        hidden_sizes: channels of each stage; the last is the feature dimension.
-        depths: blocks in each stage, same length as `hidden_sizes`.
-        patch_size: ConvNeXt stem stride (ignored by ResNet).
+        embedding_size: ResNet stem width (ignored by ConvNeXt and ViT).
+        hidden_sizes: channels of each stage; the last is the feature dimension (ViT: one entry, its width).
+        depths: blocks in each stage, same length as `hidden_sizes` (ViT: one entry, its layers).
+        patch_size: ConvNeXt stem stride; ViT patch side (ignored by ResNet).
         downsample_in_first_stage: ResNet: the first stage strides by 2 like the others, so every
             stage runs at half the resolution and costs about a quarter of the multiply-accumulates
             (ignored by ConvNeXt, which always downsamples between stages only).
+        layer_type: ResNet block, one of `LAYER_TYPES`.
         pretrained: a local directory written by `save_backbone` or a hub id; when given,
             the architecture arguments are ignored and the saved config is used.
 
@@ -98,20 +113,25 @@ def build_backbone(
         raise ValueError(f"arch={arch!r} is not one of {', '.join(ARCHS)}")
     if len(hidden_sizes) != len(depths) or not hidden_sizes:
         raise ValueError(f"hidden_sizes={hidden_sizes} and depths={depths} must be non-empty, same length")
+    if arch == "vit" and len(hidden_sizes) != 1:
+        raise ValueError(f"vit has one stage: hidden_sizes={hidden_sizes} and depths={depths} take one entry each")
     config = _backbone_config(arch, in_channels, embedding_size, hidden_sizes, depths, patch_size,
-                              downsample_in_first_stage)
+                              downsample_in_first_stage, layer_type)
     return transformers.AutoModel.from_config(config)
 
 
 def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled features: float pixels [B, C, H, W] -> [B, D]."""
+    if backbone.config.model_type == "vit":  # its pooled class token, at any image size
+        return backbone(pixel_values=x, interpolate_pos_encoding=True).pooler_output
     pooled = backbone(pixel_values=x).pooler_output  # ResNet [B, D, 1, 1]; ConvNeXt [B, D]
     return pooled.flatten(1)
 
 
 def feature_dim(backbone: nn.Module) -> int:
     """D, the width of `embed`'s output."""
-    return int(backbone.config.hidden_sizes[-1])
+    config = backbone.config
+    return int(config.hidden_sizes[-1] if hasattr(config, "hidden_sizes") else config.hidden_size)
 
 
 def count_parameters(module: nn.Module) -> int:
