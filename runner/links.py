@@ -29,10 +29,14 @@ _UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno
 
 
 def cache_types(project: Path) -> list[str]:
-    """The link types of the project's DVC config, in order (DVC's default when none is set: copy)."""
+    """The link types of the project's DVC config, in order (DVC's default when none is set: copy).
+    None but copy where the config moves the cache elsewhere (`cache.dir`): DVC then places the objects."""
     from dvc.config import Config
 
-    return list(Config(dvc_dir=str(Path(project) / ".dvc"))["cache"].get("type") or ["copy"])
+    cache = Config(dvc_dir=str(Path(project) / ".dvc"))["cache"]
+    if cache.get("dir"):
+        return ["copy"]
+    return list(cache.get("type") or ["copy"])
 
 
 def reflink(src: Path, dst: Path) -> None:

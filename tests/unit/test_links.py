@@ -71,6 +71,8 @@ def test_the_project_config_names_link_types(tmp_path):
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")
     assert links.cache_types(tmp_path) == ["copy"]
+    (tmp_path / ".dvc" / "config").write_text('[cache]\n    type = "hardlink"\n    dir = /elsewhere\n')
+    assert links.cache_types(tmp_path) == ["copy"]  # DVC places the objects in a cache of its own
 
 
 def test_linking_after_hashing_reads_each_file_once(tmp_path, monkeypatch):
