@@ -40,7 +40,7 @@ def _commands(
 @app.command()
 def run(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a parameter: STAGE.KEY=VALUE (YAML value); written to params/STAGE.yaml."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Set the params of a preset first (params/presets/NAME.yaml, or a YAML file), e.g. resnet50-224; -s still applies after it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Set the params of a preset first (params/presets/NAME.yaml, or a YAML file), e.g. resnet50-224; written to params/ as -s values are, and -s still applies after it."),
     refresh: list[str] = typer.Option([], "--refresh", help="Run this stage even if cached ('all' for every stage). Repeatable."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (and run only what it needs)."),
     project: Optional[Path] = typer.Option(None, "--project", help="Project folder (default: nearest folder with dvc.yaml)."),

@@ -119,8 +119,7 @@ def load_sweep(path: Path, *, methods: tuple[str, ...], base: dict[str, dict]) -
             raise ParamsError(f"{source}: {key} lists a value twice: {sweep[key]}")
     if 0.0 in sweep["ratios"]:
         raise ParamsError(f"{source}: ratios: 0 is the full source; set full_source: true instead")
-    overrides = [f"{stage}.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-                 for stage, values in sweep["set"].items() for key, value in _flat_items(values, stage, source)]
+    overrides = as_overrides(sweep["set"], source)
     for stage in sweep["set"]:
         if stage == "prune" or stage not in SCHEMA:
             raise ParamsError(f"{source}: set: {stage!r} cannot be set here; allowed: "
@@ -149,13 +148,16 @@ def load_preset(project: Path, name: str) -> list[str]:
     values = read_yaml(path)
     if not isinstance(values, Mapping) or not values:
         raise ParamsError(f"{path}: a preset maps stages to the keys it sets")
-    overrides = []
-    for stage, keys in values.items():
-        if stage not in SCHEMA:
-            raise ParamsError(f"{path}: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        overrides += [f"{stage}.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-                      for key, value in _flat_items(keys, stage, str(path))]
-    return overrides
+    unknown = [stage for stage in values if stage not in SCHEMA]
+    if unknown:
+        raise ParamsError(f"{path}: unknown stage {unknown[0]!r}; stages are {', '.join(STAGES)}")
+    return as_overrides(values, str(path))
+
+
+def as_overrides(values: Mapping, source: str) -> list[str]:
+    """{stage: {key: value, section: {...}}} as `stage.key[.sub]=value` overrides (values in YAML)."""
+    return [f"{stage}.{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+            for stage, keys in values.items() for key, value in _flat_items(keys, stage, source)]
 
 
 def _flat_items(values: Any, stage: str, source: str) -> list[tuple[str, Any]]:

@@ -78,10 +78,7 @@ def prepare_inputs(params: dict, base: Path) -> dict[str, Path]:
 def surrogate_classifier(params: dict, base: Path) -> str | None:
     """What `surrogate.pretrained` names: a local folder (as a path) or a hub id; None when unset."""
     name = params.get("pretrained")
-    if name is None:
-        return None
-    local = Path(base) / Path(name).expanduser()
-    return str(local) if local.exists() else name
+    return None if name is None else locate(name, base)
 
 
 def surrogate_inputs(params: dict, base: Path) -> dict[str, Path]:

@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 
 FICLONE = 0x40049409  # Linux ioctl: the destination shares the source's blocks (Btrfs, XFS)
-LINKS = ("reflink", "hardlink")  # the types that keep one copy of a new output without moving it
 READ_ONLY = 0o444
 _UNSUPPORTED = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EPERM, errno.EMLINK}
 
@@ -55,6 +54,7 @@ def hardlink(src: Path, dst: Path) -> None:
 
 
 MAKERS = {"reflink": reflink, "hardlink": hardlink}
+LINKS = tuple(MAKERS)  # the types that keep one copy of a new output without moving it
 
 
 def link(src: Path, dst: Path, types: list[str]) -> str | None:
@@ -103,5 +103,5 @@ def place(src: Path, dst: Path, types: list[str]) -> None:
     """`dst` (new) as the cache object `src`: a link where the types allow one, else a copy."""
     import shutil
 
-    if link(src, dst, [t for t in types if t in LINKS]) is None:
+    if link(src, dst, types) is None:
         shutil.copyfile(src, dst)

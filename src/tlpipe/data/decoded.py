@@ -10,13 +10,14 @@ augmentations, for any number of workers, and a run resumed at batch k gives wha
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torchvision.io import ImageReadMode, decode_image
+
+from tlpipe.data.images import map_arrow_files
 
 __all__ = ["EncodedColumn", "EncodedImages", "EpochOrder", "image_seed", "loader"]
 
@@ -41,13 +42,8 @@ class EncodedColumn(Sequence):
                 "_chunks": None}
 
     def _load(self) -> None:
-        tables = []
-        self._maps = []
-        for name in self.files or ():
-            with open(name, "rb") as fh:
-                self._maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
-            tables.append(pa.ipc.open_stream(pa.py_buffer(self._maps[-1])).read_all())
-        table = pa.concat_tables(tables) if self.files is not None else self._table
+        self._maps, mapped = map_arrow_files(self.files or [])  # the mappings live as long as the column
+        table = mapped if self.files is not None else self._table
         if self.column not in table.column_names:
             raise ValueError(f"no column {self.column!r}; columns: {', '.join(table.column_names)}")
         values = table.column(self.column)

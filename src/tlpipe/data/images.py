@@ -169,13 +169,8 @@ class _Pixels:
                 "num_rows": self.num_rows, "_views": None, "_table_read": None}
 
     def _load(self) -> None:
-        self._maps: list[mmap.mmap] = []
-        tables = []
-        for name in self.files or ():
-            with open(name, "rb") as fh:
-                self._maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
-            tables.append(pa.ipc.open_stream(pa.py_buffer(self._maps[-1])).read_all())
-        table = self._table_read = pa.concat_tables(tables) if self.files else self._table
+        self._maps, mapped = map_arrow_files(self.files or [])
+        table = self._table_read = mapped if self.files else self._table
         self._views = [_flat(chunk).reshape(len(chunk), *self.item_shape)
                        for chunk in table.column("pixels").chunks if len(chunk)]
         self._starts = np.cumsum([0, *(len(v) for v in self._views)])
@@ -217,6 +212,17 @@ class _Pixels:
             for mapped in self._maps:
                 mapped.madvise(mmap.MADV_DONTNEED)
             self._touched = 0
+
+
+def map_arrow_files(files: list[str]) -> tuple[list[mmap.mmap], pa.Table | None]:
+    """The Arrow stream files of a split, each mapped by this process (its mappings, to let pages go),
+    read as one zero-copy table (None for no files)."""
+    maps, tables = [], []
+    for name in files:
+        with open(name, "rb") as fh:
+            maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+        tables.append(pa.ipc.open_stream(pa.py_buffer(maps[-1])).read_all())
+    return maps, pa.concat_tables(tables) if tables else None
 
 
 def _file_rows(name: str) -> int:
