@@ -50,6 +50,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "seed": SEED,
         "image_size": Int(8, 512),
         "channels": Choice(1, 3),
+        "storage": Choice("raw", "encoded", "auto"),  # tlpipe.data.encoding: auto = raw up to 64 px
+        "quality": Int(1, 100),  # JPEG quality of the images prepare encodes
         "source": {
             "name": STR,
             "charset": Choice("ascii", "extended"),

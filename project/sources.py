@@ -28,12 +28,20 @@ def source_parts(params: dict, base: Path):
     time by worker processes (a `shards.Glyphs` or `shards.Outside`)."""
     from tlpipe.data import shards
 
-    spec = params["source"]
+    spec, stored = params["source"], {"storage": params["storage"], "quality": params["quality"]}
     if spec["name"] == BUILTIN["source"]:
         return shards.Glyphs(charset=spec["charset"], images_per_class=spec["images_per_class"], seed=params["seed"],
-                             image_size=params["image_size"], degrade_fraction=spec["degrade_fraction"])
+                             image_size=params["image_size"], degrade_fraction=spec["degrade_fraction"], **stored)
     return shards.Outside(locate(spec["name"], base), spec["split"], spec["image_column"], spec["label_column"],
-                          image_size=params["image_size"], channels=params["channels"])
+                          image_size=params["image_size"], channels=params["channels"], **stored)
+
+
+def layout(params: dict):
+    """How the `prepare` params store images (`tlpipe.data.storage.Layout`: storage auto decided)."""
+    from tlpipe.data import storage
+
+    return storage.Layout.chosen(params["storage"], channels=params["channels"], image_size=params["image_size"],
+                                 quality=params["quality"])
 
 
 def load_target(params: dict, base: Path):
@@ -42,7 +50,7 @@ def load_target(params: dict, base: Path):
 
     spec = params["target"]
     if spec["name"] == BUILTIN["target"]:
-        return storage.load_digits_dataset(image_size=params["image_size"]), None
+        return storage.load_digits_dataset(layout=layout(params)), None
     test = _load_named(spec, params, spec["test_split"], base) if spec["test_split"] else None
     return _load_named(spec, params, spec["split"], base), test
 
@@ -51,8 +59,7 @@ def _load_named(spec: dict, params: dict, split: str, base: Path):
     from tlpipe.data import external
 
     return external.load_image_dataset(locate(spec["name"], base), split=split, image_column=spec["image_column"],
-                                   label_column=spec["label_column"], image_size=params["image_size"],
-                                   channels=params["channels"])
+                                   label_column=spec["label_column"], layout=layout(params))
 
 
 def split_target(params: dict, pool, test):

@@ -1,7 +1,9 @@
 """Encoded images (JPEG, PNG, WebP bytes) decoded and augmented in DataLoader worker processes.
 
 `EncodedColumn` reads the bytes of one row at a time from a split's Arrow files (memory-mapped by
-each process itself, so it pickles as file names). `EncodedImages` decodes a row with
+each process itself, so it pickles as file names). `DecodedPixels` gives the rows of an encoded split
+as the fixed-size uint8 pixels the training loops read (`tlpipe.data.images.Images` over it): every
+image decoded and brought to evaluation's geometry, the same in any process. `EncodedImages` decodes a row with
 `torchvision.io.decode_image` and applies the recipes of `tlpipe.data.recipes`; `EpochOrder` is the
 sampler. The sampler hands out (epoch, row) pairs, and each image's random draws come from a seed of
 (seed, epoch, row), so an epoch gives the same batches, in the same order, with the same
@@ -12,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import mmap
+
 import numpy as np
 import pyarrow as pa
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
-from tlpipe.data.images import map_arrow_files
+from tlpipe.data.arrow import map_arrow_files
 
-__all__ = ["EncodedColumn", "EncodedImages", "EpochOrder", "image_seed", "loader"]
+__all__ = ["EncodedColumn", "DecodedPixels", "EncodedImages", "EpochOrder", "image_seed", "loader", "decode"]
 
 
 def image_seed(seed: int, epoch: int, row: int) -> int:
@@ -29,7 +33,13 @@ def image_seed(seed: int, epoch: int, row: int) -> int:
 
 
 class EncodedColumn(Sequence):
-    """The encoded bytes of an image column (a `datasets.Image` feature, or plain binary) of Arrow files."""
+    """The encoded bytes of an image column (a `datasets.Image` feature, or plain binary) of Arrow files.
+
+    The pages read are let go (MADV_DONTNEED) every `RELEASE_BYTES` of bytes read, so that reading a
+    split larger than memory does not grow this process's resident set (the page cache keeps them).
+    """
+
+    RELEASE_BYTES = 64 << 20
 
     def __init__(self, files: list[str] | None = None, column: str = "image", table: pa.Table | None = None):
         if (files is None) == (table is None):
@@ -52,6 +62,13 @@ class EncodedColumn(Sequence):
             chunks = [c.field("bytes") for c in chunks]
         self._chunks = [c for c in chunks if len(c)]
         self._starts = np.cumsum([0, *(len(c) for c in self._chunks)])
+        self._table_read, self._read = table, 0
+
+    def values(self, name: str) -> np.ndarray:
+        """A copy of another column (e.g. the labels) of the same rows."""
+        if self._chunks is None:
+            self._load()
+        return np.array(self._table_read.column(name).to_numpy())
 
     def __len__(self) -> int:
         if self._chunks is None:
@@ -67,7 +84,63 @@ class EncodedColumn(Sequence):
         value = self._chunks[part][row - int(self._starts[part])]
         if not value.is_valid:
             raise ValueError(f"row {row} holds no image bytes")
-        return value.as_buffer().to_pybytes()
+        data = value.as_buffer().to_pybytes()
+        self._read += len(data)
+        if self._read >= self.RELEASE_BYTES:
+            for mapped in self._maps:
+                mapped.madvise(mmap.MADV_DONTNEED)
+            self._read = 0
+        return data
+
+
+def decode(data: bytes, channels: int = 3) -> torch.Tensor:
+    """uint8 [channels, H, W] of encoded bytes, the pixels PIL gives (`Image.open(...).convert("RGB" or "L")`).
+
+    Raises:
+        ValueError: the bytes do not decode.
+    """
+    try:
+        rgb = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise ValueError(f"does not decode ({err})") from None
+    return rgb if channels == 3 else luma(rgb)
+
+
+class DecodedPixels:
+    """The images of an encoded split as uint8 [channels, size, size] rows: decoded, the shorter side
+    resized to size / 0.875, the centre crop (`recipes.centre_view`, evaluation's geometry).
+
+    What `tlpipe.data.images.Images` reads rows from (`item_shape`, `num_rows`, `gather`, `column`);
+    deterministic, so every process and every number of loader workers reads the same pixels. Pickles
+    as its file names."""
+
+    def __init__(self, encoded: EncodedColumn, *, channels: int, size: int):
+        from tlpipe.data.recipes import centre_view
+
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels}: images have 1 or 3 channels")
+        self.encoded, self.channels, self.size = encoded, channels, size
+        self.item_shape = (channels, size, size)
+        self.num_rows = len(encoded)
+        self._view = centre_view(size)
+
+    @property
+    def digest_salt(self) -> bytes:
+        """What the pixels depend on beyond the split's content: how they are decoded."""
+        return f"decoded:{self.channels}x{self.size}".encode()
+
+    def column(self, name: str) -> np.ndarray:
+        return self.encoded.values(name)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.item_shape), dtype=np.uint8)
+        for k, row in enumerate(np.asarray(rows, dtype=np.int64)):
+            try:
+                image = decode(self.encoded[int(row)], self.channels)
+            except ValueError as err:
+                raise ValueError(f"image of row {int(row)} {err}") from None
+            out[k] = self._view(image).numpy()
+        return out
 
 
 def luma(rgb: torch.Tensor) -> torch.Tensor:
@@ -97,12 +170,10 @@ class EncodedImages(torch.utils.data.Dataset):
 
     def decode(self, row: int) -> torch.Tensor:
         """uint8 [channels, H, W], the pixels PIL gives (`Image.open(...).convert("RGB" or "L")`)."""
-        data = torch.frombuffer(bytearray(self.encoded[row]), dtype=torch.uint8)
         try:
-            rgb = decode_image(data, mode=ImageReadMode.RGB)
-        except RuntimeError as err:
-            raise ValueError(f"image of row {row} does not decode ({err})") from None
-        return rgb if self.channels == 3 else luma(rgb)
+            return decode(self.encoded[row], self.channels)
+        except ValueError as err:
+            raise ValueError(f"image of row {row} {err}") from None
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, row = key

@@ -16,6 +16,12 @@ KEPT_FORMATS = ("JPEG", "PNG", "WEBP")
 KEPT_MODES = ("L", "RGB")
 RAW_UP_TO = 64  # `auto` storage: raw pixels at or below this image size, encoded above
 STORAGES = ("raw", "encoded", "auto")
+CROP_FRACTION = 0.875  # a centre crop of 224 out of 256, as evaluation takes it
+
+
+def stored_side(image_size: int) -> int:
+    """The shorter side an image is stored at for training and evaluation at `image_size` (256 for 224)."""
+    return round(image_size / CROP_FRACTION)
 
 
 def choose_storage(storage: str, image_size: int) -> str:
@@ -64,3 +70,19 @@ def encode(source: bytes, *, max_side: int, quality: int = 90) -> Encoded:
     out = io.BytesIO()
     converted.save(out, "JPEG", quality=quality)
     return Encoded(out.getvalue(), False, *converted.size)
+
+
+def encode_pixels(pixels, *, quality: int = 90) -> bytes:
+    """uint8 pixels [C, H, W] (C = 1 or 3) as JPEG bytes at `quality` (images made here, e.g. the glyphs)."""
+    import numpy as np
+    from PIL import Image
+
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality={quality} must be in [1, 100]")
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[0] not in (1, 3):
+        raise ValueError(f"pixels of shape {pixels.shape}; expected [C, H, W] with C = 1 or 3")
+    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()

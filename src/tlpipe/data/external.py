@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import io as bytes_io
 import os
 from pathlib import Path
 
 import datasets
 import numpy as np
 
-from tlpipe.data.storage import build_dataset, check_image_size
+from tlpipe.data import encoding
+from tlpipe.data.storage import Layout, build_dataset, build_encoded, check_image_size
 
 
 def _looks_like_path(name: str) -> bool:
@@ -58,36 +60,75 @@ def label_ids(raw: datasets.Dataset, column: str) -> tuple[np.ndarray, list[str]
     return ids.astype(np.int64), [str(value) for value in uniques]
 
 
+def _undecoded(raw: datasets.Dataset, column: str) -> datasets.Dataset:
+    """`raw` with `column` as undecoded images ({bytes, path}), so that each is decoded here and a bad
+    file can be named."""
+    if not isinstance(raw.features[column], datasets.Image):
+        try:  # e.g. a {bytes, path} struct from a parquet file written without datasets' metadata
+            raw = raw.cast_column(column, datasets.Image())
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"column {column!r} holds {raw.features[column]}, not images") from err
+    return raw.cast_column(column, datasets.Image(decode=False))
+
+
+def _each_image(raw: datasets.Dataset, column: str, first_row: int, convert):
+    """`convert(file bytes)` of every image of `raw`, in order.
+
+    Raises:
+        ValueError: naming the image (its file, else its row: `first_row` + its position) that does not decode.
+    """
+    from PIL import Image
+
+    row = first_row
+    for batch in _undecoded(raw, column).select_columns([column]).iter(batch_size=256):
+        for encoded in batch[column]:
+            try:
+                data = encoded["bytes"] or Path(encoded["path"]).read_bytes()
+                yield convert(data)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                where = encoded.get("path") or f"row {row}"
+                raise ValueError(f"image {where} does not decode ({type(err).__name__}: {err})") from None
+            row += 1
+
+
 def images_to_array(raw: datasets.Dataset, column: str, size: int, channels: int, first_row: int = 0) -> np.ndarray:
     """Decode, convert ('L' or 'RGB') and resize every image: uint8 [N, C, size, size].
 
     Raises:
         ValueError: naming the image (its file, else its row: `first_row` + its position) that does not decode.
     """
-    import io as bytes_io
-
     from PIL import Image
 
-    if not isinstance(raw.features[column], datasets.Image):
-        try:  # e.g. a {bytes, path} struct from a parquet file written without datasets' metadata
-            raw = raw.cast_column(column, datasets.Image())
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"column {column!r} holds {raw.features[column]}, not images") from err
-    raw = raw.cast_column(column, datasets.Image(decode=False))  # decoded here, so a bad file can be named
     mode = "L" if channels == 1 else "RGB"
+
+    def resized(data: bytes) -> np.ndarray:
+        with Image.open(bytes_io.BytesIO(data)) as image:
+            return np.asarray(image.convert(mode).resize((size, size), Image.Resampling.BILINEAR))
+
     pixels = np.empty((len(raw), size, size, channels), dtype=np.uint8)
-    row = 0
-    for batch in raw.select_columns([column]).iter(batch_size=256):
-        for encoded in batch[column]:
-            try:
-                with Image.open(bytes_io.BytesIO(encoded["bytes"]) if encoded["bytes"] else encoded["path"]) as image:
-                    resized = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                where = encoded.get("path") or f"row {first_row + row}"
-                raise ValueError(f"image {where} does not decode ({type(err).__name__}: {err})") from None
-            pixels[row] = np.asarray(resized).reshape(size, size, channels)
-            row += 1
+    for row, image in enumerate(_each_image(raw, column, first_row, resized)):
+        pixels[row] = image.reshape(size, size, channels)
     return pixels.transpose(0, 3, 1, 2).copy()
+
+
+def encoded_images(raw: datasets.Dataset, column: str, layout: Layout, first_row: int = 0) -> list[bytes]:
+    """The bytes to store of every image (`encoding.encode`: kept when small enough, else resized to
+    the layout's stored side and JPEG at its quality).
+
+    Raises:
+        ValueError: naming the image (its file, else its row) that does not decode.
+    """
+    max_side = encoding.stored_side(layout.image_size)
+    return list(_each_image(raw, column, first_row,
+                            lambda data: encoding.encode(data, max_side=max_side, quality=layout.quality).data))
+
+
+def convert_images(raw: datasets.Dataset, column: str, layout: Layout, first_row: int = 0):
+    """The images of `raw` as a split of `layout` stores them: uint8 pixels [N, C, H, W] (raw) or
+    the bytes of each (encoded)."""
+    if layout.encoded:
+        return encoded_images(raw, column, layout, first_row)
+    return images_to_array(raw, column, layout.image_size, layout.channels, first_row)
 
 
 _SPLIT_FOLDERS = {"train", "test", "validation", "valid", "val", "dev", "eval"}  # imagefolder's split names
@@ -111,7 +152,7 @@ def _class_folders(path: Path) -> list[Path]:
 
 def load_image_dataset(
     name: str | os.PathLike, *, split: str = "train", image_column: str = "image",
-    label_column: str = "label", image_size: int = 32, channels: int = 1,
+    label_column: str = "label", image_size: int = 32, channels: int = 1, layout: Layout | None = None,
 ) -> datasets.Dataset:  # fmt: skip
     """Any image classification dataset, converted to the prepared format.
 
@@ -123,6 +164,8 @@ def load_image_dataset(
         label_column: Column holding the labels (ClassLabel, ints or strings).
         image_size: Output height and width (images are resized, not cropped).
         channels: 1 (grayscale) or 3 (RGB). Polarity is kept as it is in the data.
+        layout: how to store the images (`storage.Layout`; its size and channels then stand for the
+            two above); None: raw pixels.
 
     Returns:
         A prepared dataset; class names are the ClassLabel's or the sorted unique label values.
@@ -130,10 +173,13 @@ def load_image_dataset(
     Raises:
         ValueError: On a missing path, split or column, or invalid `channels`/`image_size`.
     """
-    check_shape(image_size, channels)
+    if layout is None:
+        check_shape(image_size, channels)
+        layout = Layout("raw", channels, image_size)
     raw = open_checked(name, split, image_column, label_column)
     labels, names = label_ids(raw, label_column)
-    return build_dataset(images_to_array(raw, image_column, image_size, channels), labels, names)
+    images = convert_images(raw, image_column, layout)
+    return build_encoded(images, labels, names, layout) if layout.encoded else build_dataset(images, labels, names)
 
 
 def check_shape(image_size: int, channels: int) -> None:

@@ -15,6 +15,8 @@ import mmap
 import numpy as np
 import pyarrow as pa
 
+from tlpipe.data.arrow import file_rows, map_arrow_files
+
 __all__ = ["Images", "Concatenated", "read", "subset", "digest"]
 
 
@@ -37,7 +39,8 @@ class _ImageSet:
 
 
 class Images(_ImageSet):
-    """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared split, or of some of its rows."""
+    """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared split, or of some of its rows (of an
+    encoded split: decoded as they are read, `tlpipe.data.decoded.DecodedPixels`)."""
 
     def __init__(self, pixels: "_Pixels", labels: np.ndarray, rows: np.ndarray | None = None, fingerprint: str = ""):
         self._pixels = pixels  # shared by every selection of the split
@@ -51,14 +54,20 @@ class Images(_ImageSet):
     @classmethod
     def of(cls, ds) -> "Images":
         """The rows of a prepared `datasets.Dataset` (an indices mapping, as `select` leaves, is kept)."""
-        from tlpipe.data.storage import LABEL, PIXELS
+        from tlpipe.data.layout import IMAGE, LABEL, layout_of
 
         rows = None
         if ds._indices is not None:  # noqa: SLF001 (datasets has no public accessor for the mapping)
             rows = ds._indices.column(0).to_numpy()  # noqa: SLF001
         files = [f["filename"] for f in ds.cache_files]
-        pixels = _Pixels(ds.features[PIXELS].shape, files=files) if files else \
-            _Pixels(ds.features[PIXELS].shape, table=ds.data.table)
+        layout = layout_of(ds)
+        if layout.encoded:  # decoded a row at a time, by whichever process reads it
+            from tlpipe.data.decoded import DecodedPixels, EncodedColumn
+
+            column = EncodedColumn(files, IMAGE) if files else EncodedColumn(column=IMAGE, table=ds.data.table)
+            pixels = DecodedPixels(column, channels=layout.channels, size=layout.image_size)
+        else:
+            pixels = _Pixels(layout.item_shape, files=files) if files else _Pixels(layout.item_shape, table=ds.data.table)
         labels = pixels.column(LABEL)  # through its own mapping, which lets the pages go
         return cls(pixels, labels if rows is None else labels[rows], rows,
                    fingerprint=ds._fingerprint)  # noqa: SLF001 (a prepared split's is a hash of its content)
@@ -79,6 +88,7 @@ class Images(_ImageSet):
     def digest(self) -> str:
         """A hash of the pixels and labels this set stands for, from the split's content hash and the rows."""
         hashed = hashlib.sha256(self.fingerprint.encode())
+        hashed.update(getattr(self._pixels, "digest_salt", b""))  # how encoded bytes become these pixels
         hashed.update(b"all" if self.rows is None else self.rows.tobytes())
         return hashed.hexdigest()
 
@@ -162,7 +172,7 @@ class _Pixels:
     def __init__(self, item_shape: tuple[int, ...], files: list[str] | None = None, table: pa.Table | None = None):
         self.item_shape, self.files, self._table = tuple(item_shape), files, table
         self._views: list[np.ndarray] | None = None
-        self.num_rows = sum(_file_rows(f) for f in files) if files else table.num_rows
+        self.num_rows = sum(file_rows(f) for f in files) if files else table.num_rows
 
     def __getstate__(self) -> dict:
         return {"item_shape": self.item_shape, "files": self.files, "_table": None if self.files else self._table,
@@ -212,23 +222,6 @@ class _Pixels:
             for mapped in self._maps:
                 mapped.madvise(mmap.MADV_DONTNEED)
             self._touched = 0
-
-
-def map_arrow_files(files: list[str]) -> tuple[list[mmap.mmap], pa.Table | None]:
-    """The Arrow stream files of a split, each mapped by this process (its mappings, to let pages go),
-    read as one zero-copy table (None for no files)."""
-    maps, tables = [], []
-    for name in files:
-        with open(name, "rb") as fh:
-            maps.append(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
-        tables.append(pa.ipc.open_stream(pa.py_buffer(maps[-1])).read_all())
-    return maps, pa.concat_tables(tables) if tables else None
-
-
-def _file_rows(name: str) -> int:
-    """Rows of an Arrow stream file, from its record batch headers (nothing else is read)."""
-    with pa.memory_map(name) as source:
-        return pa.ipc.open_stream(source).read_all().num_rows
 
 
 def _flat(chunk: pa.Array) -> np.ndarray:

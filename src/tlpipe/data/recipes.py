@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
+from tlpipe.data.encoding import stored_side
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.08, 1.0)
-EVAL_CROP_FRACTION = 0.875  # 224 of 256
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,15 @@ def supervised(size: int, norm: Normalization | None = None, *, scale: tuple[flo
                        *_to_float(norm)])
 
 
-def evaluation(size: int, norm: Normalization | None = None) -> v2.Compose:
+def centre_view(size: int) -> v2.Compose:
+    """Evaluation's geometry on uint8: the shorter side resized to size / 0.875, the centre `size` crop."""
     _check_size(size)
+    return v2.Compose([v2.Resize(stored_side(size), antialias=True), v2.CenterCrop(size)])
+
+
+def evaluation(size: int, norm: Normalization | None = None) -> v2.Compose:
     norm = norm or Normalization()
-    return v2.Compose([v2.Resize(round(size / EVAL_CROP_FRACTION), antialias=True), v2.CenterCrop(size),
-                       *_to_float(norm)])
+    return v2.Compose([*centre_view(size).transforms, *_to_float(norm)])
 
 
 def _view(size: int, norm: Normalization, *, jitter: tuple[float, float, float, float], blur_p: float,

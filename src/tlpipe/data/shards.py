@@ -43,11 +43,18 @@ class Glyphs:
     seed: int
     image_size: int
     degrade_fraction: float
+    storage: str = "raw"  # raw | encoded | auto (`storage.Layout.chosen`)
+    quality: int = 90
 
     def __post_init__(self) -> None:
         storage.glyph_charset(self.charset)
         storage.check_glyph_args(images_per_class=self.images_per_class, seed=self.seed, image_size=self.image_size,
                                  degrade_fraction=self.degrade_fraction)
+        self.layout  # noqa: B018 (checks the storage and quality)
+
+    @property
+    def layout(self) -> storage.Layout:
+        return storage.Layout.chosen(self.storage, channels=1, image_size=self.image_size, quality=self.quality)
 
     def names(self) -> list[str]:
         return list(storage.glyph_charset(self.charset))
@@ -60,16 +67,23 @@ class Glyphs:
         return [(c * n, (c + 1) * n) for c in range(len(self.names()))]
 
     def features(self) -> datasets.Features:
-        return storage.prepared_features(self.names(), channels=1, image_size=self.image_size, with_font=True)
+        return self.layout.features(self.names(), with_font=True)
 
-    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-        """(pixels, labels, fonts) of the character whose rows these are (its random stream is its own)."""
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray | list[bytes], np.ndarray, list[str] | None]:
+        """(pixels or their JPEG bytes, labels, fonts) of the character whose rows these are (its random
+        stream is its own)."""
+        from tlpipe.data.encoding import encode_pixels, stored_side
         from tlpipe.data.glyphs import render_class
 
-        label = start // self.images_per_class
+        label, encoded = start // self.images_per_class, self.layout.encoded
+        # encoded: rendered at the side they are stored at, of which reading takes the centre crop
         pixels, fonts = render_class(self.names()[label], count=self.images_per_class, seed=self.seed,
-                                     image_size=self.image_size, degrade_fraction=self.degrade_fraction)
-        return pixels[:, None], np.full(len(pixels), label), fonts
+                                     image_size=stored_side(self.image_size) if encoded else self.image_size,
+                                     degrade_fraction=self.degrade_fraction)
+        images = pixels[:, None]
+        if encoded:
+            images = [encode_pixels(image, quality=self.quality) for image in images]
+        return images, np.full(len(pixels), label), fonts
 
 
 @dataclass(frozen=True)
@@ -83,11 +97,19 @@ class Outside:
     label_column: str
     image_size: int
     channels: int
+    storage: str = "raw"  # raw | encoded | auto (`storage.Layout.chosen`)
+    quality: int = 90
 
     def __post_init__(self) -> None:
         from tlpipe.data import external
 
         external.check_shape(self.image_size, self.channels)
+        self.layout  # noqa: B018 (checks the storage and quality)
+
+    @property
+    def layout(self) -> storage.Layout:
+        return storage.Layout.chosen(self.storage, channels=self.channels, image_size=self.image_size,
+                                     quality=self.quality)
 
     def _raw(self) -> datasets.Dataset:
         return _opened(self.name, self.split, self.image_column, self.label_column)
@@ -103,14 +125,14 @@ class Outside:
         return [(start, min(start + ROWS_PER_UNIT, n)) for start in range(0, n, ROWS_PER_UNIT)]
 
     def features(self) -> datasets.Features:
-        return storage.prepared_features(self.names(), channels=self.channels, image_size=self.image_size)
+        return self.layout.features(self.names())
 
-    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray | list[bytes], np.ndarray, list[str] | None]:
         from tlpipe.data import external
 
-        pixels = external.images_to_array(self._raw().select(range(start, stop)), self.image_column, self.image_size,
-                                          self.channels, first_row=start)
-        return pixels, self.labels()[start:stop], None
+        images = external.convert_images(self._raw().select(range(start, stop)), self.image_column, self.layout,
+                                         first_row=start)
+        return images, self.labels()[start:stop], None
 
 
 @functools.lru_cache(maxsize=4)
@@ -146,6 +168,7 @@ def prepare_source(source, out: Path, *, val_fraction: float, seed: int, workers
         {split: number of rows}.
     """
     names, labels, units, features = source.names(), source.labels(), source.units(), source.features()
+    info = source.layout.info(features)
     in_val = np.zeros(len(labels), dtype=bool)
     in_val[splits.val_rows(labels, len(names), val_fraction=val_fraction, seed=seed)] = True
     parts = temporary_sibling(Path(out), "parts")
@@ -166,14 +189,14 @@ def prepare_source(source, out: Path, *, val_fraction: float, seed: int, workers
             sizes = {}
             for split in ("train", "val"):
                 files = [f for f in (parts / f"{i:06d}.{split}.arrow" for i in range(len(jobs))) if f.is_file()]
-                sizes[split] = _write_split(files, features, folder / split, _digest(files))
+                sizes[split] = _write_split(files, info, folder / split, _digest(files))
             (folder / "dataset_dict.json").write_text(json.dumps({"splits": list(sizes)}))
         return sizes
     finally:
         remove_path(parts)
 
 
-def _write_split(files: list[Path], features: datasets.Features, folder: Path, fingerprint: str) -> int:
+def _write_split(files: list[Path], info: datasets.DatasetInfo, folder: Path, fingerprint: str) -> int:
     """The parts, in order, as one split of a prepared data set in `folder` (the layout `save_to_disk`
     writes, shards of at most `datasets.config.MAX_SHARD_SIZE`), copied a record batch at a time with
     plain reads: nothing is mapped, so the copy adds nothing to this process's resident memory.
@@ -182,9 +205,9 @@ def _write_split(files: list[Path], features: datasets.Features, folder: Path, f
     from datasets.table import InMemoryTable
     from datasets.utils.py_utils import convert_file_size_to_int
 
-    # datasets writes the split's metadata (features, format) for an empty split; the shards follow
-    empty = datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()),
-                             info=datasets.DatasetInfo(features=features))
+    # datasets writes the split's metadata (features, layout, format) for an empty split; the shards follow
+    features = info.features
+    empty = datasets.Dataset(InMemoryTable(features.arrow_schema.empty_table()), info=info)
     empty.save_to_disk(str(folder))
     limit = convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
     sizes = [f.stat().st_size for f in files]
@@ -234,11 +257,12 @@ def _coalesced(parts: list[Path]) -> Iterator[pa.RecordBatch]:
 def _write_unit(job) -> None:
     """Renders or decodes one unit and writes its train rows and val rows (an Arrow file each, when any)."""
     source, start, stop, in_val, stem = job
-    pixels, labels, fonts = source.rows(start, stop)
+    images, labels, fonts = source.rows(start, stop)
     features = source.features()
     for split, mask in (("train", ~in_val), ("val", in_val)):
         if mask.any():
-            table = storage.prepared_table(pixels[mask], labels[mask], features,
+            kept = images[mask] if isinstance(images, np.ndarray) else [b for b, m in zip(images, mask) if m]
+            table = storage.prepared_table(kept, labels[mask], features,
                                            None if fonts is None else [f for f, m in zip(fonts, mask) if m])
             storage.write_arrow(table, features, Path(f"{stem}.{split}.arrow"))
 

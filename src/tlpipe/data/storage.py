@@ -1,9 +1,11 @@
 """Prepared image data sets: the built-in glyph source and digits target, saving and loading them
 (data sets from outside: `tlpipe.data.external`; splits: `tlpipe.data.splits`).
 
-Every data set is turned into one format: `pixels` = Array3D (C, H, W) uint8, `label` =
-ClassLabel, and for glyphs a `font` string column. Built-in images are white ink on black; other
-datasets keep the polarity they come with (MNIST-like data already matches).
+Every data set is turned into one of two layouts (`Layout`): raw, `pixels` = Array3D (C, H, W) uint8,
+or encoded, `image` = a `datasets` Image (JPEG/PNG/WebP bytes, `tlpipe.data.encoding`), the image size
+and channels then recorded in the split's description, so that a prepared split says itself what its
+images are. Both have `label` = ClassLabel, and for glyphs a `font` string column. Built-in images are
+white ink on black; other datasets keep the polarity they come with (MNIST-like data already matches).
 """
 
 from __future__ import annotations
@@ -18,30 +20,26 @@ import numpy as np
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
+from tlpipe.data import encoding
+from tlpipe.data.layout import FONT, IMAGE, LABEL, PIXELS, Layout, check_image_size, layout_of, prepared_features
 from tlpipe.data.glyphs import GLYPH_CHARSETS, glyph_charset, render_class, upsample_levels
 from tlpipe.io import remove_path, replace_path, temporary_sibling
 
 __all__ = [
     "GLYPH_CHARSETS", "glyph_charset", "render_glyphs", "load_digits_dataset", "build_dataset",
     "labels_of", "to_arrays", "save_prepared", "load_prepared",
-    "prepared_features",
+    "prepared_features", "Layout", "layout_of", "build_encoded",
 ]  # fmt: skip
 
-PIXELS, LABEL, FONT = "pixels", "label", "font"
-_MIN_IMAGE_SIZE = 8
 
-
-def prepared_features(
-    label_names: list[str], *, channels: int, image_size: int, with_font: bool = False
-) -> datasets.Features:
-    """The features of the prepared format (see the module docstring)."""
-    features = {
-        PIXELS: datasets.Array3D(shape=(channels, image_size, image_size), dtype="uint8"),
-        LABEL: datasets.ClassLabel(names=list(label_names)),
-    }
-    if with_font:
-        features[FONT] = datasets.Value("string")
-    return datasets.Features(features)
+def build_encoded(
+    data: list[bytes], labels: np.ndarray, label_names: list[str], layout: Layout, fonts: list[str] | None = None
+) -> datasets.Dataset:
+    """A prepared in-memory dataset of encoded images (one bytes object each) and int [N] label ids."""
+    features = layout.features(label_names, with_font=fonts is not None)
+    table = prepared_table(data, labels, features, fonts)
+    return datasets.Dataset(InMemoryTable(table), info=layout.info(features),
+                            fingerprint=table_fingerprint(table))
 
 
 def build_dataset(
@@ -66,11 +64,6 @@ def _pixel_lists(pixels: np.ndarray) -> pa.Array:
     for size in pixels.shape[:0:-1]:
         column = pa.FixedSizeListArray.from_arrays(column, size)
     return column
-
-
-def check_image_size(image_size: int) -> None:
-    if image_size < _MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size={image_size} is too small; it must be >= {_MIN_IMAGE_SIZE}")
 
 
 def check_glyph_args(*, images_per_class: int, seed: int, image_size: int, degrade_fraction: float) -> None:
@@ -110,17 +103,26 @@ def render_glyphs(
     return build_dataset(pixels, labels, chars, fonts)
 
 
-def load_digits_dataset(*, image_size: int = 32) -> datasets.Dataset:
+def load_digits_dataset(*, image_size: int = 32, layout: Layout | None = None) -> datasets.Dataset:
     """The built-in target: scikit-learn's 1797 8x8 handwritten digits, upsampled bilinearly.
 
-    Uses the same upsampling as the glyphs' degradation, so degraded glyphs look like digits.
+    Uses the same upsampling as the glyphs' degradation, so degraded glyphs look like digits. An
+    encoded `layout` stores them as JPEG at its quality, at the side they are stored at for its image
+    size (`encoding.stored_side`: read back, the centre crop of `image_size`).
     """
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
+    image_size = layout.image_size if layout is not None else image_size
     check_image_size(image_size)
     digits = load_digits()
-    pixels = upsample_levels(digits.images, image_size)[:, None]
-    return build_dataset(pixels, digits.target, [str(d) for d in range(10)])
+    names = [str(d) for d in range(10)]
+    if layout is None or not layout.encoded:
+        return build_dataset(upsample_levels(digits.images, image_size)[:, None], digits.target, names)
+    pixels = upsample_levels(digits.images, encoding.stored_side(image_size))[:, None]
+    if layout.channels == 3:
+        pixels = np.repeat(pixels, 3, axis=1)
+    data = [encoding.encode_pixels(image, quality=layout.quality) for image in pixels]
+    return build_encoded(data, digits.target, names, layout)
 
 
 def as_table(ds: datasets.Dataset) -> pa.Table:
@@ -138,7 +140,14 @@ def labels_of(ds: datasets.Dataset) -> np.ndarray:
 
 
 def to_arrays(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared dataset."""
+    """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared dataset (an encoded one decoded,
+    as `tlpipe.data.images` reads it)."""
+    layout = layout_of(ds)
+    if layout.encoded:
+        from tlpipe.data import images
+
+        decoded, labels = images.read(ds)
+        return decoded[:], labels
     if len(ds) == 0:
         return np.zeros((0, *ds.features[PIXELS].shape), dtype=np.uint8), labels_of(ds)
     # The numpy formatter widens integers to int64 unless told otherwise.
@@ -160,6 +169,15 @@ def _flat_parts(values: pa.Array) -> list[np.ndarray]:
     """The values of a (nested) Arrow array as flat numpy arrays, list offsets included."""
     if isinstance(values, pa.ExtensionArray):
         return _flat_parts(values.storage)
+    if pa.types.is_struct(values.type):  # an encoded image: {bytes, path}
+        return [values.is_null().to_numpy(zero_copy_only=False),
+                *(part for field in values.flatten() for part in _flat_parts(field))]
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64 if pa.types.is_large_binary(values.type)
+                                else np.int32)[values.offset : values.offset + len(values) + 1]
+        data = values.buffers()[2]
+        data = np.zeros(0, np.uint8) if data is None else np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]]
+        return [values.is_null().to_numpy(zero_copy_only=False), offsets - offsets[0], data]
     if pa.types.is_fixed_size_list(values.type):
         return _flat_parts(values.flatten())
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
@@ -169,13 +187,19 @@ def _flat_parts(values: pa.Array) -> list[np.ndarray]:
     return [flat.astype(str) if flat.dtype == object else flat]  # strings by value, not the pointers
 
 
-def prepared_table(pixels: np.ndarray, labels: np.ndarray, features: datasets.Features,
+def prepared_table(images, labels: np.ndarray, features: datasets.Features,
                    fonts: list[str] | None = None) -> pa.Table:
-    """The Arrow table of prepared rows (as `build_dataset` holds them), built without a Dataset."""
+    """The Arrow table of prepared rows (as `build_dataset` or `build_encoded` holds them), built without
+    a Dataset: `images` are uint8 pixels [N, C, H, W] for raw features, a list of bytes for encoded ones."""
     schema = features.arrow_schema
-    pixels_type = schema.field(PIXELS).type
-    columns = [pa.ExtensionArray.from_storage(pixels_type, _pixel_lists(pixels).cast(pixels_type.storage_type)),
-               pa.array(np.asarray(labels, dtype=np.int64))]
+    if IMAGE in features:
+        data = pa.array(list(images), type=pa.binary())
+        image = pa.StructArray.from_arrays([data, pa.nulls(len(data), pa.string())], names=["bytes", "path"])
+        columns = [image.cast(schema.field(IMAGE).type)]
+    else:
+        pixels_type = schema.field(PIXELS).type
+        columns = [pa.ExtensionArray.from_storage(pixels_type, _pixel_lists(images).cast(pixels_type.storage_type))]
+    columns.append(pa.array(np.asarray(labels, dtype=np.int64)))
     if fonts is not None:
         columns.append(pa.array(fonts, type=pa.string()))
     return pa.Table.from_arrays(columns, schema=schema)

@@ -1,0 +1,191 @@
+"""Encoded storage: prepared splits that hold image files' bytes, read by every stage as the pixels it
+would read from raw storage."""
+
+import hashlib
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlpipe.data import decoded, encoding, external, images, recipes, shards, splits, storage
+from tlpipe.training.checkpoints import Checkpoint
+from tlpipe.training.loops import train_classifier
+from tlpipe.training.models import Classifier, build_backbone
+from tlpipe.training.runtime import iter_batches
+
+CPU = torch.device("cpu")
+
+
+def jpeg_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (40, 47), seed: int = 0) -> Path:
+    """Class folders of JPEG files (quality 90): a colour field per class with grain."""
+    rng = np.random.default_rng(seed)
+    for k, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            base = np.array([60 * k + 40, 200 - 50 * k, 120])
+            pixels = np.clip(base + rng.normal(0, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.jpg", "JPEG", quality=90)
+    return root
+
+
+def md5s(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stored_bytes(ds) -> list[bytes]:
+    column = decoded.EncodedColumn([f["filename"] for f in ds.cache_files], storage.IMAGE)
+    return [column[i] for i in range(len(column))]
+
+
+def test_auto_storage_keeps_raw_pixels_up_to_64_px_and_encodes_above():
+    assert storage.Layout.chosen("auto", channels=1, image_size=32).storage == "raw"
+    assert storage.Layout.chosen("auto", channels=3, image_size=64).storage == "raw"
+    assert storage.Layout.chosen("auto", channels=3, image_size=224).storage == "encoded"
+    assert storage.Layout.chosen("raw", channels=3, image_size=224).storage == "raw"
+    with pytest.raises(ValueError, match="storage='jpeg'"):
+        storage.Layout.chosen("jpeg", channels=3, image_size=224)
+    with pytest.raises(ValueError, match="quality=0"):
+        storage.Layout.chosen("encoded", channels=3, image_size=224, quality=0)
+
+
+def test_a_folder_of_small_enough_jpegs_is_stored_byte_for_byte_in_parts(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "ROWS_PER_UNIT", 7)  # several units from a small folder
+    folder = jpeg_folder(tmp_path / "pets", {"cat": 11, "dog": 9, "emu": 5})
+    source = shards.Outside(str(folder), "train", "image", "label", image_size=40, channels=3, storage="encoded")
+    one = shards.prepare_source(source, tmp_path / "one", val_fraction=0.2, seed=0, workers=1)
+    two = shards.prepare_source(source, tmp_path / "two", val_fraction=0.2, seed=0, workers=2)
+    assert one == two and md5s(tmp_path / "one") == md5s(tmp_path / "two")
+    written = storage.load_prepared(tmp_path / "one")
+    assert storage.layout_of(written["train"]) == storage.Layout("encoded", 3, 40)
+    files = {p.read_bytes() for p in folder.rglob("*.jpg")}
+    kept = stored_bytes(written["train"]) + stored_bytes(written["val"])
+    assert len(kept) == 25 and set(kept) == files  # every file's own bytes, each once (40 <= 46, the stored side)
+    folder_bytes = sum(len(b) for b in files)
+    prepared_bytes = sum(p.stat().st_size for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert prepared_bytes <= 1.3 * folder_bytes + 16_000  # the files, the labels and the metadata files
+
+
+def test_encoded_rows_read_as_the_pil_pixels_in_evaluations_geometry(tmp_path):
+    folder = jpeg_folder(tmp_path / "pets", {"cat": 4, "dog": 4}, size=(120, 90))
+    layout = storage.Layout("encoded", 3, 48, quality=85)
+    ds = external.load_image_dataset(str(folder), layout=layout)
+    stored = stored_bytes(ds) if ds.cache_files else [ds.data.table.column("image")[i].as_py()["bytes"] for i in range(len(ds))]
+    with Image.open(io.BytesIO(stored[0])) as image:
+        assert min(image.size) == encoding.stored_side(48) == 55 and image.format == "JPEG"  # resized once, re-encoded
+    pixels, labels = storage.to_arrays(ds)
+    assert pixels.shape == (8, 3, 48, 48) and pixels.dtype == np.uint8 and list(labels) == [0] * 4 + [1] * 4
+    for row in (0, 5):
+        with Image.open(io.BytesIO(stored[row])) as image:
+            pil = torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
+        assert np.array_equal(pixels[row], recipes.centre_view(48)(pil).numpy())
+    grey = external.load_image_dataset(str(folder), layout=storage.Layout("encoded", 1, 48))
+    assert storage.to_arrays(grey)[0].shape == (8, 1, 48, 48)
+
+
+def test_an_encoded_target_saves_byte_identical_and_reads_back(tmp_path):
+    layout = storage.Layout("encoded", 1, 80)
+    split = splits.split_target(storage.load_digits_dataset(layout=layout), shots_per_class=2, test_fraction=0.3, seed=0)
+    storage.save_prepared(split, tmp_path / "a")
+    storage.save_prepared(splits.split_target(storage.load_digits_dataset(layout=layout), shots_per_class=2,
+                                              test_fraction=0.3, seed=0), tmp_path / "b")
+    assert md5s(tmp_path / "a") == md5s(tmp_path / "b")
+    back = storage.load_prepared(tmp_path / "a")
+    assert storage.layout_of(back["test"]) == layout
+    pixels, labels = storage.to_arrays(back["train"])
+    assert pixels.shape == (20, 1, 80, 80) and sorted(labels) == sorted(list(range(10)) * 2)
+    at_91 = storage.to_arrays(splits.split_target(storage.load_digits_dataset(image_size=91), shots_per_class=2,
+                                                  test_fraction=0.3, seed=0)["train"])[0]
+    crop = recipes.centre_view(80)(torch.from_numpy(at_91)).numpy()  # stored at 91 px, read as its centre 80
+    assert np.abs(pixels.astype(int) - crop.astype(int)).mean() < 2  # JPEG q90 of the same digits (measured 0.44, max 4 levels)
+
+
+def test_an_encoded_set_reads_by_index_pickles_and_hashes_its_geometry(tmp_path):
+    glyphs = shards.Glyphs("ascii", 3, 0, 72, 0.5, storage="encoded")
+    shards.prepare_source(glyphs, tmp_path / "s", val_fraction=0.0, seed=0, workers=1)
+    split = storage.load_prepared(tmp_path / "s")["train"]
+    read, labels = images.read(split)
+    assert read.shape == (282, 1, 72, 72) and list(labels[:4]) == [0, 0, 0, 1]
+    view = read.select([5, 2, 9])
+    assert np.array_equal(view[:], read[[5, 2, 9]])
+    assert np.array_equal(pickle.loads(pickle.dumps(view))[:], view[:])  # as a loader worker reads it
+    raw = shards.Glyphs("ascii", 3, 0, 82, 0.5, storage="raw")  # rendered at the side encoded glyphs are stored at
+    shards.prepare_source(raw, tmp_path / "r", val_fraction=0.0, seed=0, workers=1)
+    raw_read = images.read(storage.load_prepared(tmp_path / "r")["train"])[0]
+    crop = recipes.centre_view(72)(torch.from_numpy(raw_read[:])).numpy()
+    assert np.abs(read[:].astype(int) - crop.astype(int)).mean() < 2  # the same glyphs as JPEG q90 (measured 0.64)
+    assert images.digest(read) != images.digest(raw_read) and images.digest(view) != images.digest(read)
+    assert images.digest(read) == images.digest(images.read(storage.load_prepared(tmp_path / "s")["train"])[0])
+
+
+def test_a_corrupt_jpeg_in_an_encoded_source_is_named_and_nothing_is_left(tmp_path):
+    folder = jpeg_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    (folder / "dog" / "1.jpg").write_bytes((folder / "dog" / "1.jpg").read_bytes()[:40])  # truncated
+    source = shards.Outside(str(folder), "train", "image", "label", image_size=96, channels=3, storage="encoded")
+    with pytest.raises(ValueError, match=r"dog/1.jpg does not decode"):
+        shards.prepare_source(source, tmp_path / "out", val_fraction=0.0, seed=0, workers=1)
+    assert not list(tmp_path.glob("out*"))
+    with pytest.raises(ValueError, match=r"dog/1.jpg does not decode"):
+        external.load_image_dataset(str(folder), layout=storage.Layout("encoded", 3, 96))
+
+
+def encoded_split(tmp_path, n_per_class: int = 12):
+    folder = jpeg_folder(tmp_path / "photos", {"a": n_per_class, "b": n_per_class, "c": n_per_class}, size=(30, 26))
+    source = shards.Outside(str(folder), "train", "image", "label", image_size=24, channels=3, storage="encoded")
+    shards.prepare_source(source, tmp_path / "prepared", val_fraction=0.0, seed=0, workers=1)
+    return images.read(storage.load_prepared(tmp_path / "prepared")["train"])
+
+
+def test_batches_of_encoded_images_are_the_same_for_any_number_of_loader_workers(tmp_path):
+    read, labels = encoded_split(tmp_path)
+    runs = [[(x.clone(), y.clone()) for x, y in iter_batches(read, labels, batch_size=8, device=CPU, workers=workers,
+                                                              generator=torch.Generator().manual_seed(4))]
+            for workers in (0, 2)]
+    assert len(runs[0]) == len(runs[1]) == 5
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*runs))
+
+
+class Crash(Exception):
+    pass
+
+
+class Failing:
+    """An image set that reads through another and fails on its `fail_at`-th read."""
+
+    def __init__(self, inner, fail_at=None):
+        self.inner, self.fail_at, self.reads = inner, fail_at, 0
+        self.shape, self.dtype, self.ndim = inner.shape, inner.dtype, inner.ndim
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise Crash(f"read {self.reads}")
+        return self.inner[index]
+
+
+def test_a_crashed_classifier_on_encoded_images_resumes_to_the_uninterrupted_weights(tmp_path):
+    read, labels = encoded_split(tmp_path)
+
+    def fit(data, checkpoint=None):
+        torch.manual_seed(7)
+        model = Classifier(build_backbone(in_channels=3, embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1]), 3)
+        metrics = train_classifier(model, data, labels, epochs=2, batch_size=8, lr=1e-2, weight_decay=0.01, seed=3,
+                                   device=CPU, checkpoint=checkpoint)
+        return model.state_dict(), metrics
+
+    expected, expected_metrics = fit(Failing(read))
+    with pytest.raises(Crash):  # in the second epoch, 4 batches an epoch
+        fit(Failing(read, fail_at=7), Checkpoint(tmp_path / "ck", every_minutes=0.0))
+    resumed = Failing(read)
+    got, metrics = fit(resumed, Checkpoint(tmp_path / "ck", every_minutes=0.0))
+    assert (metrics["resumed_from_epoch"], metrics["resumed_from_batch"]) == (2, 2)
+    assert resumed.reads == 2  # only the batches after the checkpoint are decoded again
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert metrics["train_loss"] == expected_metrics["train_loss"]
