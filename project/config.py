@@ -38,6 +38,7 @@ OPTIM = {
 
 # Data-parallel training: processes per host and hosts (runner/ranks.py); the global batch is split over them
 PARALLEL = {"nproc": Int(1, 1024), "nnodes": Int(1, 1024)}
+AUGMENT = {"augment": Choice("auto", "none", "crop_flip")}  # tlpipe.data.recipes.training_augmentation
 SSL = {"temperature": Positive(), "projection_dim": Int(1, 65_536)}  # SimCLR/BYOL heads (unused when supervised)
 NEEDS_CLASSIFIER = tuple(name for name, m in registry.PRUNING.items() if "logits" in m.needs)
 SURROGATE_MODES = tuple(name for name, m in registry.SOURCE_MODES.items() if m.surrogate)
@@ -73,7 +74,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         },
     },
     "surrogate": {"mode": Choice(*SURROGATE_MODES), "seed": SEED, "model": MODEL, "pretrained": OPTIONAL_STR,
-                  **OPTIM, **PARALLEL, **SSL},
+                  **OPTIM, **AUGMENT, **PARALLEL, **SSL},
     "prune": {
         "method": Choice(*registry.PRUNING),
         "ratio": RATIO,
@@ -87,6 +88,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "seed": SEED,
         "model": MODEL,
         **OPTIM,
+        **AUGMENT,
         **PARALLEL,
         "label_smoothing": Float(0.0, 0.5),
         **SSL,
@@ -127,6 +129,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "compare": BOOL,
         "seed": SEED,
         **OPTIM,
+        **AUGMENT,
     },
     "evaluate": {
         "seed": SEED,

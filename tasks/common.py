@@ -39,6 +39,14 @@ def recorded(ctx, total: int, label: str, history: Path) -> Iterator:
         io.write_figure(history.with_name(CURVES), plots.plot_curves(curves, title=f"{ctx.stage}: {label}"))
 
 
+def augmentation(ctx, images):
+    """The training images' random transform that the stage's `augment` param names (`recipes.training_augmentation`)."""
+    from tlpipe.data import recipes
+
+    return recipes.training_augmentation(ctx.params["augment"], images.shape[-1],
+                                         encoded=getattr(images, "encoded", False))
+
+
 def train_source(ctx, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                  num_classes: int, label_smoothing: float = 0.0) -> dict:
     """Trains the stage's source model in its `mode`; saves `backbone/` (what every downstream stage
@@ -51,7 +59,8 @@ def train_source(ctx, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarra
             p["mode"], *train, val_images=val[0], val_labels=val[1], num_classes=num_classes,
             model_config=p["model"], epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
             weight_decay=p["weight_decay"], seed=p["seed"], device=torch.device(ctx.device),
-            label_smoothing=label_smoothing, on_metrics=on_metrics, checkpoint=ctx.checkpoint("train"), **ssl)
+            label_smoothing=label_smoothing, on_metrics=on_metrics, checkpoint=ctx.checkpoint("train"),
+            augment=augmentation(ctx, train[0]), **ssl)
     if classifier is not None:
         models.save_classifier(classifier, ctx.out / files.CLASSIFIER)
     models.save_backbone(backbone, ctx.out / files.BACKBONE)

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from tlpipe import io
-from tlpipe.data import storage
+from tlpipe.data import images as image_sets, storage
 from tlpipe.training import loops, models
 from project import files
 from project.outputs import teacher_backbone
-from tasks.common import recorded
+from tasks.common import augmentation, recorded
 
 BACKBONES = ("student", "teacher")
 
@@ -29,14 +29,14 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
         load_backbone(ctx, which), images, labels, num_classes=num_classes, mode=p["mode"],
         epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
         seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
-        checkpoint=ctx.checkpoint(f"train-{which}"),
+        checkpoint=ctx.checkpoint(f"train-{which}"), augment=augmentation(ctx, images),
     )
 
 
 def run(ctx) -> dict:
     p = ctx.params
     train = storage.load_prepared(ctx.upstream("prepare") / files.TARGET)["train"]
-    images, labels = storage.to_arrays(train)
+    images, labels = image_sets.read(train)  # an encoded split decoded as it is read (and augmented)
     num_classes = train.features["label"].num_classes
     with recorded(ctx, p["epochs"], f"{p['mode']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
         model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)

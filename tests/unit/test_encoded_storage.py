@@ -140,13 +140,56 @@ def encoded_split(tmp_path, n_per_class: int = 12):
     return images.read(storage.load_prepared(tmp_path / "prepared")["train"])
 
 
-def test_batches_of_encoded_images_are_the_same_for_any_number_of_loader_workers(tmp_path):
+@pytest.mark.parametrize("augment", [None, recipes.crop_flip(24)])
+def test_batches_of_encoded_images_are_the_same_for_any_number_of_loader_workers(tmp_path, augment):
     read, labels = encoded_split(tmp_path)
-    runs = [[(x.clone(), y.clone()) for x, y in iter_batches(read, labels, batch_size=8, device=CPU, workers=workers,
-                                                              generator=torch.Generator().manual_seed(4))]
-            for workers in (0, 2)]
-    assert len(runs[0]) == len(runs[1]) == 5
+
+    def epoch(workers: int, generator: torch.Generator) -> list:
+        return [(x.clone(), y.clone()) for x, y in iter_batches(read, labels, batch_size=9, device=CPU, workers=workers,
+                                                                 generator=generator, augment=augment)]
+
+    runs = [epoch(workers, torch.Generator().manual_seed(4)) for workers in (0, 2)]
+    assert len(runs[0]) == len(runs[1]) == 4
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*runs))
+    generator = torch.Generator().manual_seed(4)
+    first, second = epoch(0, generator), epoch(0, generator)
+    sums = [torch.cat([x for x, _ in run]).sum(0) for run in (first, second)]  # every image once an epoch
+    assert not torch.equal(first[0][1], second[0][1])  # in another order
+    if augment is None:  # the centre view
+        assert torch.allclose(*sums, atol=1e-4)
+    else:  # each epoch draws its own crops
+        assert not torch.allclose(*sums, atol=1e-1)
+
+
+def test_an_augmented_set_crops_the_decoded_photo_and_leaves_the_callers_generator(tmp_path):
+    read, _ = encoded_split(tmp_path)
+    transform = recipes.crop_flip(24)
+    torch.manual_seed(11)
+    before = torch.rand(3)
+    torch.manual_seed(11)
+    batch = read.augmented(transform, salt=5)[[3, 1]]
+    assert torch.equal(torch.rand(3), before)  # the caller's stream is untouched
+    with Image.open(io.BytesIO(stored_bytes(storage.load_prepared(tmp_path / "prepared")["train"])[3])) as image:
+        photo = torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())  # 30x26, kept as it is
+    expected = decoded.augment(photo, transform, 5, 3)
+    assert batch.shape == (2, 3, 24, 24) and np.array_equal(batch[0], expected.numpy())
+    assert np.array_equal(read.augmented(transform, 5).select([1, 3])[:][::-1], batch)  # a row's draws follow it
+    assert read.encoded
+    with pytest.raises(ValueError, match="augmentation gave"):
+        read.augmented(recipes.crop_flip(16), 0)[[0]]
+
+
+def test_raw_pixels_augment_too_and_arrays_are_refused(tmp_path):
+    glyphs = shards.Glyphs("ascii", 2, 0, 16, 0.5, storage="raw")
+    shards.prepare_source(glyphs, tmp_path / "r", val_fraction=0.0, seed=0, workers=1)
+    read, labels = images.read(storage.load_prepared(tmp_path / "r")["train"])
+    assert not read.encoded
+    augmented = read.augmented(recipes.crop_flip(16), 3)
+    assert augmented[[0, 1]].shape == (2, 1, 16, 16) and np.array_equal(augmented[[0, 1]], augmented[[0, 1]])
+    assert recipes.training_augmentation("auto", 16, encoded=False) is None
+    assert recipes.training_augmentation("auto", 16, encoded=True) is not None
+    with pytest.raises(ValueError, match="not an array"):
+        next(iter_batches(read[:], labels, batch_size=4, device=CPU, augment=recipes.crop_flip(16)))
 
 
 class Crash(Exception):
@@ -154,30 +197,39 @@ class Crash(Exception):
 
 
 class Failing:
-    """An image set that reads through another and fails on its `fail_at`-th read."""
+    """An image set that reads through another and fails on its `fail_at`-th read (of any view of it)."""
 
-    def __init__(self, inner, fail_at=None):
-        self.inner, self.fail_at, self.reads = inner, fail_at, 0
+    def __init__(self, inner, fail_at=None, counter=None):
+        self.inner, self.fail_at = inner, fail_at
+        self.counter = counter if counter is not None else [0]
         self.shape, self.dtype, self.ndim = inner.shape, inner.dtype, inner.ndim
+
+    @property
+    def reads(self):
+        return self.counter[0]
 
     def __len__(self):
         return len(self.inner)
 
+    def augmented(self, transform, salt):
+        return Failing(self.inner.augmented(transform, salt), self.fail_at, self.counter)
+
     def __getitem__(self, index):
-        self.reads += 1
-        if self.reads == self.fail_at:
-            raise Crash(f"read {self.reads}")
+        self.counter[0] += 1
+        if self.counter[0] == self.fail_at:
+            raise Crash(f"read {self.counter[0]}")
         return self.inner[index]
 
 
-def test_a_crashed_classifier_on_encoded_images_resumes_to_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("augment", [None, recipes.crop_flip(24)])
+def test_a_crashed_classifier_on_encoded_images_resumes_to_the_uninterrupted_weights(tmp_path, augment):
     read, labels = encoded_split(tmp_path)
 
     def fit(data, checkpoint=None):
         torch.manual_seed(7)
         model = Classifier(build_backbone(in_channels=3, embedding_size=4, hidden_sizes=[4, 8], depths=[1, 1]), 3)
         metrics = train_classifier(model, data, labels, epochs=2, batch_size=8, lr=1e-2, weight_decay=0.01, seed=3,
-                                   device=CPU, checkpoint=checkpoint)
+                                   device=CPU, checkpoint=checkpoint, augment=augment)
         return model.state_dict(), metrics
 
     expected, expected_metrics = fit(Failing(read))

@@ -26,9 +26,10 @@ from tlpipe.data.arrow import map_arrow_files
 __all__ = ["EncodedColumn", "DecodedPixels", "EncodedImages", "EpochOrder", "image_seed", "loader", "decode"]
 
 
-def image_seed(seed: int, epoch: int, row: int) -> int:
-    """The seed of one image's augmentations in one epoch (independent streams for every triple)."""
-    words = np.random.SeedSequence([seed, epoch, row]).generate_state(2, np.uint32)
+def image_seed(*words: int) -> int:
+    """The seed of one image's augmentations, e.g. of (seed, epoch, row): independent streams for
+    every tuple."""
+    words = np.random.SeedSequence(list(words)).generate_state(2, np.uint32)
     return int(words[0]) << 31 | int(words[1]) >> 1  # below 2**63, as manual_seed takes
 
 
@@ -93,6 +94,29 @@ class EncodedColumn(Sequence):
         return data
 
 
+def augment(image: torch.Tensor, transform: Callable, salt: int, row: int) -> torch.Tensor:
+    """`transform` of one uint8 image [C, H, W] with torch's generator seeded from (salt, row) (the
+    caller's generator is left as it was): the same draws in any process, for any batch it is in."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(image_seed(salt, row))
+        return transform(image)
+
+
+def augment_rows(pixels: np.ndarray, rows: np.ndarray, transform: Callable, salt: int) -> np.ndarray:
+    """`augment` of each uint8 image [C, S, S] of `pixels`, row `rows[k]`; the result keeps their shape."""
+    out = np.empty_like(pixels)
+    for k, row in enumerate(rows):
+        out[k] = _same_shape(augment(torch.from_numpy(pixels[k]), transform, salt, int(row)), out.shape[1:])
+    return out
+
+
+def _same_shape(image: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    if tuple(image.shape) != tuple(shape) or image.dtype != torch.uint8:
+        raise ValueError(f"the augmentation gave {image.dtype} {tuple(image.shape)}; the images are uint8 "
+                         f"{tuple(shape)} (a uint8 recipe of that size, e.g. recipes.crop_flip)")
+    return image.numpy()
+
+
 def decode(data: bytes, channels: int = 3) -> torch.Tensor:
     """uint8 [channels, H, W] of encoded bytes, the pixels PIL gives (`Image.open(...).convert("RGB" or "L")`).
 
@@ -132,14 +156,19 @@ class DecodedPixels:
     def column(self, name: str) -> np.ndarray:
         return self.encoded.values(name)
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
+    def gather(self, rows: np.ndarray, augmentation: tuple[Callable, int] | None = None) -> np.ndarray:
+        """The rows in evaluation's geometry, or each decoded image (whole) through the augmentation's
+        transform under the seed of (its salt, the row) (`augment`)."""
         out = np.empty((len(rows), *self.item_shape), dtype=np.uint8)
         for k, row in enumerate(np.asarray(rows, dtype=np.int64)):
             try:
                 image = decode(self.encoded[int(row)], self.channels)
             except ValueError as err:
                 raise ValueError(f"image of row {int(row)} {err}") from None
-            out[k] = self._view(image).numpy()
+            if augmentation is None:
+                out[k] = self._view(image).numpy()
+            else:
+                out[k] = _same_shape(augment(image, augmentation[0], augmentation[1], int(row)), self.item_shape)
         return out
 
 

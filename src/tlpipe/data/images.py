@@ -42,8 +42,10 @@ class Images(_ImageSet):
     """uint8 pixels [N, C, H, W] and int64 labels [N] of a prepared split, or of some of its rows (of an
     encoded split: decoded as they are read, `tlpipe.data.decoded.DecodedPixels`)."""
 
-    def __init__(self, pixels: "_Pixels", labels: np.ndarray, rows: np.ndarray | None = None, fingerprint: str = ""):
+    def __init__(self, pixels: "_Pixels", labels: np.ndarray, rows: np.ndarray | None = None, fingerprint: str = "",
+                 augmentation: tuple | None = None):
         self._pixels = pixels  # shared by every selection of the split
+        self.augmentation = augmentation  # (uint8 transform, salt): see `augmented`
         self.item_shape = pixels.item_shape
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -75,15 +77,34 @@ class Images(_ImageSet):
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else self._pixels.num_rows
 
+    @property
+    def encoded(self) -> bool:
+        """The split holds encoded images (decoded as read), not raw pixels."""
+        return not isinstance(self._pixels, _Pixels)
+
     def select(self, positions) -> "Images":
         """A view of some rows (positions in this set, in the order given): nothing is read or copied."""
         positions = _positions(positions, len(self))
         rows = positions if self.rows is None else self.rows[positions]
-        return Images(self._pixels, self.labels[positions], rows, self.fingerprint)
+        return Images(self._pixels, self.labels[positions], rows, self.fingerprint, self.augmentation)
+
+    def augmented(self, transform, salt: int) -> "Images":
+        """The same rows read through a random uint8 transform of each image (torchvision v2, e.g.
+        `recipes.crop_flip`), its draws seeded from (`salt`, the row): the same pixels in any process
+        and batch. An encoded split's images are transformed whole, as decoded (a crop of the stored
+        photo, not of its centre view)."""
+        return Images(self._pixels, self.labels, self.rows, self.fingerprint, (transform, int(salt)))
 
     def __getitem__(self, index) -> np.ndarray:
         positions = _positions(index, len(self))
-        return self._pixels.gather(positions if self.rows is None else self.rows[positions])
+        rows = positions if self.rows is None else self.rows[positions]
+        if self.augmentation is None:
+            return self._pixels.gather(rows)
+        if isinstance(self._pixels, _Pixels):
+            from tlpipe.data.decoded import augment_rows
+
+            return augment_rows(self._pixels.gather(rows), rows, *self.augmentation)
+        return self._pixels.gather(rows, self.augmentation)
 
     def digest(self) -> str:
         """A hash of the pixels and labels this set stands for, from the split's content hash and the rows."""

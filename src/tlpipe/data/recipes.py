@@ -6,8 +6,10 @@ uint8 (colour jitter and solarize as the papers' code does on 8-bit images), the
 float and the normalisation.
 
 - `supervised`: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) and a horizontal flip, the ImageNet
-  training recipe (He et al. 2016; torchvision's reference scripts).
-- `evaluation`: resize the shorter side to size / 0.875 (256 for 224), centre crop `size`.
+  training recipe (He et al. 2016; torchvision's reference scripts); `crop_flip` is its uint8 part,
+  which the training loops apply (`tlpipe.data.images.Images.augmented`).
+- `evaluation`: resize the shorter side to size / 0.875 (256 for 224), centre crop `size`; its uint8
+  part `centre_view` is how an encoded split is read.
 - `simclr_view`: Chen et al. 2020, Appendix A: crop (0.08-1), flip, colour jitter of strength 1
   (brightness, contrast, saturation 0.8, hue 0.2) applied with p 0.8, grayscale p 0.2, Gaussian blur
   with a kernel of 10 % of the size and sigma 0.1-2 applied with p 0.5.
@@ -70,11 +72,28 @@ def blur_kernel(size: int) -> int:
     return kernel if kernel % 2 else kernel + 1
 
 
-def supervised(size: int, norm: Normalization | None = None, *, scale: tuple[float, float] = CROP_SCALE) -> v2.Compose:
+def crop_flip(size: int, *, scale: tuple[float, float] = CROP_SCALE) -> v2.Compose:
+    """The supervised recipe's random steps on uint8: RandomResizedCrop to `size`, horizontal flip."""
     _check_size(size)
+    return v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip()])
+
+
+AUGMENTATIONS = ("auto", "none", "crop_flip")
+
+
+def training_augmentation(setting: str, size: int, *, encoded: bool) -> v2.Compose | None:
+    """The uint8 transform a training stage's `augment` setting names: `crop_flip`, `none` (None), or
+    `auto`: crop_flip for photos (an encoded split), none for raw pixels (the small built-in images)."""
+    if setting not in AUGMENTATIONS:
+        raise ValueError(f"augment={setting!r}; allowed: {', '.join(AUGMENTATIONS)}")
+    if setting == "crop_flip" or (setting == "auto" and encoded):
+        return crop_flip(size)
+    return None
+
+
+def supervised(size: int, norm: Normalization | None = None, *, scale: tuple[float, float] = CROP_SCALE) -> v2.Compose:
     norm = norm or Normalization()
-    return v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip(),
-                       *_to_float(norm)])
+    return v2.Compose([*crop_flip(size, scale=scale).transforms, *_to_float(norm)])
 
 
 def centre_view(size: int) -> v2.Compose:

@@ -36,6 +36,7 @@ def fit_source_model(
     base_momentum: float = 0.99,
     on_metrics: MetricsCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    augment=None,
 ) -> tuple[nn.Module, nn.Module | None, dict]:
     """Builds the backbone `model_config` describes and trains it on the source images.
 
@@ -49,6 +50,8 @@ def fit_source_model(
         model_config: `models.build_backbone` keywords (arch, sizes, depths, ...).
         on_metrics: called after each epoch with (epoch, metrics).
         checkpoint: the training loop saves its state there and resumes from it.
+        augment: supervised only: the training images' random uint8 transform (`loops.train_classifier`);
+            the self-supervised modes draw their own views.
 
     Returns:
         (backbone, classifier or None, metrics). Initial weights depend on `seed` alone.
@@ -62,7 +65,7 @@ def fit_source_model(
     if SOURCE_MODES[mode].labels:
         classifier = models.Classifier(backbone, num_classes)
         result = loops.train_classifier(classifier, images, labels, val_images=val_images, val_labels=val_labels,
-                                        label_smoothing=label_smoothing, **common)
+                                        label_smoothing=label_smoothing, augment=augment, **common)
         return backbone, classifier, {**result, "parameters": models.count_parameters(backbone),
                                       "classes": num_classes}
     if mode == "simclr":

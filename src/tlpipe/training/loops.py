@@ -90,6 +90,7 @@ def train_classifier(
     backbone_lr_scale: float = 1.0,
     on_metrics: MetricsCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    augment=None,
 ) -> dict:
     """Trains `model` in place with AdamW, warmup-cosine lr and cross-entropy.
 
@@ -113,6 +114,9 @@ def train_classifier(
         on_metrics: called as on_metrics(epoch, {...}) after each epoch (epochs count from 1).
         checkpoint: saves the loop's state there at the end of every epoch (and as its interval says
             within one) and resumes from what it holds: the weights are those of an uninterrupted run.
+        augment: a random uint8 transform of the training images (e.g. `recipes.crop_flip`; `images`
+            then a set read by index), drawn per image and epoch (`runtime.iter_batches`); validation
+            reads the images as they are.
 
     Returns:
         dict with wall_time_s (the whole loop), train_time_s (without the validation passes),
@@ -142,7 +146,8 @@ def train_classifier(
             totals["loss_sum"].zero_(), totals["correct"].zero_()
             totals["epoch_seen"] = 0
         batches = iter_batches(images, labels, batch_size=batch_size, device=device,
-                               generator=generator, drop_last=True, skip=skip, shard=(ranks.rank, ranks.world))
+                               generator=generator, drop_last=True, skip=skip, shard=(ranks.rank, ranks.world),
+                               augment=augment)
         for batch, (x, y) in enumerate(batches, start=skip + 1):
             with autocast(device):
                 logits = forward(x)
@@ -224,6 +229,7 @@ def finetune(
     backbone_lr_scale: float = 1.0,
     on_metrics: MetricsCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    augment=None,
 ) -> tuple[Classifier, dict]:
     """Fits a classifier on labelled target images, starting from a copy of `backbone`.
 
@@ -241,6 +247,8 @@ def finetune(
         on_metrics: "full" only: per-epoch metrics, see `train_classifier`.
         checkpoint: "full" only: the loop saves its state there and resumes from it (a linear head
             on fixed features takes seconds and starts afresh).
+        augment: "full" only: the training images' random transform, see `train_classifier` (a linear
+            head is fitted on the features of the images as they are).
 
     Returns:
         (classifier, metrics): metrics has wall_time_s, images_seen, images_per_s, train_accuracy.
@@ -256,7 +264,7 @@ def finetune(
         metrics = train_classifier(classifier, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
                                    weight_decay=weight_decay, seed=seed, device=device,
                                    backbone_lr_scale=backbone_lr_scale, on_metrics=on_metrics,
-                                   checkpoint=checkpoint)
+                                   checkpoint=checkpoint, augment=augment)
         return classifier.eval(), metrics
     generator = seed_everything(seed)
     start = time.perf_counter()

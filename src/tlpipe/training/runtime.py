@@ -116,6 +116,7 @@ def iter_batches(
     workers: int | None = None,
     skip: int = 0,
     shard: tuple[int, int] = (0, 1),
+    augment=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
 
@@ -136,6 +137,10 @@ def iter_batches(
         shard: (rank, processes): this process's share of every batch, for data-parallel training
             (`tlpipe.training.distributed`): every process draws the same order and takes the rank-th of
             `processes` equal parts of each batch of `batch_size` (which they divide); drop_last only.
+        augment: a random uint8 transform of each image (torchvision v2, e.g. `recipes.crop_flip`), for a
+            set read by index (`tlpipe.data.images.Images.augmented`): its draws are seeded from a salt
+            drawn from `generator` after the permutation and the image's row, so they do not depend on
+            the number of workers, and a resumed epoch (`skip`) draws the same.
     """
     n = len(images)
     rank, processes = shard
@@ -143,6 +148,11 @@ def iter_batches(
         raise ValueError(f"a batch of {batch_size} is shared by {processes} processes only in whole batches "
                          f"(drop_last, a multiple of {processes}, at most the {n} images)")
     order = torch.randperm(n, generator=generator) if generator is not None else None
+    if augment is not None:
+        if not hasattr(images, "augmented"):
+            raise ValueError("augment needs an image set read by index (tlpipe.data.images.Images), not an array")
+        salt = int(torch.randint(0, 2**62, (), generator=generator)) if generator is not None else 0
+        images = images.augmented(augment, salt)
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
     part = batch_size // processes
     starts = [s + rank * part for s in range(0, min(stop, n), batch_size)][skip:]
