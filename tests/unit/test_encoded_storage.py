@@ -15,7 +15,7 @@ from tlpipe.data import decoded, encoding, external, images, recipes, shards, sp
 from tlpipe.training.checkpoints import Checkpoint
 from tlpipe.training.loops import train_classifier
 from tlpipe.training.models import Classifier, build_backbone
-from tlpipe.training.runtime import iter_batches
+from tlpipe.training.runtime import Loader, iter_batches
 
 CPU = torch.device("cpu")
 
@@ -144,13 +144,18 @@ def encoded_split(tmp_path, n_per_class: int = 12):
 def test_batches_of_encoded_images_are_the_same_for_any_number_of_loader_workers(tmp_path, augment):
     read, labels = encoded_split(tmp_path)
 
-    def epoch(workers: int, generator: torch.Generator) -> list:
+    def epoch(workers: int, generator: torch.Generator, loader=None) -> list:
         return [(x.clone(), y.clone()) for x, y in iter_batches(read, labels, batch_size=9, device=CPU, workers=workers,
-                                                                 generator=generator, augment=augment)]
+                                                                 generator=generator, augment=augment, loader=loader)]
+
+    def same(a: list, b: list) -> bool:
+        return len(a) == len(b) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
 
     runs = [epoch(workers, torch.Generator().manual_seed(4)) for workers in (0, 2)]
-    assert len(runs[0]) == len(runs[1]) == 4
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*runs))
+    assert len(runs[0]) == 4 and same(*runs)
+    kept, alone = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    with Loader() as loader:  # the same workers for two epochs
+        assert same(epoch(2, kept, loader), epoch(0, alone)) and same(epoch(2, kept, loader), epoch(0, alone))
     generator = torch.Generator().manual_seed(4)
     first, second = epoch(0, generator), epoch(0, generator)
     sums = [torch.cat([x for x, _ in run]).sum(0) for run in (first, second)]  # every image once an epoch

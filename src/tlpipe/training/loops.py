@@ -19,7 +19,7 @@ from tlpipe.training.checkpoints import Checkpoint, LoopState
 from tlpipe.training.inference import extract_features, predict_classes
 from tlpipe.training.models import Classifier
 from tlpipe.training.optim import make_optimizer, param_groups, steps_per_epoch
-from tlpipe.training.runtime import autocast, iter_batches, prepare_module, seed_everything
+from tlpipe.training.runtime import Loader, autocast, iter_batches, prepare_module, seed_everything
 
 MetricsCallback = Callable[[int, dict], None]
 FINETUNE_MODES = ("linear", "full")
@@ -139,44 +139,46 @@ def train_classifier(
     first_epoch, skip = state.resume(on_metrics)
     totals, metrics = state.values, state.last_metrics()
     start, val_s, attempt_seen = time.perf_counter(), 0.0, 0  # this attempt's clock and images
-    for epoch in range(first_epoch, epochs + 1):
-        state.begin_epoch(epoch)
-        model.train()
-        if not skip:
-            totals["loss_sum"].zero_(), totals["correct"].zero_()
-            totals["epoch_seen"] = 0
-        batches = iter_batches(images, labels, batch_size=batch_size, device=device,
-                               generator=generator, drop_last=True, skip=skip, shard=(ranks.rank, ranks.world),
-                               augment=augment)
-        for batch, (x, y) in enumerate(batches, start=skip + 1):
-            with autocast(device):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            totals["loss_sum"] += loss.detach() * len(y)
-            totals["correct"] += (logits.argmax(1) == y).sum()
-            totals["epoch_seen"] += len(y)
-            attempt_seen += len(y) * ranks.world  # every rank takes an equal share of the batch
-            state.step_done(batch)
-        skip = 0
-        distributed.share_buffers(model)
-        loss_sum, correct, seen = distributed.sum_over_ranks(  # every rank's share of the epoch
-            totals["loss_sum"], totals["correct"], torch.tensor(totals["epoch_seen"], device=device))
-        epoch_seen = int(seen)
-        totals["images_seen"] += epoch_seen
-        metrics = {"train_loss": loss_sum.item() / epoch_seen, "train_accuracy": correct.item() / epoch_seen,
-                   "lr": schedule.get_last_lr()[0]}
-        if val_images is not None and val_labels is not None and ranks.writer:
-            val_start = time.perf_counter()
-            predicted = predict_classes(model, val_images, batch_size=batch_size, device=device)
-            metrics["val_accuracy"] = float((predicted == np.asarray(val_labels)).mean())
-            val_s += time.perf_counter() - val_start
-        if on_metrics is not None and ranks.writer:
-            on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - start})
-        state.end_epoch(metrics)
+    # loader workers (on CUDA, or as TLPIPE_LOADER_WORKERS says) kept from epoch to epoch
+    with Loader() as loader:
+        for epoch in range(first_epoch, epochs + 1):
+            state.begin_epoch(epoch)
+            model.train()
+            if not skip:
+                totals["loss_sum"].zero_(), totals["correct"].zero_()
+                totals["epoch_seen"] = 0
+            batches = iter_batches(images, labels, batch_size=batch_size, device=device,
+                                   generator=generator, drop_last=True, skip=skip, shard=(ranks.rank, ranks.world),
+                                   augment=augment, loader=loader)
+            for batch, (x, y) in enumerate(batches, start=skip + 1):
+                with autocast(device):
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                totals["loss_sum"] += loss.detach() * len(y)
+                totals["correct"] += (logits.argmax(1) == y).sum()
+                totals["epoch_seen"] += len(y)
+                attempt_seen += len(y) * ranks.world  # every rank takes an equal share of the batch
+                state.step_done(batch)
+            skip = 0
+            distributed.share_buffers(model)
+            loss_sum, correct, seen = distributed.sum_over_ranks(  # every rank's share of the epoch
+                totals["loss_sum"], totals["correct"], torch.tensor(totals["epoch_seen"], device=device))
+            epoch_seen = int(seen)
+            totals["images_seen"] += epoch_seen
+            metrics = {"train_loss": loss_sum.item() / epoch_seen, "train_accuracy": correct.item() / epoch_seen,
+                       "lr": schedule.get_last_lr()[0]}
+            if val_images is not None and val_labels is not None and ranks.writer:
+                val_start = time.perf_counter()
+                predicted = predict_classes(model, val_images, batch_size=batch_size, device=device)
+                metrics["val_accuracy"] = float((predicted == np.asarray(val_labels)).mean())
+                val_s += time.perf_counter() - val_start
+            if on_metrics is not None and ranks.writer:
+                on_metrics(epoch, {**metrics, "elapsed_s": time.perf_counter() - start})
+            state.end_epoch(metrics)
     wall = time.perf_counter() - start
     metrics.pop("lr", None)
     # The validation set does not shrink with a sample-level selection, so the training cost of a pruned

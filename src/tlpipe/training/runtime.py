@@ -117,6 +117,7 @@ def iter_batches(
     skip: int = 0,
     shard: tuple[int, int] = (0, 1),
     augment=None,
+    loader: "Loader | None" = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
 
@@ -141,6 +142,8 @@ def iter_batches(
             set read by index (`tlpipe.data.images.Images.augmented`): its draws are seeded from a salt
             drawn from `generator` after the permutation and the image's row, so they do not depend on
             the number of workers, and a resumed epoch (`skip`) draws the same.
+        loader: keeps the worker processes alive from one epoch's call to the next (`Loader`); None:
+            they start and end with each call.
     """
     n = len(images)
     rank, processes = shard
@@ -152,12 +155,13 @@ def iter_batches(
         if not hasattr(images, "augmented"):
             raise ValueError("augment needs an image set read by index (tlpipe.data.images.Images), not an array")
         salt = int(torch.randint(0, 2**62, (), generator=generator)) if generator is not None else 0
-        images = images.augmented(augment, salt)
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
     part = batch_size // processes
     starts = [s + rank * part for s in range(0, min(stop, n), batch_size)][skip:]
     # in order: slices (a view of an array, a zero-copy read of a mapped table); shuffled: the batch's indices
     index = [slice(s, min(s + part, n)) if order is None else order[s : s + part].numpy() for s in starts]
+    if augment is not None:  # each batch read under the epoch's salt
+        index = [(i, salt) for i in index]
     settings = device_settings(device.type)
     workers = settings["loader_workers"] if workers is None else workers
     targets = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
@@ -165,9 +169,13 @@ def iter_batches(
         pixels = torch.as_tensor(images)
         batches = ((pixels[i], i) for i in index)
     else:
-        reader = _BatchReader(images)
-        batches = torch.utils.data.DataLoader(reader, batch_size=None, sampler=index, num_workers=workers,
-                                              pin_memory=settings["pin_memory"]) if workers else map(reader.__getitem__, index)
+        reader = _BatchReader(images, augment)
+        if not workers:
+            batches = map(reader.__getitem__, index)
+        elif loader is not None:
+            batches = loader.batches(reader, index, workers, settings["pin_memory"])
+        else:
+            batches = torch.utils.data.DataLoader(reader, **_loader_options(index, workers, settings["pin_memory"]))
     for x, i in batches:
         if settings["pin_memory"] and not x.is_pinned():
             x = x.pin_memory()  # page-locked, so the copy below can overlap compute
@@ -178,11 +186,61 @@ def iter_batches(
         yield x, y
 
 
+def _loader_options(sampler, workers: int, pin_memory: bool) -> dict:
+    # four batches ahead per worker: decoding photos takes as long as a small model's step
+    return {"batch_size": None, "sampler": sampler, "num_workers": workers, "pin_memory": pin_memory,
+            "prefetch_factor": 4}
+
+
 class _BatchReader(torch.utils.data.Dataset):
-    """One batch per item: (uint8 pixels of the rows `index`, `index`), read in a DataLoader worker."""
+    """One batch per item, read in a DataLoader worker: (uint8 pixels of the rows `index`, `index`);
+    with an augmentation, items are (index, salt) and the rows are read through it under the salt."""
 
-    def __init__(self, images):
-        self.images = images
+    def __init__(self, images, augment=None):
+        self.images, self.augment = images, augment
 
-    def __getitem__(self, index):
-        return torch.from_numpy(self.images[index]), index
+    def __getitem__(self, item):
+        if self.augment is None:
+            return torch.from_numpy(self.images[item]), item
+        index, salt = item
+        return torch.from_numpy(self.images.augmented(self.augment, salt)[index]), index
+
+
+class _Items(torch.utils.data.Sampler):
+    """A sampler whose items are set before each epoch (a persistent DataLoader keeps its sampler)."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Loader:
+    """DataLoader workers kept alive between the epochs of a loop (torch's persistent workers): pass the
+    same Loader to each epoch's `iter_batches`. The workers end with `close` (or when it is dropped);
+    another image set, augmentation or worker count starts new ones."""
+
+    def __init__(self):
+        self._loader, self._key, self._items = None, None, _Items()
+
+    def batches(self, reader: _BatchReader, index: list, workers: int, pin_memory: bool):
+        key = (id(reader.images), id(reader.augment), workers, pin_memory)
+        if self._loader is None or key != self._key:
+            self.close()
+            options = _loader_options(self._items, workers, pin_memory)
+            self._loader, self._key = torch.utils.data.DataLoader(reader, persistent_workers=True, **options), key
+        self._items.items = index
+        return self._loader
+
+    def close(self) -> None:
+        self._loader = None  # its iterator shuts the workers down as it goes
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
