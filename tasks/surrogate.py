@@ -29,7 +29,8 @@ def use_pretrained(ctx, name: str, source) -> dict:
     predicted = inference.predict_classes(classifier, val_images, batch_size=256, device=torch.device(ctx.device))
     models.save_classifier(classifier, ctx.out / files.CLASSIFIER)
     models.save_backbone(classifier.backbone, ctx.out / files.BACKBONE)
-    return {"pretrained_classifier": ctx.params["pretrained"], "val_accuracy": float(np.mean(predicted == val_labels)),
+    return {"pretrained_classifier": ctx.params["pretrained"], "input_normalization": pretrained.normalization(name)[2],
+            "val_accuracy": float(np.mean(predicted == val_labels)),
             "images_seen": 0, "parameters": models.count_parameters(classifier)}
 
 

@@ -14,6 +14,7 @@ from project import files, paramfiles, sources
 from tests.integration.conftest import make_project
 from tlpipe import io
 from tlpipe.data import storage
+from tlpipe.pretraining import pretrained
 from tlpipe.pruning import select_classes
 from tlpipe.training import inference, models
 
@@ -60,10 +61,12 @@ def test_prune_votes_with_the_pretrained_classifier_and_nothing_trains(project, 
     target = storage.to_arrays(storage.load_prepared(project / "data" / "prepared" / files.TARGET)["train"])[0]
     stored = models.load_classifier(out / files.CLASSIFIER)
     ours = inference.predict_logits(stored, target, batch_size=64, device=torch.device("cpu"))
-    from tlpipe.training.runtime import to_float
-
-    with torch.no_grad():
-        theirs = model(pixel_values=to_float(torch.from_numpy(target))).logits.numpy()
+    assert surrogate["metrics"]["input_normalization"].startswith("ImageNet")  # the folder has no image processor
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in pretrained.IMAGENET_NORM)
+    with torch.no_grad():  # the model's own inputs: pixels in [0, 1], normalised
+        pixels = torch.from_numpy(target).float() / 255
+        theirs = model(pixel_values=(pixels - mean.mean(1, keepdim=True)) / std.mean(1, keepdim=True)
+                       if pixels.shape[1] == 1 else (pixels - mean) / std).logits.numpy()
     columns = [labels.index(name) for name in names]
     assert np.allclose(ours, theirs[:, columns], atol=1e-5)
     selection = io.read_json(project / "data" / "prune" / "selection.json")

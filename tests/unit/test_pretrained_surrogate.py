@@ -5,6 +5,7 @@ import torch
 import transformers
 
 from tlpipe.pretraining import pretrained
+from tlpipe.training import models
 
 LABELS = ["cat", "dog", "car", "tree"]
 
@@ -26,9 +27,35 @@ def test_the_logits_are_the_models_own_for_the_source_classes_in_their_order(tmp
     pretrained.check(name, source, channels=3)
     classifier = pretrained.load(name, source)
     model = transformers.AutoModelForImageClassification.from_pretrained(name).eval()
-    x = torch.randn(5, 3, 32, 32)
+    x = torch.rand(5, 3, 32, 32) * 2 - 1  # the loops' pixels, in [-1, 1]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in pretrained.IMAGENET_NORM)  # no image processor saved
     with torch.no_grad():
-        assert torch.allclose(classifier(x), model(pixel_values=x).logits[:, [3, 0, 2]], atol=1e-6)
+        theirs = model(pixel_values=((x + 1) / 2 - mean) / std).logits[:, [3, 0, 2]]
+        assert torch.allclose(classifier(x), theirs, atol=1e-5)
+
+
+def test_the_model_sees_its_image_processors_normalisation_and_keeps_it_when_saved(tmp_path):
+    name = saved(tmp_path, transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
+                                                     depths=[1, 1], layer_type="basic"))
+    transformers.ConvNextImageProcessor(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]).save_pretrained(name)
+    assert pretrained.normalization(name) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "preprocessor_config.json")
+    classifier = pretrained.load(name, LABELS)
+    model = transformers.AutoModelForImageClassification.from_pretrained(name).eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(classifier(x), model(pixel_values=((x + 1) / 2 - mean) / std).logits, atol=1e-5)
+        models.save_classifier(classifier, tmp_path / "saved")
+        again = models.load_classifier(tmp_path / "saved")
+        assert again.input_norm == classifier.input_norm and torch.equal(again(x), classifier(x))
+        assert models.load_classifier(_plain(tmp_path)).input_norm is None  # a classifier trained here has none
+
+
+def _plain(tmp_path):
+    plain = models.Classifier(models.build_backbone(in_channels=3, embedding_size=4, hidden_sizes=[4], depths=[1]), 2)
+    models.save_classifier(plain, tmp_path / "plain")
+    assert not (tmp_path / "plain" / models.INPUT_NORM).exists()
+    return tmp_path / "plain"
 
 
 def test_what_cannot_serve_as_the_surrogate_is_named(tmp_path):

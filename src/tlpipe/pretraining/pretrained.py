@@ -4,7 +4,9 @@ the source model itself vote: label mapping only needs source-class logits of th
 The model is a `transformers` image classifier (a `save_pretrained` folder or a hub id). Its labels
 (`config.id2label`) must name every class of the source; the head's rows of those labels, in the
 source's class order, become the head of a `Classifier` over the model's own backbone, so the votes
-are the model's logits for the source classes and nothing is trained.
+are the model's logits for the source classes and nothing is trained. The model sees the pixels as it
+was trained on them: normalised with the mean and std of its image processor (preprocessor_config.json),
+else ImageNet's, which every ResNet and ConvNeXt image processor of `transformers` defaults to.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 from tlpipe.training.models import Classifier
 
 ARCHITECTURES = ("resnet", "convnext")  # backbones whose pooled output the head reads (models.embed)
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def labels(config) -> list[str]:
@@ -51,6 +54,21 @@ def check(name: str, class_names: list[str], channels: int) -> None:
         raise ValueError(f"the labels of {name!r} name a class twice")
 
 
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, where they come from) of the inputs the classifier `name` was trained on: its image
+    processor's `image_mean` / `image_std` (preprocessor_config.json), else ImageNet's."""
+    import transformers
+
+    try:
+        config = transformers.ImageProcessingMixin.get_image_processor_dict(name)[0]
+    except (OSError, ValueError):  # no preprocessor_config.json (a bare save_pretrained folder)
+        config = {}
+    mean, std = config.get("image_mean"), config.get("image_std")
+    if mean is None or std is None:
+        return (*IMAGENET_NORM, "ImageNet (no image processor statistics)")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std), "preprocessor_config.json"
+
+
 def load(name: str, class_names: list[str]) -> Classifier:
     """The classifier `name` as a `Classifier` over `class_names` (see the module docstring)."""
     import transformers
@@ -59,7 +77,11 @@ def load(name: str, class_names: list[str]) -> Classifier:
     head = _final_linear(model.classifier)
     position = {label: i for i, label in enumerate(labels(model.config))}
     rows = torch.tensor([position[c] for c in class_names])
-    classifier = Classifier(model.base_model, num_classes=len(class_names))
+    mean, std, _ = normalization(name)
+    channels = getattr(model.config, "num_channels", len(mean))
+    if len(mean) != channels:  # e.g. a grayscale model with RGB statistics: their channel average
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    classifier = Classifier(model.base_model, num_classes=len(class_names), input_norm=(mean, std))
     with torch.no_grad():
         classifier.head.weight.copy_(head.weight[rows])
         classifier.head.bias.copy_(head.bias[rows])

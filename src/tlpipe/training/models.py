@@ -26,6 +26,7 @@ and 0.05 in the same 8 epochs (ResNet 0.82) and patch 2 ran 2.6x slower, so "res
 """
 
 import hashlib
+import json
 from pathlib import Path
 
 import safetensors.torch
@@ -140,14 +141,28 @@ def count_parameters(module: nn.Module) -> int:
 
 
 class Classifier(nn.Module):
-    """A backbone and a linear head: pixels [B, C, H, W] -> logits [B, num_classes]."""
+    """A backbone and a linear head: pixels [B, C, H, W] -> logits [B, num_classes].
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    The pixels are the loops' float pixels in [-1, 1]. A model trained elsewhere under another
+    normalisation (a hub classifier: (pixels in [0, 1] - mean) / std per channel) gets it as
+    `input_norm` = (mean, std), applied first, so that it sees its own inputs.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int,
+                 input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(feature_dim(backbone), num_classes)
+        self.input_norm = None if input_norm is None else tuple(tuple(float(v) for v in part) for part in input_norm)
+        if self.input_norm is not None:
+            mean, std = (torch.tensor(part).view(1, -1, 1, 1) for part in self.input_norm)
+            # x in [-1, 1]: ((x + 1) / 2 - mean) / std = x * 0.5 / std + (0.5 - mean) / std
+            self.register_buffer("input_scale", 0.5 / std)
+            self.register_buffer("input_shift", (0.5 - mean) / std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = x * self.input_scale + self.input_shift
         return self.head(embed(self.backbone, x))
 
 
@@ -218,19 +233,28 @@ def load_module_state(module: nn.Module, path: str | Path) -> nn.Module:
     return module
 
 
+INPUT_NORM = "input_norm.json"  # beside head.safetensors, for a classifier with its own input normalisation
+
+
 def save_classifier(model: Classifier, path: str | Path) -> None:
-    """Writes a Classifier as a folder: backbone/ (config + safetensors) and head.safetensors."""
+    """Writes a Classifier as a folder: backbone/ (config + safetensors), head.safetensors and, when it
+    has one, its input normalisation (input_norm.json: mean, std)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_backbone(model.backbone, path / "backbone")
     save_module(model.head, path / "head.safetensors")
+    if model.input_norm is not None:
+        mean, std = model.input_norm
+        (path / INPUT_NORM).write_text(json.dumps({"mean": list(mean), "std": list(std)}, sort_keys=True) + "\n")
 
 
 def load_classifier(path: str | Path) -> Classifier:
     """Loads a Classifier written by `save_classifier`; the head's size comes from its weights."""
     path = Path(path)
     head = safetensors.torch.load_file(str(path / "head.safetensors"))
-    model = Classifier(load_backbone(path / "backbone"), num_classes=head["weight"].shape[0])
+    norm = json.loads((path / INPUT_NORM).read_text()) if (path / INPUT_NORM).is_file() else None
+    model = Classifier(load_backbone(path / "backbone"), num_classes=head["weight"].shape[0],
+                       input_norm=None if norm is None else (norm["mean"], norm["std"]))
     model.head.load_state_dict(head, strict=True)
     return model.eval()
 
