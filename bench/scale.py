@@ -5,6 +5,7 @@ sizes, plus the streaming training loop against the in-memory one at the smalles
     python bench/scale.py                          # 20k, 200k and 1M images at 32 px, 20k at 64 px
     python bench/scale.py --sizes 50 500           # images per class (400 classes)
     python bench/scale.py --tiny                   # a minute: 4k images, to try the script
+    python bench/scale.py --image-size 224 --sizes 10 50 --wide 0 --no-loops   # colour glyphs at 224 px, encoded
 
 Each stage runs in a fresh process (`_stages.run_stage`: the pipeline's runner with nothing recorded,
 no Prefect, MLflow or DVC commit) on a fresh copy of the project, one epoch where it trains; its time is the
@@ -43,8 +44,11 @@ STAGES = source_stages()
 
 
 def point_params(images_per_class: int, image_size: int) -> dict:
+    """Above 64 px: glyphs in colour (3 channels) on textured backgrounds, stored encoded (storage auto)."""
     one_epoch = {"epochs": 1}
-    return {"prepare": {"image_size": image_size, "source": {"charset": "extended", "images_per_class": images_per_class}},
+    channels = 3 if image_size > 64 else 1
+    return {"prepare": {"image_size": image_size, "channels": channels,
+                        "source": {"charset": "extended", "images_per_class": images_per_class}},
             "surrogate": one_epoch, "pretrain": one_epoch, "distill": one_epoch, "prune": {"method": "fm"}}
 
 
@@ -130,7 +134,7 @@ def loop_comparison(images_per_class: int, scratch: Path, repeat: int = 3) -> di
     return result
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, image_size: int = 32) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,13 +142,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, (rss, cost) = plt.subplots(1, 2, figsize=(10, 4))
     for stage in STAGES:
-        points = sorted((r["source"], r) for r in rows if r["stage"] == stage and r["image_size"] == 32)
+        points = sorted((r["source"], r) for r in rows if r["stage"] == stage and r["image_size"] == image_size)
         xs = [x for x, _ in points]
         rss.plot(xs, [r["peak_rss_mb"] for _, r in points], marker="o", label=stage)
         cost.plot(xs, [r["stage_s"] / r["source"] * 1e3 for _, r in points], marker="o", label=stage)
     for axis, label in ((rss, "peak RSS of the stage (MB)"), (cost, "ms per source image")):
         axis.set_xscale("log")
-        axis.set_xlabel("source images (32 px)")
+        axis.set_xlabel(f"source images ({image_size} px)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     rss.legend()
@@ -156,6 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 2500], help="images per class (400 classes)")
     parser.add_argument("--wide", type=int, default=50, help="images per class of the 64 px point (0: none)")
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="image size of the --sizes points (above 64: colour glyphs, encoded storage)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="the first stages only (each needs those before it)")
@@ -170,7 +176,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tlpipe-scale-") as scratch:
         stages = STAGES[: max(STAGES.index(s) for s in args.stages) + 1]
-        rows = [row for size in sizes for row in measure(size, 32, Path(scratch), stages)]
+        rows = [row for size in sizes for row in measure(size, args.image_size, Path(scratch), stages)]
         if wide:
             rows += measure(wide, 64, Path(scratch), stages)
         loops = None if args.no_loops else loop_comparison(sizes[0], Path(scratch))
@@ -179,14 +185,15 @@ def main() -> None:
           f"mapped {loops['mapped']:.0f} img/s = {loops['ratio']:.1%} (goal >= 95 %), "
           f"mapped with 2 loader workers {loops['mapped_2_workers']:.0f} img/s")
     for stage in STAGES:
-        points = sorted((r["source"], r) for r in rows if r["stage"] == stage and r["image_size"] == 32)
+        points = sorted((r["source"], r) for r in rows if r["stage"] == stage and r["image_size"] == args.image_size)
         if len(points) > 1:
             (_, small), (_, large) = points[0], points[-1]
             print(f"{stage:<9} peak RSS {large['peak_rss_mb']:.0f} MB at {large['source']:,} vs "
                   f"{small['peak_rss_mb']:.0f} MB at {small['source']:,} = {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x")
     name = "scale-tiny" if args.tiny else "scale" if stages == STAGES else f"scale-{'-'.join(stages)}"
+    name += f"-{args.image_size}px" if args.image_size != 32 else ""
     (out / f"{name}.json").write_text(json.dumps({"rows": rows, "loops": loops}, indent=1))
-    plot(rows, out / f"{name}.png")
+    plot(rows, out / f"{name}.png", args.image_size)
     print(f"results: bench/results/{name}.json, bench/results/{name}.png")
 
 

@@ -31,7 +31,8 @@ def source_parts(params: dict, base: Path):
     spec, stored = params["source"], {"storage": params["storage"], "quality": params["quality"]}
     if spec["name"] == BUILTIN["source"]:
         return shards.Glyphs(charset=spec["charset"], images_per_class=spec["images_per_class"], seed=params["seed"],
-                             image_size=params["image_size"], degrade_fraction=spec["degrade_fraction"], **stored)
+                             image_size=params["image_size"], degrade_fraction=spec["degrade_fraction"],
+                             channels=params["channels"], **stored)
     return shards.Outside(locate(spec["name"], base), spec["split"], spec["image_column"], spec["label_column"],
                           image_size=params["image_size"], channels=params["channels"], **stored)
 

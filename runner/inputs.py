@@ -66,8 +66,6 @@ def check_prepare(check: DataCheck) -> None:
         if len(classes) < 2:
             raise ValueError(f"params/prepare.yaml: source.name={params['source']['name']!r} has {len(classes)} "
                              f"class; a source needs at least 2")
-    elif params["channels"] != 1:
-        raise ValueError("params/prepare.yaml: channels=3, but the built-in glyphs source is grayscale; use channels: 1")
 
 
 def check_distill(check: DataCheck) -> None:

@@ -246,3 +246,31 @@ def test_a_crashed_classifier_on_encoded_images_resumes_to_the_uninterrupted_wei
     assert resumed.reads == 2  # only the batches after the checkpoint are decoded again
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     assert metrics["train_loss"] == expected_metrics["train_loss"]
+
+
+def test_colour_glyphs_are_the_grey_glyphs_on_textured_backgrounds(tmp_path):
+    colour = shards.Glyphs("ascii", 4, 0, 72, 0.0, storage="encoded", channels=3)
+    assert colour.layout == storage.Layout("encoded", 3, 72)
+    shards.prepare_source(colour, tmp_path / "a", val_fraction=0.0, seed=0, workers=1)
+    shards.prepare_source(colour, tmp_path / "b", val_fraction=0.0, seed=0, workers=2)
+    assert md5s(tmp_path / "a") == md5s(tmp_path / "b")
+    read, labels = images.read(storage.load_prepared(tmp_path / "a")["train"])
+    assert read.shape == (376, 3, 72, 72) and list(labels[:5]) == [0, 0, 0, 0, 1]
+    pixels = read[:].astype(np.float32)
+    assert (pixels.std(axis=(2, 3)) > 5).all()  # a texture, not a flat field
+    assert np.abs(pixels[:, 0] - pixels[:, 1]).mean() > 10  # in colour
+    grey = shards.Glyphs("ascii", 4, 0, 72, 0.0, storage="encoded")
+    ink = grey.rows(0, 4)[0]
+    shape = [np.asarray(Image.open(io.BytesIO(data))) > 128 for data in ink]  # where the grey glyph's ink is
+    photos = [np.asarray(Image.open(io.BytesIO(data))).astype(np.float32) for data in colour.rows(0, 4)[0]]
+    luma = [p @ np.array([0.299, 0.587, 0.114], dtype=np.float32) for p in photos]
+    # the colour glyph's ink is where the grey one's is, its luma far from the background's
+    assert all(abs(l[m].mean() - l[~m].mean()) > 40 for l, m in zip(luma, shape))
+
+
+def test_the_digits_in_rgb_for_a_colour_source():
+    raw = storage.load_digits_dataset(layout=storage.Layout("raw", 3, 32))
+    assert raw.features["pixels"].shape == (3, 32, 32)
+    pixels = storage.to_arrays(raw)[0]
+    assert np.array_equal(pixels[:, 0], pixels[:, 2]) and np.array_equal(pixels[:, :1], storage.to_arrays(
+        storage.load_digits_dataset(image_size=32))[0])

@@ -261,3 +261,33 @@ def render_class(
         images[part] = _to_uint8(small)
     images[degraded] = degrade_like_digits(images[degraded])
     return images, [font_family(fonts[f]) for f in font_ids]
+
+
+def colourise(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Grey glyphs [N, S, S] (ink 0..255) as RGB pictures uint8 [N, 3, S, S]: each on a background of
+    its own, a colour gradient with a low-frequency texture and grain, in an ink colour far from the
+    background's (a luma difference >= 96 levels), so shape is the only cue to the class."""
+    count, size = ink.shape[0], ink.shape[-1]
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    angle = rng.uniform(0, 2 * np.pi, count).astype(np.float32)
+    position = np.cos(angle)[:, None, None] * ramp[None, None, :] + np.sin(angle)[:, None, None] * ramp[None, :, None]
+    position = (position - position.min((1, 2), keepdims=True)) / np.ptp(position, axis=(1, 2), keepdims=True)
+    ends = rng.uniform(0, 255, (count, 2, 3)).astype(np.float32)
+    background = ends[:, 0, :, None, None] * (1 - position[:, None]) + ends[:, 1, :, None, None] * position[:, None]
+    coarse = torch.from_numpy(rng.standard_normal((count, 3, 6, 6), dtype=np.float32))
+    texture = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).numpy()
+    background += rng.uniform(8, 28, (count, 1, 1, 1)).astype(np.float32) * texture
+    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    shade = np.clip(background, 0, 255).mean((2, 3)) @ luma  # [N]
+    colour = rng.uniform(0, 255, (count, 3)).astype(np.float32)
+    for _ in range(8):  # redraw an ink colour too close to its background
+        close = np.abs(colour @ luma - shade) < 96
+        if not close.any():
+            break
+        colour[close] = rng.uniform(0, 255, (int(close.sum()), 3))
+    still = np.abs(colour @ luma - shade) < 96
+    colour[still] = np.where(shade[still, None] < 128, 255.0, 0.0)  # white or black ink then
+    alpha = ink.astype(np.float32)[:, None] / 255.0
+    pictures = background * (1 - alpha) + colour[:, :, None, None] * alpha
+    pictures += rng.normal(0, 3, pictures.shape).astype(np.float32)
+    return _to_uint8(pictures)

@@ -45,6 +45,7 @@ class Glyphs:
     degrade_fraction: float
     storage: str = "raw"  # raw | encoded | auto (`storage.Layout.chosen`)
     quality: int = 90
+    channels: int = 1  # 3: RGB pictures, each glyph on a textured colour background (`glyphs.colourise`)
 
     def __post_init__(self) -> None:
         storage.glyph_charset(self.charset)
@@ -54,7 +55,8 @@ class Glyphs:
 
     @property
     def layout(self) -> storage.Layout:
-        return storage.Layout.chosen(self.storage, channels=1, image_size=self.image_size, quality=self.quality)
+        return storage.Layout.chosen(self.storage, channels=self.channels, image_size=self.image_size,
+                                     quality=self.quality)
 
     def names(self) -> list[str]:
         return list(storage.glyph_charset(self.charset))
@@ -73,7 +75,7 @@ class Glyphs:
         """(pixels or their JPEG bytes, labels, fonts) of the character whose rows these are (its random
         stream is its own)."""
         from tlpipe.data.encoding import encode_pixels, stored_side
-        from tlpipe.data.glyphs import render_class
+        from tlpipe.data.glyphs import colourise, render_class
 
         label, encoded = start // self.images_per_class, self.layout.encoded
         # encoded: rendered at the side they are stored at, of which reading takes the centre crop
@@ -81,6 +83,8 @@ class Glyphs:
                                      image_size=stored_side(self.image_size) if encoded else self.image_size,
                                      degrade_fraction=self.degrade_fraction)
         images = pixels[:, None]
+        if self.channels == 3:  # a stream of its own: the grey glyphs stay those of channels 1
+            images = colourise(pixels, np.random.default_rng([self.seed, ord(self.names()[label]), 3]))
         if encoded:
             images = [encode_pixels(image, quality=self.quality) for image in images]
         return images, np.full(len(pixels), label), fonts

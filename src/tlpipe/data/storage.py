@@ -106,8 +106,8 @@ def render_glyphs(
 def load_digits_dataset(*, image_size: int = 32, layout: Layout | None = None) -> datasets.Dataset:
     """The built-in target: scikit-learn's 1797 8x8 handwritten digits, upsampled bilinearly.
 
-    Uses the same upsampling as the glyphs' degradation, so degraded glyphs look like digits. An
-    encoded `layout` stores them as JPEG at its quality, at the side they are stored at for its image
+    Uses the same upsampling as the glyphs' degradation, so degraded glyphs look like digits; a layout
+    of 3 channels repeats the grey in each. An encoded `layout` stores them as JPEG at its quality, at the side they are stored at for its image
     size (`encoding.stored_side`: read back, the centre crop of `image_size`).
     """
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
@@ -116,11 +116,12 @@ def load_digits_dataset(*, image_size: int = 32, layout: Layout | None = None) -
     check_image_size(image_size)
     digits = load_digits()
     names = [str(d) for d in range(10)]
-    if layout is None or not layout.encoded:
-        return build_dataset(upsample_levels(digits.images, image_size)[:, None], digits.target, names)
-    pixels = upsample_levels(digits.images, encoding.stored_side(image_size))[:, None]
-    if layout.channels == 3:
+    encoded = layout is not None and layout.encoded
+    pixels = upsample_levels(digits.images, encoding.stored_side(image_size) if encoded else image_size)[:, None]
+    if layout is not None and layout.channels == 3:  # grey digits in RGB
         pixels = np.repeat(pixels, 3, axis=1)
+    if not encoded:
+        return build_dataset(pixels, digits.target, names)
     data = [encoding.encode_pixels(image, quality=layout.quality) for image in pixels]
     return build_encoded(data, digits.target, names, layout)
 
