@@ -133,6 +133,17 @@ def test_bad_target_data_exits_2_naming_the_key(project, tmp_path, make, message
     assert snapshot(project) == before
 
 
+def test_a_corrupt_image_of_an_encoded_target_is_found_in_the_preflight(project, tmp_path):
+    root = corrupt(imagefolder(tmp_path / "target", {"a": 8, "b": 8}))
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project), "-s", f"prepare.target.name={root}",
+                                      "-s", "prepare.target.shots_per_class=2", "-s", "prepare.storage=encoded"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"params/prepare.yaml: target.name='{root}': image {root}/b/broken.png does not decode" in text
+    assert text.count("error:") == 1 and snapshot(project) == before
+
+
 def test_a_one_class_target_is_refused_before_any_compute(project, tmp_path):
     import datasets
     import numpy as np

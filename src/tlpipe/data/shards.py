@@ -32,6 +32,7 @@ ROWS_PER_UNIT = 4096  # rows of an outside data set decoded by one task
 # were slower than 1 up to ~100k glyph images (10.3 s vs 7.9 s at 94k). Each gets this many at least.
 IMAGES_PER_WORKER = 100_000
 RECORD_BATCH_BYTES = 32 << 20  # a prepared split's record batches (the last of a shard smaller)
+COLOUR_CHUNK = 128  # colour glyphs made at once (float32 [128, 3, 256, 256] is 100 MB)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ class Glyphs:
                                      degrade_fraction=self.degrade_fraction)
         images = pixels[:, None]
         if self.channels == 3:  # a stream of its own: the grey glyphs stay those of channels 1
-            images = colourise(pixels, np.random.default_rng([self.seed, ord(self.names()[label]), 3]))
+            rng = np.random.default_rng([self.seed, ord(self.names()[label]), 3])
+            images = np.concatenate([colourise(pixels[i : i + COLOUR_CHUNK], rng)  # float work a chunk at a time
+                                     for i in range(0, len(pixels), COLOUR_CHUNK)])
         if encoded:
             images = [encode_pixels(image, quality=self.quality) for image in images]
         return images, np.full(len(pixels), label), fonts

@@ -117,12 +117,16 @@ def load_digits_dataset(*, image_size: int = 32, layout: Layout | None = None) -
     digits = load_digits()
     names = [str(d) for d in range(10)]
     encoded = layout is not None and layout.encoded
-    pixels = upsample_levels(digits.images, encoding.stored_side(image_size) if encoded else image_size)[:, None]
-    if layout is not None and layout.channels == 3:  # grey digits in RGB
-        pixels = np.repeat(pixels, 3, axis=1)
+    channels = 1 if layout is None else layout.channels
+
+    def made(levels: np.ndarray, size: int) -> np.ndarray:
+        return np.repeat(upsample_levels(levels, size)[:, None], channels, axis=1)  # grey digits in RGB for 3
+
     if not encoded:
-        return build_dataset(pixels, digits.target, names)
-    data = [encoding.encode_pixels(image, quality=layout.quality) for image in pixels]
+        return build_dataset(made(digits.images, image_size), digits.target, names)
+    side = encoding.stored_side(image_size)
+    data = [encoding.encode_pixels(image, quality=layout.quality)  # 256 at a time: the float work stays small
+            for start in range(0, len(digits.images), 256) for image in made(digits.images[start : start + 256], side)]
     return build_encoded(data, digits.target, names, layout)
 
 
