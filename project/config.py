@@ -125,7 +125,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "finetune": {
         "backbone": Choice("student", "teacher"),
-        "mode": Choice("linear", "full"),
+        "method": Choice(*registry.FINETUNING),
+        "l2sp": {"alpha": Float(0.0, 100.0), "beta": Float(0.0, 100.0)},  # tlpipe.finetuning.regularizers
+        "bss": {"eta": Float(0.0, 10.0), "k": Int(1, 4096)},
         "compare": BOOL,
         "seed": SEED,
         **OPTIM,

@@ -135,12 +135,14 @@ def context_bullets(context: dict) -> list[str]:
 
 def method_bullets(context: dict) -> list[str]:
     """One line per method this run used, with its paper (from the registries)."""
-    prune, distill = (context.get(k) or {} for k in ("prune", "distill"))
+    prune, distill, finetune = (context.get(k) or {} for k in ("prune", "distill", "finetune"))
     lines = []
     if prune.get("method") in registry.PRUNING:
         lines.append(f"pruning {prune['method']}: {registry.PRUNING[prune['method']].summary}")
     if distill.get("method") in registry.DISTILLATION:
         lines.append(f"distillation {distill['method']}: {registry.DISTILLATION[distill['method']].summary}")
+    if finetune.get("method") in registry.FINETUNING:
+        lines.append(f"fine-tuning {finetune['method']}: {registry.FINETUNING[finetune['method']].summary}")
     if distill.get("teachers_selected_by") in registry.TEACHER_SELECTION:
         lines.append(f"teacher selection {distill['teachers_selected_by']}: "
                      f"{registry.TEACHER_SELECTION[distill['teachers_selected_by']]}")

@@ -145,7 +145,7 @@ def copy_figure(ctx, stage: str, name: str, as_name: str) -> str:
 def run_context(ctx) -> dict:
     """What the report states first: the data, the pruning and distillation that made the model, and
     where this computation is recorded (run ids, commit, date)."""
-    upstream = {stage: ctx.upstream_metrics(stage) for stage in ("prepare", "prune", "distill")}
+    upstream = {stage: ctx.upstream_metrics(stage) for stage in ("prepare", "prune", "distill", "finetune")}
     return {"source": upstream["prepare"].get("source_data"), "target": upstream["prepare"].get("target_data"),
             **upstream,
             "runs": {**ctx.provenance(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tlpipe import io
+from tlpipe import io, registry
 from tlpipe.data import images as image_sets, storage
 from tlpipe.training import loops, models
 from project import files
@@ -26,7 +26,8 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
     """(classifier, metrics) of the configured recipe on one backbone."""
     p = ctx.params
     return loops.finetune(
-        load_backbone(ctx, which), images, labels, num_classes=num_classes, mode=p["mode"],
+        load_backbone(ctx, which), images, labels, num_classes=num_classes, method=p["method"],
+        method_params=registry.finetune_method_params(p),
         epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
         seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
         checkpoint=ctx.checkpoint(f"train-{which}"), augment=augmentation(ctx, images),
@@ -38,11 +39,11 @@ def run(ctx) -> dict:
     train = storage.load_prepared(ctx.upstream("prepare") / files.TARGET)["train"]
     images, labels = image_sets.read(train)  # an encoded split decoded as it is read (and augmented)
     num_classes = train.features["label"].num_classes
-    with recorded(ctx, p["epochs"], f"{p['mode']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
+    with recorded(ctx, p["epochs"], f"{p['method']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
         model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)
     models.save_classifier(model.cpu(), ctx.out / files.CLASSIFIER)
     result = {**metrics, "parameters": models.count_parameters(model), "train_images": len(images),
-              "backbone": p["backbone"]}
+              "backbone": p["backbone"], "method": p["method"]}
     if p["compare"]:  # the other backbone, same recipe: evaluate reports both fine-tuned accuracies
         other = next(b for b in BACKBONES if b != p["backbone"])
         reference, reference_metrics = fit(ctx, other, images, labels, num_classes)

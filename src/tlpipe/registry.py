@@ -109,3 +109,30 @@ SOURCE_MODES: dict[str, SourceMode] = {
     "simclr": SourceMode(False, True, "SimCLR (Chen et al., ICML 2020): contrastive, two views per image"),
     "byol": SourceMode(False, False, "BYOL (Grill et al., NeurIPS 2020): a target network, no negatives"),
 }
+
+
+# Fitting the target classifier on the labeled target split (tlpipe.training.loops.finetune).
+@dataclass(frozen=True)
+class FinetuneMethod:
+    trains_backbone: bool  # else a linear head on the frozen backbone's features
+    summary: str
+    # "module:class" of the penalty added to the loss, made as cls(classifier, **its params); None: none
+    regularizer: str | None = None
+    params: tuple[str, ...] = ()  # the keys of its params section (params/finetune.yaml: <method>: {...})
+
+
+FINETUNING: dict[str, FinetuneMethod] = {
+    "linear": FinetuneMethod(False, "a linear head on the frozen backbone's features"),
+    "full": FinetuneMethod(True, "the backbone and a new head trained together"),
+    "l2sp": FinetuneMethod(True, "L2-SP (Li et al., ICML 2018): weights pulled towards the pretrained ones",
+                           "tlpipe.finetuning.regularizers:L2SP", ("alpha", "beta")),
+    "bss": FinetuneMethod(True, "BSS (Chen et al., NeurIPS 2019): the smallest singular values of the features "
+                          "shrunk", "tlpipe.finetuning.regularizers:BatchSpectralShrinkage", ("eta", "k")),
+}
+
+
+def finetune_method_params(params: dict) -> dict:
+    """The own params of the finetune params' `method` (its section, e.g. `l2sp: {alpha, beta}`); {} for
+    a method that takes none."""
+    method = FINETUNING[params["method"]]
+    return {key: params[params["method"]][key] for key in method.params if key in (params.get(params["method"]) or {})}

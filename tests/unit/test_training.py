@@ -107,15 +107,15 @@ def test_features_a_chunk_at_a_time():
                                   extract_features(backbone, images, batch_size=16, device=CPU))
 
 
-@pytest.mark.parametrize("mode", ["linear", "full"])
-def test_finetune_modes(mode):
+@pytest.mark.parametrize("mode", ["linear", "full", "l2sp", "bss"])
+def test_finetune_methods(mode):
     images, labels = toy_data()
     backbone = tiny_backbone()
     before = state(backbone)
-    model, metrics = finetune(backbone, images, labels, num_classes=2, mode=mode, epochs=8, lr=1e-2, **FAST)
+    model, metrics = finetune(backbone, images, labels, num_classes=2, method=mode, epochs=8, lr=1e-2, **FAST)
     assert states_equal(state(backbone), before)  # the caller's backbone is never modified
     changed = not states_equal(state(model.backbone), before)
-    assert changed is (mode == "full")  # linear keeps the backbone frozen, full trains it
+    assert changed is (mode != "linear")  # linear keeps the backbone frozen, the others train it
     accuracy = (predict_logits(model, images, batch_size=16, device=CPU).argmax(1) == labels).mean()
     assert accuracy >= 0.85 and metrics["train_accuracy"] >= 0.85
     assert metrics["images_seen"] > 0 and metrics["wall_time_s"] > 0
@@ -124,13 +124,16 @@ def test_finetune_modes(mode):
 def test_finetune_linear_head_acts_on_raw_features():
     # the standardisation used for training is folded into the head: logits = head(features)
     images, labels = toy_data()
-    model, _ = finetune(tiny_backbone(), images, labels, num_classes=2, mode="linear", epochs=3, lr=1e-2, **FAST)
+    model, _ = finetune(tiny_backbone(), images, labels, num_classes=2, method="linear", epochs=3, lr=1e-2, **FAST)
     features = torch.from_numpy(extract_features(model.backbone, images, batch_size=16, device=CPU))
     logits = predict_logits(model, images, batch_size=16, device=CPU)
     np.testing.assert_allclose(model.head(features).detach().numpy(), logits, rtol=1e-4, atol=1e-4)
 
 
-def test_finetune_rejects_unknown_mode():
+def test_finetune_rejects_unknown_method_and_params_it_does_not_take():
     images, labels = toy_data(8)
-    with pytest.raises(ValueError, match="linear, full"):
-        finetune(tiny_backbone(), images, labels, num_classes=2, mode="partial", epochs=1, lr=1e-2, **FAST)
+    with pytest.raises(ValueError, match="linear, full, l2sp, bss"):
+        finetune(tiny_backbone(), images, labels, num_classes=2, method="partial", epochs=1, lr=1e-2, **FAST)
+    with pytest.raises(ValueError, match="method bss takes eta, k, not alpha"):
+        finetune(tiny_backbone(), images, labels, num_classes=2, method="bss", epochs=1, lr=1e-2,
+                 method_params={"alpha": 0.1}, **FAST)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tlpipe import registry
 from tlpipe.data import storage
 from tlpipe.evaluation import metrics
 from tlpipe.training import inference, loops, models
@@ -56,7 +57,8 @@ def transferability_of(backbone, train, *, classifier_dir: Path | None, batch_si
 
 def finetuned_accuracy(backbone, train, test, recipe: dict, num_classes: int, device: torch.device) -> float:
     """Test accuracy of `backbone` fine-tuned on the target train split with the finetune params' recipe."""
-    model, _ = loops.finetune(backbone, *train, num_classes=num_classes, mode=recipe["mode"],
+    model, _ = loops.finetune(backbone, *train, num_classes=num_classes, method=recipe["method"],
+                              method_params=registry.finetune_method_params(recipe),
                               epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
                               weight_decay=recipe["weight_decay"], seed=recipe["seed"], device=device)
     logits = inference.predict_logits(model, test[0], batch_size=256, device=device)

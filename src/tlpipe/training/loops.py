@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlpipe import registry
 from tlpipe.training import distributed
 from tlpipe.training.checkpoints import Checkpoint, LoopState
 from tlpipe.training.inference import extract_features, predict_classes
@@ -22,7 +23,6 @@ from tlpipe.training.optim import make_optimizer, param_groups, steps_per_epoch
 from tlpipe.training.runtime import Loader, autocast, iter_batches, prepare_module, seed_everything
 
 MetricsCallback = Callable[[int, dict], None]
-FINETUNE_MODES = ("linear", "full")
 
 
 class LossLog:
@@ -91,6 +91,7 @@ def train_classifier(
     on_metrics: MetricsCallback | None = None,
     checkpoint: Checkpoint | None = None,
     augment=None,
+    regularizer: nn.Module | None = None,
 ) -> dict:
     """Trains `model` in place with AdamW, warmup-cosine lr and cross-entropy.
 
@@ -117,6 +118,9 @@ def train_classifier(
         augment: a random uint8 transform of the training images (e.g. `recipes.crop_flip`; `images`
             then a set read by index), drawn per image and epoch (`runtime.iter_batches`); validation
             reads the images as they are.
+        regularizer: a penalty added to the loss, `regularizer(model, features)` (`tlpipe.finetuning`);
+            `model` then a `Classifier`, and the features its backbone's of the batch when the penalty
+            `needs_features`.
 
     Returns:
         dict with wall_time_s (the whole loop), train_time_s (without the validation passes),
@@ -152,8 +156,13 @@ def train_classifier(
                                    augment=augment, loader=loader)
             for batch, (x, y) in enumerate(batches, start=skip + 1):
                 with autocast(device):
-                    logits = forward(x)
+                    if regularizer is not None and regularizer.needs_features:
+                        logits, features = forward(x, with_features=True)
+                    else:
+                        logits, features = forward(x), None
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                if regularizer is not None:
+                    loss = loss + regularizer(model, None if features is None else features.float())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -221,7 +230,7 @@ def finetune(
     labels: np.ndarray,
     *,
     num_classes: int,
-    mode: str,
+    method: str,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -232,6 +241,7 @@ def finetune(
     on_metrics: MetricsCallback | None = None,
     checkpoint: Checkpoint | None = None,
     augment=None,
+    method_params: dict | None = None,
 ) -> tuple[Classifier, dict]:
     """Fits a classifier on labelled target images, starting from a copy of `backbone`.
 
@@ -240,33 +250,42 @@ def finetune(
         images: uint8 [N, C, H, W].
         labels: int64 [N] in 0..num_classes-1.
         num_classes: width of the head.
-        mode: "linear" (frozen backbone; its features are computed once and a linear head is
-            trained on them) or "full" (backbone and head trained together).
-        epochs, batch_size, lr, weight_decay, seed: as in `train_classifier`.
+        method: a name of `registry.FINETUNING`: "linear" (frozen backbone; its features are computed
+            once and a linear head is trained on them), "full" (backbone and head trained together),
+            "l2sp" or "bss" (as "full", with the method's penalty: `tlpipe.finetuning.regularizers`).
+        epochs, batch_size, lr, weight_decay, seed: as in `train_classifier` (l2sp: its penalty takes
+            the place of weight decay, which is then 0).
         device: where to train.
-        backbone_lr_scale: "full" only: backbone lr = lr * backbone_lr_scale (1.0 and 0.3 tied
-            on 10-shot digits, 0.1 was 3 points worse).
-        on_metrics: "full" only: per-epoch metrics, see `train_classifier`.
-        checkpoint: "full" only: the loop saves its state there and resumes from it (a linear head
-            on fixed features takes seconds and starts afresh).
-        augment: "full" only: the training images' random transform, see `train_classifier` (a linear
-            head is fitted on the features of the images as they are).
+        backbone_lr_scale: methods that train the backbone: backbone lr = lr * backbone_lr_scale (1.0
+            and 0.3 tied on 10-shot digits, 0.1 was 3 points worse).
+        on_metrics: methods that train the backbone: per-epoch metrics, see `train_classifier`.
+        checkpoint: methods that train the backbone: the loop saves its state there and resumes from it
+            (a linear head on fixed features takes seconds and starts afresh).
+        augment: methods that train the backbone: the training images' random transform, see
+            `train_classifier` (a linear head is fitted on the features of the images as they are).
+        method_params: the method's own params (l2sp: alpha, beta; bss: eta, k); missing ones take the
+            paper's values.
 
     Returns:
         (classifier, metrics): metrics has wall_time_s, images_seen, images_per_s, train_accuracy.
 
     Raises:
-        ValueError: unknown `mode`.
+        ValueError: unknown `method`, or params it does not take.
     """
-    if mode not in FINETUNE_MODES:
-        raise ValueError(f"mode={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
+    if method not in registry.FINETUNING:
+        raise ValueError(f"method={method!r} is not one of {', '.join(registry.FINETUNING)}")
+    entry, method_params = registry.FINETUNING[method], dict(method_params or {})
+    if set(method_params) - set(entry.params):
+        raise ValueError(f"method {method} takes {', '.join(entry.params) or 'no params'}, not "
+                         f"{', '.join(sorted(set(method_params) - set(entry.params)))}")
     seed_everything(seed)  # the head's initial weights come from the seed, not from what ran before
     classifier = Classifier(copy.deepcopy(backbone), num_classes)
-    if mode == "full":
+    if entry.trains_backbone:
+        regularizer = None if entry.regularizer is None else registry.load(entry.regularizer)(classifier, **method_params)
         metrics = train_classifier(classifier, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                                   weight_decay=weight_decay, seed=seed, device=device,
+                                   weight_decay=0.0 if method == "l2sp" else weight_decay, seed=seed, device=device,
                                    backbone_lr_scale=backbone_lr_scale, on_metrics=on_metrics,
-                                   checkpoint=checkpoint, augment=augment)
+                                   checkpoint=checkpoint, augment=augment, regularizer=regularizer)
         return classifier.eval(), metrics
     generator = seed_everything(seed)
     start = time.perf_counter()

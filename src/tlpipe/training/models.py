@@ -160,10 +160,13 @@ class Classifier(nn.Module):
             self.register_buffer("input_scale", 0.5 / std)
             self.register_buffer("input_shift", (0.5 - mean) / std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Logits [B, num_classes], or (logits, pooled features [B, D]) `with_features`."""
         if self.input_norm is not None:
             x = x * self.input_scale + self.input_shift
-        return self.head(embed(self.backbone, x))
+        features = embed(self.backbone, x)
+        logits = self.head(features)
+        return (logits, features) if with_features else logits
 
 
 class ProjectionHead(nn.Module):
