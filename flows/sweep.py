@@ -31,7 +31,7 @@ POINT_STAGES = ("prune", "pretrain")
 # The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo
 # in the store, keyed by them, by the probe's code and by the environment (runner/memo.py).
 PROBE_PARAMS = {"evaluate": ("seed", "probe_shots", "probe_draws", "batch_size"),
-                "finetune": ("mode", "seed", "epochs", "batch_size", "lr", "weight_decay")}
+                "finetune": ("method", "l2sp", "bss", "seed", "epochs", "batch_size", "lr", "weight_decay")}
 PROBE_DEPS = ("data/prepared", "data/pretrain")
 
 
