@@ -31,25 +31,35 @@ def rgb_folder(root: Path, classes: int, per_class: int, seed: int) -> Path:
     return root
 
 
-def test_rgb_image_folders_at_64_px_run_through_every_stage(tmp_path):
-    source, target = rgb_folder(tmp_path / "source", 6, 16, 0), rgb_folder(tmp_path / "target", 3, 10, 1)
-    params = {**TINY, "prepare": {"image_size": 64, "channels": 3,
-                                  "source": {"name": str(source), "val_fraction": 0.25},
-                                  "target": {"name": str(target), "shots_per_class": 2}}}
+def run_project(tmp_path: Path, params: dict) -> Path:
+    """A project with `params`, after `tlpipe run` (its own MLflow store and Prefect home) has succeeded."""
     project = make_project(tmp_path / "proj", params)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PREFECT_HOME": str(tmp_path / "prefect")}
     done = subprocess.run([str(Path(sys.executable).with_name("tlpipe")), "run", "--project", str(project)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
+    return project
+
+
+def dvc_status(project: Path) -> dict:
+    status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json"], cwd=project,
+                            capture_output=True, text=True, check=True)
+    return json.loads(status.stdout)
+
+
+def test_rgb_image_folders_at_64_px_run_through_every_stage(tmp_path):
+    source, target = rgb_folder(tmp_path / "source", 6, 16, 0), rgb_folder(tmp_path / "target", 3, 10, 1)
+    params = {**TINY, "prepare": {"image_size": 64, "channels": 3,
+                                  "source": {"name": str(source), "val_fraction": 0.25},
+                                  "target": {"name": str(target), "shots_per_class": 2}}}
+    project = run_project(tmp_path, params)
     prepared = json.loads((project / "data" / "prepared" / "source" / "train" / "dataset_info.json").read_text())
     assert prepared["features"]["pixels"]["shape"] == [3, 64, 64]
     metrics = json.loads((project / "data" / "metrics" / "prepare.json").read_text())
     assert metrics["source_train"] + metrics["source_val"] == 96 and metrics["source_classes"] == 6
     assert "accuracy" in json.loads((project / "data" / "metrics" / "evaluate.json").read_text())
-    status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json"], cwd=project,
-                            capture_output=True, text=True, check=True)
-    assert json.loads(status.stdout) == {}
+    assert dvc_status(project) == {}
 
 
 def jpeg_folder(root: Path, classes: int, per_class: int, seed: int, size: int = 224) -> Path:
@@ -76,12 +86,7 @@ def test_224_px_jpeg_folders_are_stored_encoded_and_run_through_every_stage(tmp_
     params = {**TINY, "prepare": {"image_size": 224, "channels": 3, "storage": "auto",
                                   "source": {"name": str(source), "val_fraction": 0.25},
                                   "target": {"name": str(target), "shots_per_class": 2}}}
-    project = make_project(tmp_path / "proj", params)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "PREFECT_HOME": str(tmp_path / "prefect")}
-    done = subprocess.run([str(Path(sys.executable).with_name("tlpipe")), "run", "--project", str(project)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    project = run_project(tmp_path, params)
     prepared = project / "data" / "prepared"
     info = json.loads((prepared / "source" / "train" / "dataset_info.json").read_text())
     assert info["features"]["image"]["_type"] == "Image" and "pixels" not in info["features"]
@@ -93,6 +98,4 @@ def test_224_px_jpeg_folders_are_stored_encoded_and_run_through_every_stage(tmp_
     assert disk_bytes(data, cache) <= 1.1 * disk_bytes(data)  # one copy of each output on disk
     evaluate = json.loads((project / "data" / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= evaluate["accuracy"] <= 1.0
-    status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json"], cwd=project,
-                            capture_output=True, text=True, check=True)
-    assert json.loads(status.stdout) == {}
+    assert dvc_status(project) == {}
