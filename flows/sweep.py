@@ -23,7 +23,7 @@ from runner.recorder import Recorder
 from runner.snapshot import Snapshot, preflight
 from runner.spec import load_pipeline
 from runner.workspace import StoreWorkspace
-from tlpipe import io
+from tlpipe import io, registry
 from tlpipe.evaluation import plots
 from project import config, outputs, paramfiles, sweeps
 
@@ -31,7 +31,8 @@ POINT_STAGES = ("prune", "pretrain")
 # The teacher's probe of a point reads these params and the outputs of prepare and pretrain; it is a memo
 # in the store, keyed by them, by the probe's code and by the environment (runner/memo.py).
 PROBE_PARAMS = {"evaluate": ("seed", "probe_shots", "probe_draws", "batch_size"),
-                "finetune": ("method", "l2sp", "bss", "seed", "epochs", "batch_size", "lr", "weight_decay")}
+                "finetune": ("method", *(name for name, m in registry.FINETUNING.items() if m.params),  # their sections
+                             "seed", "epochs", "batch_size", "lr", "weight_decay")}
 PROBE_DEPS = ("data/prepared", "data/pretrain")
 
 

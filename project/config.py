@@ -128,6 +128,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "method": Choice(*registry.FINETUNING),
         "l2sp": {"alpha": Float(0.0, 100.0), "beta": Float(0.0, 100.0)},  # tlpipe.finetuning.regularizers
         "bss": {"eta": Float(0.0, 10.0), "k": Int(1, 4096)},
+        "fixmatch": {"threshold": Field("float", "(0, 1]", check=lambda v: 0 < v <= 1),  # tlpipe.finetuning.fixmatch
+                     "mu": Int(1, 1024), "lambda_u": Float(0.0, 100.0), "flip": BOOL},
+        "lora": {"r": Int(1, 4096), "alpha": Field("float", "> 0", check=lambda v: v > 0),  # tlpipe.finetuning.lora
+                 "dropout": Field("float", "[0, 1)", check=lambda v: 0 <= v < 1)},
         "compare": BOOL,
         "seed": SEED,
         **OPTIM,

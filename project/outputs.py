@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tlpipe.data import storage
+from tlpipe import registry
+from tlpipe.data import images, storage
 from tlpipe.evaluation import metrics
 from tlpipe.evaluation.probe import (
     few_shot_draws,
@@ -45,5 +46,7 @@ def score_teacher(prepared_dir: Path, pretrain_dir: Path, params: dict, device: 
                                      batch_size=params["batch_size"], device=device))
     if finetune is not None:
         num_classes = target["train"].features["label"].num_classes
-        scores["finetune_accuracy"] = finetuned_accuracy(backbone, train, test, finetune, num_classes, device)
+        unlabeled = images.Images.of(target["unlabeled"]) if registry.FINETUNING[finetune["method"]].unlabeled else None
+        scores["finetune_accuracy"] = finetuned_accuracy(backbone, train, test, finetune, num_classes, device,
+                                                         unlabeled=unlabeled)
     return scores

@@ -123,10 +123,57 @@ def check_evaluate(check: DataCheck) -> None:
                          f"images in the target's train pool; each shot count must be at most {counts[smallest]}")
 
 
+def check_finetune(check: DataCheck) -> None:
+    """A method that trains on the target's unlabeled images finds some; lora can adapt every backbone
+    it fine-tunes (the student's architecture is distill's model, the teacher's pretrain's)."""
+    from tlpipe import registry
+
+    params = check.params["finetune"]
+    method = registry.FINETUNING[params["method"]]
+    if method.unlabeled and "prepare" in check.params and len(check.target()["unlabeled"]) == 0:
+        raise ValueError(f"params/finetune.yaml: method={params['method']} trains on the target's unlabeled images, "
+                         f"but its unlabeled split is empty (params/prepare.yaml target: every image is a train "
+                         f"shot or a test image); use another method or a target with more images")
+    if method.adapter:
+        stage_of = {"student": "distill", "teacher": "pretrain"}
+        used = [params["backbone"]] + ([b for b in stage_of if b != params["backbone"]] if params["compare"] else [])
+        for backbone in used:
+            model = check.params.get(stage_of[backbone], {}).get("model")
+            if model:
+                _check_lora_target(params["method"], backbone, stage_of[backbone], model, check.project)
+
+
+def _check_lora_target(method: str, backbone: str, stage: str, model: dict, project: Path) -> None:
+    import importlib
+
+    from tlpipe import registry
+    from tlpipe.training import models
+
+    adapter = importlib.import_module(registry.FINETUNING[method].adapter)
+    import torch
+    import transformers
+
+    where = f"params/finetune.yaml: method={method} on the {backbone} (params/{stage}.yaml model"
+    with torch.device("meta"):  # its layers' names only: no weights are made
+        if model.get("pretrained"):
+            try:
+                config = transformers.AutoConfig.from_pretrained(sources.locate(model["pretrained"], project))
+            except (OSError, ValueError):
+                return  # the stage that loads it reports what is wrong with it
+            built = transformers.AutoModel.from_config(config)
+        else:
+            built = models.build_backbone(**{k: v for k, v in model.items() if k != "pretrained"})
+    try:
+        adapter.target_modules(built)
+    except ValueError as exc:
+        raise ValueError(f"{where}): {exc}") from None
+
+
 # Each check, and the stages whose params it reads: it is skipped when all of them last ran with
 # these params (its data passed it then and has not changed since).
 CHECKS = {"prepare": (check_prepare, ("prepare",)), "surrogate": (check_surrogate, ("prepare", "surrogate")),
-          "distill": (check_distill, ("distill",)), "evaluate": (check_evaluate, ("prepare", "evaluate"))}
+          "distill": (check_distill, ("distill",)), "evaluate": (check_evaluate, ("prepare", "evaluate")),
+          "finetune": (check_finetune, ("prepare", "pretrain", "distill", "finetune"))}
 _EXTERNAL = {"prepare": sources.prepare_inputs, "surrogate": sources.surrogate_inputs, "distill": sources.distill_inputs}
 
 

@@ -25,7 +25,7 @@ from tlpipe.training import devices
 from runner.spec import StageSpec
 
 PROJECT_PACKAGES = ("tlpipe", "project", "tasks")
-RESULT_PACKAGES = ("torch", "transformers", "datasets", "numpy", "scikit-learn", "safetensors")
+RESULT_PACKAGES = ("torch", "torchvision", "transformers", "peft", "datasets", "numpy", "scikit-learn", "safetensors")
 DEVICE_VARIABLE = "TLPIPE_DEVICE"
 
 

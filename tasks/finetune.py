@@ -7,6 +7,7 @@ import torch
 
 from tlpipe import io, registry
 from tlpipe.data import images as image_sets, storage
+from tlpipe.finetuning import fixmatch, lora, regularizers  # noqa: F401 (the methods the registry names: in this stage's key)
 from tlpipe.training import loops, models
 from project import files
 from project.outputs import teacher_backbone
@@ -22,7 +23,7 @@ def load_backbone(ctx, which: str):
 
 
 def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: int,
-        on_metrics=None):
+        on_metrics=None, unlabeled=None):
     """(classifier, metrics) of the configured recipe on one backbone."""
     p = ctx.params
     return loops.finetune(
@@ -30,23 +31,27 @@ def fit(ctx, which: str, images: np.ndarray, labels: np.ndarray, num_classes: in
         method_params=registry.finetune_method_params(p),
         epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], weight_decay=p["weight_decay"],
         seed=p["seed"], device=torch.device(ctx.device), on_metrics=on_metrics,
-        checkpoint=ctx.checkpoint(f"train-{which}"), augment=augmentation(ctx, images),
+        checkpoint=ctx.checkpoint(f"train-{which}"), augment=augmentation(ctx, images), unlabeled=unlabeled,
     )
 
 
 def run(ctx) -> dict:
     p = ctx.params
-    train = storage.load_prepared(ctx.upstream("prepare") / files.TARGET)["train"]
+    target = storage.load_prepared(ctx.upstream("prepare") / files.TARGET)
+    train = target["train"]
     images, labels = image_sets.read(train)  # an encoded split decoded as it is read (and augmented)
     num_classes = train.features["label"].num_classes
+    # read (never its labels) only by a method that trains on the unlabeled images; never the test split
+    unlabeled = image_sets.Images.of(target["unlabeled"]) if registry.FINETUNING[p["method"]].unlabeled else None
     with recorded(ctx, p["epochs"], f"{p['method']} on {p['backbone']}", ctx.out / "history.csv") as on_metrics:
-        model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics)
+        model, metrics = fit(ctx, p["backbone"], images, labels, num_classes, on_metrics, unlabeled)
     models.save_classifier(model.cpu(), ctx.out / files.CLASSIFIER)
     result = {**metrics, "parameters": models.count_parameters(model), "train_images": len(images),
-              "backbone": p["backbone"], "method": p["method"]}
+              "backbone": p["backbone"], "method": p["method"],
+              **({"unlabeled_images": len(unlabeled)} if unlabeled is not None else {})}
     if p["compare"]:  # the other backbone, same recipe: evaluate reports both fine-tuned accuracies
         other = next(b for b in BACKBONES if b != p["backbone"])
-        reference, reference_metrics = fit(ctx, other, images, labels, num_classes)
+        reference, reference_metrics = fit(ctx, other, images, labels, num_classes, unlabeled=unlabeled)
         models.save_classifier(reference.cpu(), ctx.out / files.COMPARED)
         # no timings in an output: its bytes (and DVC hash) must depend on the inputs alone
         io.write_json(ctx.out / files.COMPARISON, {"backbone": other, "train_accuracy": reference_metrics["train_accuracy"],

@@ -119,6 +119,11 @@ class FinetuneMethod:
     # "module:class" of the penalty added to the loss, made as cls(classifier, **its params); None: none
     regularizer: str | None = None
     params: tuple[str, ...] = ()  # the keys of its params section (params/finetune.yaml: <method>: {...})
+    # "module:class" of an objective on the target's unlabeled images, made as cls(images, **its params)
+    unlabeled: str | None = None
+    # a module whose add(classifier, **its params) puts trainable adapters on the frozen backbone and
+    # merge(classifier) folds them back into its weights after training
+    adapter: str | None = None
 
 
 FINETUNING: dict[str, FinetuneMethod] = {
@@ -128,6 +133,13 @@ FINETUNING: dict[str, FinetuneMethod] = {
                            "tlpipe.finetuning.regularizers:L2SP", ("alpha", "beta")),
     "bss": FinetuneMethod(True, "BSS (Chen et al., NeurIPS 2019): the smallest singular values of the features "
                           "shrunk", "tlpipe.finetuning.regularizers:BatchSpectralShrinkage", ("eta", "k")),
+    "fixmatch": FinetuneMethod(True, "FixMatch (Sohn et al., NeurIPS 2020): confident predictions on weak views of "
+                               "the unlabeled target images as labels for their strong views",
+                               params=("threshold", "mu", "lambda_u", "flip"),
+                               unlabeled="tlpipe.finetuning.fixmatch:FixMatch"),
+    "lora": FinetuneMethod(True, "LoRA (Hu et al., ICLR 2022) through peft: low-rank adapters on the frozen "
+                           "backbone, merged into it after training", params=("r", "alpha", "dropout"),
+                           adapter="tlpipe.finetuning.lora"),
 }
 
 

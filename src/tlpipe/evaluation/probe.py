@@ -14,6 +14,7 @@ import torch
 from tlpipe import registry
 from tlpipe.data import storage
 from tlpipe.evaluation import metrics
+from tlpipe.finetuning import fixmatch, lora, regularizers  # noqa: F401 (the methods the registry names: in the keys of what fine-tunes)
 from tlpipe.training import inference, loops, models
 from tlpipe.transferability import transferability_scores
 
@@ -55,12 +56,15 @@ def transferability_of(backbone, train, *, classifier_dir: Path | None, batch_si
     return transferability_scores(features, train[1], source_probs=probs)
 
 
-def finetuned_accuracy(backbone, train, test, recipe: dict, num_classes: int, device: torch.device) -> float:
-    """Test accuracy of `backbone` fine-tuned on the target train split with the finetune params' recipe."""
+def finetuned_accuracy(backbone, train, test, recipe: dict, num_classes: int, device: torch.device,
+                       unlabeled=None) -> float:
+    """Test accuracy of `backbone` fine-tuned on the target train split with the finetune params' recipe
+    (`unlabeled`: the target's unlabeled images, for a method that trains on them)."""
     model, _ = loops.finetune(backbone, *train, num_classes=num_classes, method=recipe["method"],
                               method_params=registry.finetune_method_params(recipe),
                               epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                              weight_decay=recipe["weight_decay"], seed=recipe["seed"], device=device)
+                              weight_decay=recipe["weight_decay"], seed=recipe["seed"], device=device,
+                              unlabeled=unlabeled)
     logits = inference.predict_logits(model, test[0], batch_size=256, device=device)
     return float((logits.argmax(1) == test[1]).mean())
 

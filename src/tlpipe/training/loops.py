@@ -6,6 +6,7 @@ models they are given unless they say so; progress leaves through `on_metrics(st
 """
 
 import copy
+import importlib
 import time
 from collections.abc import Callable
 
@@ -92,6 +93,7 @@ def train_classifier(
     checkpoint: Checkpoint | None = None,
     augment=None,
     regularizer: nn.Module | None = None,
+    unlabeled=None,
 ) -> dict:
     """Trains `model` in place with AdamW, warmup-cosine lr and cross-entropy.
 
@@ -121,6 +123,10 @@ def train_classifier(
         regularizer: a penalty added to the loss, `regularizer(model, features)` (`tlpipe.finetuning`);
             `model` then a `Classifier`, and the features its backbone's of the batch when the penalty
             `needs_features`.
+        unlabeled: a semi-supervised objective on unlabeled images (`tlpipe.finetuning.fixmatch.FixMatch`):
+            each step also takes its views of unlabeled images (`unlabeled.batches`), one forward pass
+            of labeled and unlabeled images together, and adds `unlabeled.loss`; the epoch's metrics
+            gain unlabeled_loss and confident_fraction (of its weak predictions over the threshold).
 
     Returns:
         dict with wall_time_s (the whole loop), train_time_s (without the validation passes),
@@ -139,30 +145,51 @@ def train_classifier(
                       data_generator=generator, values={
                           "loss_sum": torch.zeros((), device=device),
                           "correct": torch.zeros((), device=device, dtype=torch.int64),
-                          "epoch_seen": 0, "images_seen": 0})
+                          "epoch_seen": 0, "images_seen": 0,
+                          **({} if unlabeled is None else {"unlabeled_sum": torch.zeros((), device=device),
+                                                           "confident": torch.zeros((), device=device),
+                                                           "unlabeled_seen": 0})})
     first_epoch, skip = state.resume(on_metrics)
     totals, metrics = state.values, state.last_metrics()
     start, val_s, attempt_seen = time.perf_counter(), 0.0, 0  # this attempt's clock and images
     # loader workers (on CUDA, or as TLPIPE_LOADER_WORKERS says) kept from epoch to epoch
-    with Loader() as loader:
+    with Loader() as loader, Loader() as weak_loader, Loader() as strong_loader:
         for epoch in range(first_epoch, epochs + 1):
             state.begin_epoch(epoch)
             model.train()
             if not skip:
                 totals["loss_sum"].zero_(), totals["correct"].zero_()
                 totals["epoch_seen"] = 0
+                if unlabeled is not None:
+                    totals["unlabeled_sum"].zero_(), totals["confident"].zero_()
+                    totals["unlabeled_seen"] = 0
             batches = iter_batches(images, labels, batch_size=batch_size, device=device,
                                    generator=generator, drop_last=True, skip=skip, shard=(ranks.rank, ranks.world),
                                    augment=augment, loader=loader)
+            views = None if unlabeled is None else unlabeled.batches(
+                seed=seed, epoch=epoch, batch_size=batch_size, skip=skip, device=device,
+                shard=(ranks.rank, ranks.world), loaders=(weak_loader, strong_loader))
             for batch, (x, y) in enumerate(batches, start=skip + 1):
+                if views is not None:  # one pass over labeled, weak and strong: BatchNorm sees them together
+                    weak, strong = next(views)
+                    x = torch.cat([x, weak, strong])
                 with autocast(device):
                     if regularizer is not None and regularizer.needs_features:
                         logits, features = forward(x, with_features=True)
+                        features = features[: len(y)]
                     else:
                         logits, features = forward(x), None
+                if views is not None:
+                    logits, logits_weak, logits_strong = logits.split([len(y), len(weak), len(strong)])
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
                 if regularizer is not None:
                     loss = loss + regularizer(model, None if features is None else features.float())
+                if views is not None:
+                    unlabeled_term, confident = unlabeled.loss(logits_weak, logits_strong)
+                    loss = loss + unlabeled_term
+                    totals["unlabeled_sum"] += unlabeled_term.detach() * len(weak)
+                    totals["confident"] += confident
+                    totals["unlabeled_seen"] += len(weak)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -180,6 +207,11 @@ def train_classifier(
             totals["images_seen"] += epoch_seen
             metrics = {"train_loss": loss_sum.item() / epoch_seen, "train_accuracy": correct.item() / epoch_seen,
                        "lr": schedule.get_last_lr()[0]}
+            if unlabeled is not None:
+                unlabeled_sum, confident, unlabeled_seen = distributed.sum_over_ranks(
+                    totals["unlabeled_sum"], totals["confident"], torch.tensor(totals["unlabeled_seen"], device=device))
+                metrics["unlabeled_loss"] = unlabeled_sum.item() / max(int(unlabeled_seen), 1)
+                metrics["confident_fraction"] = confident.item() / max(int(unlabeled_seen), 1)
             if val_images is not None and val_labels is not None and ranks.writer:
                 val_start = time.perf_counter()
                 predicted = predict_classes(model, val_images, batch_size=batch_size, device=device)
@@ -242,6 +274,7 @@ def finetune(
     checkpoint: Checkpoint | None = None,
     augment=None,
     method_params: dict | None = None,
+    unlabeled=None,
 ) -> tuple[Classifier, dict]:
     """Fits a classifier on labelled target images, starting from a copy of `backbone`.
 
@@ -252,7 +285,9 @@ def finetune(
         num_classes: width of the head.
         method: a name of `registry.FINETUNING`: "linear" (frozen backbone; its features are computed
             once and a linear head is trained on them), "full" (backbone and head trained together),
-            "l2sp" or "bss" (as "full", with the method's penalty: `tlpipe.finetuning.regularizers`).
+            "l2sp" or "bss" (as "full", with the method's penalty: `tlpipe.finetuning.regularizers`),
+            "fixmatch" (as "full", with the target's `unlabeled` images: `tlpipe.finetuning.fixmatch`),
+            "lora" (adapters on the frozen backbone, merged after training: `tlpipe.finetuning.lora`).
         epochs, batch_size, lr, weight_decay, seed: as in `train_classifier` (l2sp: its penalty takes
             the place of weight decay, which is then 0).
         device: where to train.
@@ -262,15 +297,19 @@ def finetune(
         checkpoint: methods that train the backbone: the loop saves its state there and resumes from it
             (a linear head on fixed features takes seconds and starts afresh).
         augment: methods that train the backbone: the training images' random transform, see
-            `train_classifier` (a linear head is fitted on the features of the images as they are).
-        method_params: the method's own params (l2sp: alpha, beta; bss: eta, k); missing ones take the
-            paper's values.
+            `train_classifier` (a linear head is fitted on the features of the images as they are;
+            fixmatch's labeled images take its weak view instead, as in the paper).
+        method_params: the method's own params (l2sp: alpha, beta; bss: eta, k; fixmatch: threshold,
+            mu, lambda_u, flip; lora: r, alpha, dropout); missing ones take the paper's values.
+        unlabeled: fixmatch: the target's unlabeled images, a set read by index (`tlpipe.data.images`);
+            their labels, if any, are never read.
 
     Returns:
         (classifier, metrics): metrics has wall_time_s, images_seen, images_per_s, train_accuracy.
 
     Raises:
-        ValueError: unknown `method`, or params it does not take.
+        ValueError: unknown `method`, params it does not take or out of range, no unlabeled images
+            for a method that needs them, a backbone lora cannot adapt.
     """
     if method not in registry.FINETUNING:
         raise ValueError(f"method={method!r} is not one of {', '.join(registry.FINETUNING)}")
@@ -278,14 +317,24 @@ def finetune(
     if set(method_params) - set(entry.params):
         raise ValueError(f"method {method} takes {', '.join(entry.params) or 'no params'}, not "
                          f"{', '.join(sorted(set(method_params) - set(entry.params)))}")
+    if entry.unlabeled is not None and (unlabeled is None or len(unlabeled) == 0):
+        raise ValueError(f"method {method} trains on the target's unlabeled images; there are none")
+    objective = None if entry.unlabeled is None else registry.load(entry.unlabeled)(unlabeled, **method_params)
     seed_everything(seed)  # the head's initial weights come from the seed, not from what ran before
     classifier = Classifier(copy.deepcopy(backbone), num_classes)
     if entry.trains_backbone:
         regularizer = None if entry.regularizer is None else registry.load(entry.regularizer)(classifier, **method_params)
+        adapter = None if entry.adapter is None else importlib.import_module(entry.adapter)
+        if adapter is not None:
+            adapter.add(classifier, **method_params)
         metrics = train_classifier(classifier, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
                                    weight_decay=0.0 if method == "l2sp" else weight_decay, seed=seed, device=device,
                                    backbone_lr_scale=backbone_lr_scale, on_metrics=on_metrics,
-                                   checkpoint=checkpoint, augment=augment, regularizer=regularizer)
+                                   checkpoint=checkpoint, augment=augment if objective is None else objective.labeled_view(),
+                                   regularizer=regularizer, unlabeled=objective)
+        if adapter is not None:
+            metrics["trained_parameters"] = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+            adapter.merge(classifier)
         return classifier.eval(), metrics
     generator = seed_everything(seed)
     start = time.perf_counter()

@@ -118,6 +118,7 @@ def iter_batches(
     shard: tuple[int, int] = (0, 1),
     augment=None,
     loader: "Loader | None" = None,
+    salt: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yields (float pixels [B, C, H, W] in [-1, 1] on `device`, int64 labels [B] or None).
 
@@ -144,6 +145,8 @@ def iter_batches(
             the number of workers, and a resumed epoch (`skip`) draws the same.
         loader: keeps the worker processes alive from one epoch's call to the next (`Loader`); None:
             they start and end with each call.
+        salt: the augmentation's salt; None: drawn from `generator` as above (two calls with generators
+            in the same state and their own salts read the same rows through independent draws).
     """
     n = len(images)
     rank, processes = shard
@@ -154,7 +157,8 @@ def iter_batches(
     if augment is not None:
         if not hasattr(images, "augmented"):
             raise ValueError("augment needs an image set read by index (tlpipe.data.images.Images), not an array")
-        salt = int(torch.randint(0, 2**62, (), generator=generator)) if generator is not None else 0
+        drawn = int(torch.randint(0, 2**62, (), generator=generator)) if generator is not None else 0
+        salt = drawn if salt is None else int(salt)
     stop = max(n // batch_size, 1) * batch_size if drop_last else n
     part = batch_size // processes
     starts = [s + rank * part for s in range(0, min(stop, n), batch_size)][skip:]
