@@ -9,8 +9,10 @@ Both targets start from the student the last default run distilled (`data/distil
 first) with the recipe of params/finetune.yaml (epochs, lr, batch size, each method's own params):
 - digits: the built-in target's split (10 labeled images per class, 539 test images);
 - greek: 24 Greek capital letters rendered like the built-in glyphs (fonts inside matplotlib, the
-  digits' 8x8 degradation on every image), 10 labeled per class and 30 test per class. The student's
-  teacher was trained on ASCII glyphs, so this is a near-domain target with classes it never saw.
+  digits' 8x8 degradation on every image), 10 labeled per class and 30 test per class, and 40 more per
+  class (960) from another seed as its unlabeled split. The student's teacher was trained on ASCII
+  glyphs, so this is a near-domain target with classes it never saw.
+fixmatch trains on the unlabeled split (digits: the run's 1,158 unlabeled target images), never on test.
 Results: the table on stdout and bench/results/finetune_methods.json.
 """
 
@@ -35,25 +37,28 @@ def digits_target():
     from tlpipe.data import storage
 
     target = storage.load_prepared(REPO / "data" / "prepared" / "target")
-    return storage.to_arrays(target["train"]), storage.to_arrays(target["test"]), 10
+    train, test, unlabeled = (storage.to_arrays(target[split]) for split in ("train", "test", "unlabeled"))
+    return train, test, unlabeled[0], 10
 
 
-def greek_target(shots: int = 10, tests: int = 30, seed: int = 0):
+def greek_target(shots: int = 10, tests: int = 30, unlabeled: int = 40, seed: int = 0):
     import numpy as np
 
     from tlpipe.data.glyphs import render_class
 
-    train_x, train_y, test_x, test_y = [], [], [], []
+    train_x, train_y, test_x, test_y, unlabeled_x = [], [], [], [], []
     for label, char in enumerate(GREEK):
         pixels, _ = render_class(char, count=shots + tests, seed=seed, image_size=32, degrade_fraction=1.0)
         train_x.append(pixels[:shots, None]), test_x.append(pixels[shots:, None])
+        more, _ = render_class(char, count=unlabeled, seed=seed + 1, image_size=32, degrade_fraction=1.0)
+        unlabeled_x.append(more[:, None])  # drawn apart from train and test
         train_y += [label] * shots
         test_y += [label] * tests
     as_arrays = lambda x, y: (np.concatenate(x), np.array(y, dtype=np.int64))  # noqa: E731
-    return as_arrays(train_x, train_y), as_arrays(test_x, test_y), len(GREEK)
+    return as_arrays(train_x, train_y), as_arrays(test_x, test_y), np.concatenate(unlabeled_x), len(GREEK)
 
 
-def run(method: str, seed: int, backbone, train, test, classes: int, recipe: dict) -> tuple[float, float]:
+def run(method: str, seed: int, backbone, train, test, unlabeled, classes: int, recipe: dict) -> tuple[float, float]:
     import torch
 
     from tlpipe import registry
@@ -64,7 +69,7 @@ def run(method: str, seed: int, backbone, train, test, classes: int, recipe: dic
     model, _ = loops.finetune(backbone, *train, num_classes=classes, method=method,
                               method_params=registry.finetune_method_params(params), epochs=recipe["epochs"],
                               batch_size=recipe["batch_size"], lr=recipe["lr"], weight_decay=recipe["weight_decay"],
-                              seed=seed, device=torch.device("cpu"))
+                              seed=seed, device=torch.device("cpu"), unlabeled=unlabeled)
     wall = time.perf_counter() - start
     logits = inference.predict_logits(model, test[0], batch_size=256, device=torch.device("cpu"))
     return float((logits.argmax(1) == test[1]).mean()), wall
@@ -102,9 +107,9 @@ def main() -> None:
     backbone = models.load_backbone(student)
     results = {}
     for target in args.targets:
-        train, test, classes = digits_target() if target == "digits" else greek_target()
+        train, test, unlabeled, classes = digits_target() if target == "digits" else greek_target()
         for method in args.methods:
-            runs = [run(method, seed, backbone, train, test, classes, recipe) for seed in args.seeds]
+            runs = [run(method, seed, backbone, train, test, unlabeled, classes, recipe) for seed in args.seeds]
             results.setdefault(target, {})[method] = {"accuracy": [a for a, _ in runs], "wall_s": [w for _, w in runs]}
             print(f"  {target:<7} {method:<7} " + " ".join(f"{a:.4f}" for a, _ in runs), flush=True)
     print(f"\n{'target':<7} {'method':<7} {'test accuracy':>17} {'minus full (paired)':>21} {'wall s':>7}")

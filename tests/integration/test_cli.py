@@ -43,6 +43,9 @@ def snapshot(project):
         (["--preset", "nope"], "preset 'nope': no such file"),
         (["--preset", "vit-s16-224", "-s", "pretrain.model.hidden_sizes=[100]"], "arch=vit takes one stage"),
         (["--refresh", "everything"], "unknown stage 'everything'"),
+        (["-s", "finetune.method=fixmatch", "-s", "finetune.fixmatch.threshold=1.5"],
+         "fixmatch.threshold=1.5 is out of range; allowed (0, 1]"),
+        (["-s", "finetune.method=lora", "-s", "finetune.lora.dropout=1"], "lora.dropout=1.0 is out of range; allowed [0, 1)"),
     ],
 )
 def test_bad_input_exits_2_before_anything_is_written(project, args, message):
@@ -158,6 +161,37 @@ def test_a_one_class_target_is_refused_before_any_compute(project, tmp_path):
                                       "-s", "prepare.target.shots_per_class=2"])
     assert result.exit_code == 2, result.output
     assert "has 1 class (0); a target needs at least 2" in " ".join(result.output.split())
+    assert snapshot(project) == before
+
+
+def test_fixmatch_on_a_target_without_unlabeled_images_is_refused_before_any_compute(project, tmp_path):
+    root = imagefolder(tmp_path / "target", {"a": 4, "b": 4})  # 2 test, 2 shots: nothing left unlabeled
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project), "-s", f"prepare.target.name={root}",
+                                      "-s", "prepare.target.shots_per_class=2", "-s", "prepare.target.test_fraction=0.5",
+                                      "-s", "evaluate.probe_shots=[1]", "-s", "finetune.method=fixmatch"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "params/finetune.yaml: method=fixmatch trains on the target's unlabeled images, but its unlabeled split " \
+           "is empty" in text and text.count("error:") == 1
+    assert snapshot(project) == before
+
+
+def test_lora_on_a_backbone_it_cannot_adapt_is_refused_before_any_compute(project, tmp_path):
+    import transformers
+
+    from tlpipe.training import models
+
+    folder = tmp_path / "regnet"
+    models.save_backbone(transformers.RegNetModel(transformers.RegNetConfig(
+        num_channels=1, hidden_sizes=[8], depths=[1], embedding_size=8, groups_width=8)), folder)
+    before = snapshot(project)
+    result = CliRunner().invoke(app, ["run", "--project", str(project), "-s", f"distill.model.pretrained={folder}",
+                                      "-s", "finetune.method=lora"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "params/finetune.yaml: method=lora on the student (params/distill.yaml model): lora: a regnet backbone " \
+           "has no layer LoRA targets here" in text and text.count("error:") == 1
     assert snapshot(project) == before
 
 

@@ -71,3 +71,14 @@ def test_every_method_in_the_registry_names_a_penalty_that_loads_with_its_params
     assert registry.finetune_method_params({"method": "l2sp", "l2sp": {"alpha": 0.2, "beta": 0.0}, "bss": {}}) \
         == {"alpha": 0.2, "beta": 0.0}
     assert registry.finetune_method_params({"method": "full", "l2sp": {"alpha": 0.2}}) == {}
+
+
+@pytest.mark.parametrize("method", [m for m, e in registry.FINETUNING.items() if e.regularizer or e.unlabeled or e.adapter])
+def test_each_method_s_code_enters_the_keys_of_finetune_and_of_the_sweep_s_probe(method):
+    """The registry names a method's code by string; the modules that fine-tune import it, so editing it
+    gives finetune (and the probes that fine-tune a teacher) a new key like any other code."""
+    from runner.keys import code_closure
+
+    entry = registry.FINETUNING[method]
+    module = (entry.regularizer or entry.unlabeled or entry.adapter).partition(":")[0]
+    assert module in code_closure("tasks.finetune") and module in code_closure("project.outputs")

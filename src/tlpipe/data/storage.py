@@ -58,6 +58,16 @@ def build_dataset(
     return datasets.Dataset.from_dict(mapping, features=features)
 
 
+def image_set(pixels: np.ndarray, labels: np.ndarray | None = None):
+    """uint8 pixels [N, C, H, H] (and int labels [N]; none: all 0) as an in-memory image set read by index
+    (`tlpipe.data.images.Images`), which the training loops' augmentations read through."""
+    from tlpipe.data.images import Images
+
+    labels = np.zeros(len(pixels), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    names = [str(i) for i in range(max(int(labels.max(initial=0)) + 1, 1))]
+    return Images.of(build_dataset(pixels, labels, names))
+
+
 def _pixel_lists(pixels: np.ndarray) -> pa.Array:
     """uint8 [N, C, H, W] as nested fixed-size lists that wrap the numpy buffer without copying."""
     column = pa.array(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1))

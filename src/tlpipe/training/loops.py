@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlpipe import registry
+from tlpipe.data import storage
 from tlpipe.training import distributed
 from tlpipe.training.checkpoints import Checkpoint, LoopState
 from tlpipe.training.inference import extract_features, predict_classes
@@ -319,6 +320,9 @@ def finetune(
                          f"{', '.join(sorted(set(method_params) - set(entry.params)))}")
     if entry.unlabeled is not None and (unlabeled is None or len(unlabeled) == 0):
         raise ValueError(f"method {method} trains on the target's unlabeled images; there are none")
+    if entry.unlabeled is not None:  # its views are drawn per image as a set is read (arrays: held as one)
+        images, unlabeled = (storage.image_set(x, y) if isinstance(x, np.ndarray) else x
+                             for x, y in ((images, labels), (unlabeled, None)))
     objective = None if entry.unlabeled is None else registry.load(entry.unlabeled)(unlabeled, **method_params)
     seed_everything(seed)  # the head's initial weights come from the seed, not from what ran before
     classifier = Classifier(copy.deepcopy(backbone), num_classes)
