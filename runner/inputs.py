@@ -146,13 +146,13 @@ def check_finetune(check: DataCheck) -> None:
 def _check_lora_target(method: str, backbone: str, stage: str, model: dict, project: Path) -> None:
     import importlib
 
+    import torch
+    import transformers
+
     from tlpipe import registry
     from tlpipe.training import models
 
     adapter = importlib.import_module(registry.FINETUNING[method].adapter)
-    import torch
-    import transformers
-
     where = f"params/finetune.yaml: method={method} on the {backbone} (params/{stage}.yaml model"
     with torch.device("meta"):  # its layers' names only: no weights are made
         if model.get("pretrained"):

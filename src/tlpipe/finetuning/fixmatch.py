@@ -19,6 +19,7 @@ and schedule are kept (a few hundred steps, where such an average would stay at 
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
@@ -28,6 +29,7 @@ from torchvision.transforms import v2
 
 from tlpipe.data.decoded import image_seed
 from tlpipe.data.encoding import stored_side
+from tlpipe.data.recipes import _check_size  # the recipes' own check of a view's size
 
 THRESHOLD, MU, LAMBDA_U = 0.95, 7, 1.0
 TRANSLATE = 0.125  # of the side: the weak view's largest shift
@@ -70,11 +72,6 @@ class Cutout(nn.Module):
         out = image.clone()
         out[..., max(0, y - side // 2) : y + (side + 1) // 2, max(0, x - side // 2) : x + (side + 1) // 2] = self.fill
         return out
-
-
-def _check_size(size: int) -> None:
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size={size!r} must be an int >= 8")
 
 
 def weak_view(size: int, *, flip: bool = True, encoded: bool = False) -> v2.Compose:
@@ -149,7 +146,7 @@ class FixMatch:
         size = min(self.mu * batch_size, len(self.images))
         per_pass = max(len(self.images) // size, 1)
         first, skip = divmod(skip, per_pass)
-        for turn in range(first, 1 << 62):
+        for turn in itertools.count(first):
             order = torch.Generator().manual_seed(image_seed(seed, epoch, turn))
             views = []
             for which, (transform, loader) in enumerate(zip((self.weak, self.strong), loaders), start=1):
